@@ -1,0 +1,212 @@
+"""The seed's Fast I/O API: a job's context, its allocations, publish and get by name."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+import redis
+
+from fastio.config import FastIOConfig
+from fastio.errors import AllocationNotFound, AllocationStateError, NotLocal, SegmentError
+from fastio.registry import Publication, Registry
+from fastio.segments import SegmentStore, size_class
+
+
+class FastIOAllocation:
+    """A block of shared memory held by a job, seen through this process's mapping.
+
+    ``array`` is a zero-copy numpy view once ``set_type_and_dimensions`` has been called;
+    writes through it are seen by every process that maps the same allocation.
+    ``metadata`` is this object's own dict: editing it changes nothing published until
+    :meth:`publish` is called with a new name.
+    """
+
+    def __init__(self, ctx: "FastIOContext", segment: str, nbytes: int) -> None:
+        mapping = ctx.store.map(segment, nbytes)
+        self._ctx = ctx
+        self.segment = segment
+        self.nbytes = nbytes
+        self.capacity = len(mapping)
+        self.host = ctx.config.host_id
+        self.dtype: np.dtype | None = None
+        self.shape: tuple[int, ...] | None = None
+        self.metadata: dict[str, Any] = {}
+        self._buffer: memoryview | None = memoryview(mapping)[:nbytes]
+        self._array: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return (f"FastIOAllocation(job={self._ctx.job_id!r}, segment={self.segment!r}, "
+                f"nbytes={self.nbytes}, dtype={self.dtype}, shape={self.shape})")
+
+    def set_type_and_dimensions(self, dtype: Any, shape: tuple[int, ...] | list[int]) -> None:
+        """Type the memory as a C-ordered array of ``shape`` and ``dtype``.
+
+        Raises:
+            AllocationStateError: the array would need more than ``nbytes``, or a dimension
+                is negative.
+        """
+        dtype = np.dtype(dtype)
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise AllocationStateError(f"shape {shape} has a negative dimension")
+        needed = dtype.itemsize * math.prod(shape)
+        if needed > self.nbytes:
+            raise AllocationStateError(
+                f"{dtype}{list(shape)} needs {needed} bytes; allocation {self.segment} has {self.nbytes}")
+        self.dtype, self.shape, self._array = dtype, shape, None
+
+    @property
+    def buffer(self) -> memoryview:
+        """The raw bytes of the allocation (``nbytes`` long)."""
+        if self._buffer is None:
+            raise AllocationStateError(f"allocation {self.segment} was released")
+        return self._buffer
+
+    @property
+    def array(self) -> np.ndarray:
+        """A numpy view of the memory, typed by :meth:`set_type_and_dimensions` (no copy)."""
+        if self.dtype is None or self.shape is None:
+            raise AllocationStateError(f"allocation {self.segment}: call set_type_and_dimensions first")
+        if self._array is None:
+            count = math.prod(self.shape)
+            self._array = np.frombuffer(self.buffer, dtype=self.dtype, count=count).reshape(self.shape)
+        return self._array
+
+    def publish(self, name: str) -> str:
+        """Publish this allocation, its type and a copy of its metadata under ``name``.
+
+        Returns ``name``, the handle a message carries to the next stage.
+
+        Raises:
+            AllocationStateError: no type set yet. AlreadyPublished: the name is taken.
+            TypeError: the metadata is not JSON-serialisable.
+        """
+        if self.dtype is None or self.shape is None:
+            raise AllocationStateError(f"allocation {self.segment}: set type and dimensions before publishing")
+        _check_name(name)
+        record = Publication(
+            segment=self.segment, host=self.host, nbytes=self.nbytes, dtype=self.dtype.str,
+            shape=self.shape, metadata=copy.deepcopy(self.metadata), created=time.time())
+        self._ctx.registry.publish(self._ctx.job_id, name, record)
+        return name
+
+    def release(self) -> None:
+        """Drop this object's view of the memory; the allocation stays with the job."""
+        self._array = None
+        self._buffer = None
+
+    def free(self) -> None:
+        """Give the memory back for the whole job: every name pointing at it disappears."""
+        self.release()
+        self._ctx._free_segment(self.segment, self.capacity)
+
+
+class FastIOContext:
+    """The Fast I/O memory of one job, as seen from this process on this host.
+
+    Args:
+        client: a Redis connection (the registry lives there).
+        job_id: the job whose allocations this context creates and resolves.
+        config: host id, segment directory and limits; defaults to this host's hostname.
+    """
+
+    def __init__(self, client: redis.Redis, job_id: str, config: FastIOConfig | None = None) -> None:
+        _check_name(job_id, what="job id")
+        self.job_id = job_id
+        self.config = config or FastIOConfig(host_id=_hostname())
+        self.store = SegmentStore.for_config(self.config)
+        self.registry = Registry(client, self.config)
+
+    def create(self, nbytes: int) -> FastIOAllocation:
+        """Allocate ``nbytes`` of shared memory for this job (visible to others once published)."""
+        if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+            raise AllocationStateError(f"nbytes={nbytes!r} must be a non-negative integer")
+        nbytes = int(nbytes)
+        want = size_class(nbytes)
+        reused = self.registry.claim_pooled(self.job_id, want, want * 3 // 2)
+        if reused is not None:
+            segment, capacity = reused
+            try:
+                return FastIOAllocation(self, segment, nbytes)
+            except SegmentError:  # the janitor unlinked it between the pool and us
+                self.registry.release(self.job_id, segment, capacity, pool=False)
+        segment, capacity = self.store.new_name(), want
+        # Registered before the file exists, so the janitor never sees it as an orphan.
+        self.registry.register(self.job_id, segment)
+        self.store.create(segment, capacity)
+        return FastIOAllocation(self, segment, nbytes)
+
+    def get(self, name: str) -> FastIOAllocation:
+        """A new allocation on the memory published as ``name``, with a copy of its metadata.
+
+        Raises:
+            AllocationNotFound: the job has no such publication.
+            NotLocal: the memory is on another host.
+            SegmentError: the memory was reclaimed although the name was still published.
+        """
+        record = self.registry.lookup(self.job_id, name)
+        if record is None:
+            raise AllocationNotFound(self.job_id, name)
+        if record.host != self.config.host_id:
+            raise NotLocal(self.job_id, name, record.host, self.config.host_id)
+        alloc = FastIOAllocation(self, record.segment, record.nbytes)
+        alloc.set_type_and_dimensions(np.dtype(record.dtype), record.shape)
+        alloc.metadata = copy.deepcopy(record.metadata)
+        return alloc
+
+    def publish_array(self, array: np.ndarray, name: str, metadata: dict[str, Any] | None = None) -> str:
+        """Copy ``array`` into new shared memory and publish it as ``name``; returns ``name``."""
+        array = np.asarray(array)
+        alloc = self.create(array.nbytes)
+        alloc.set_type_and_dimensions(array.dtype, array.shape)
+        np.copyto(alloc.array, array, casting="no")
+        alloc.metadata = dict(metadata or {})
+        return alloc.publish(name)
+
+    def lookup(self, name: str) -> Publication:
+        """The registry record of ``name`` without mapping it (works from any host)."""
+        record = self.registry.lookup(self.job_id, name)
+        if record is None:
+            raise AllocationNotFound(self.job_id, name)
+        return record
+
+    def free_all(self) -> int:
+        """Release everything the job holds on this host and forget the job; returns a count.
+
+        Segments the job holds on other hosts lose their owner here and are reclaimed by
+        those hosts' janitors.
+        """
+        freed = 0
+        for segment, host in self.registry.job_segments(self.job_id).items():
+            if host == self.config.host_id:
+                capacity = self._capacity(segment)
+                self._free_segment(segment, capacity)
+                freed += 1
+        self.registry.forget_job(self.job_id)
+        return freed
+
+    def _capacity(self, segment: str) -> int:
+        try:
+            return self.store.path(segment).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _free_segment(self, segment: str, capacity: int) -> None:
+        pooled = self.registry.release(self.job_id, segment, capacity, pool=capacity > 0)
+        if not pooled:
+            self.store.unlink(segment)
+
+
+def _check_name(name: str, what: str = "name") -> None:
+    if not isinstance(name, str) or not name or len(name) > 200 or any(c in name for c in "\x00/:\n"):
+        raise ValueError(f"{what} {name!r}: a non-empty string of at most 200 characters without '/', ':'")
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()

@@ -1,0 +1,74 @@
+"""Reclaims memory whose owner is gone: expired jobs, ownerless and unregistered segments."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from fastio.config import FastIOConfig
+from fastio.context import FastIOContext
+from fastio.registry import Registry
+from fastio.segments import SegmentStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JanitorReport:
+    """What one sweep did on one host."""
+
+    expired_jobs: int = 0
+    ownerless: int = 0
+    orphans: int = 0
+    stale_pool_entries: int = 0
+
+    @property
+    def reclaimed(self) -> int:
+        return self.ownerless + self.orphans
+
+
+def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
+    """One pass over this host's segments; safe to run from many processes at once.
+
+    1. Jobs whose lease expired are freed (their workers died or forgot to free them).
+    2. Segments in use on this host by a job that has no lease any more are unlinked
+       (their job was freed from another host, or expired).
+    3. Segment files that the registry does not know, older than the grace period, are
+       unlinked (a process died between creating and registering, or the registry was lost).
+    4. Pool entries whose file has disappeared are dropped.
+    """
+    registry = Registry(client, config)
+    store = SegmentStore.for_config(config)
+    expired = registry.expired_jobs()
+    for job_id in expired:
+        log.warning("fastio lease of job %s expired; freeing its memory", job_id)
+        FastIOContext(client, job_id, config).free_all()
+
+    ownerless = 0
+    for segment, job_id in registry.live().items():
+        if not registry.has_lease(job_id):
+            registry.release(job_id, segment, 0, pool=False)
+            store.unlink(segment)
+            ownerless += 1
+
+    files = store.list()
+    known = set(registry.live()) | set(registry.pooled())
+    orphans = 0
+    for segment in files.keys() - known:
+        try:
+            old_enough = store.age(segment) >= config.orphan_grace_s
+        except FileNotFoundError:
+            continue
+        if old_enough and segment not in registry.live():
+            store.unlink(segment)
+            orphans += 1
+
+    stale = [s for s in registry.pooled() if s not in files]
+    for segment in stale:
+        registry.unpool(segment)
+    report = JanitorReport(len(expired), ownerless, orphans, len(stale))
+    if report.reclaimed or report.expired_jobs:
+        log.info("fastio janitor on %s: %s", config.host_id, report)
+    return report

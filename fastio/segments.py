@@ -1,0 +1,193 @@
+"""Named shared-memory segments: files in a tmpfs directory, mapped with ``mmap``.
+
+Why not :mod:`multiprocessing.shared_memory`: in Python 3.11 every process that attaches
+registers the segment with its resource tracker, which unlinks it when that process exits,
+so a stage that merely reads a volume would destroy it for the next stage. Plain files under
+``/dev/shm`` (that is what POSIX ``shm_open`` creates) opened with ``os.open`` have no such
+tracker; their lifetime is the registry's business alone.
+
+Why a mapping cache: the first touch of a tmpfs page costs a page fault, about ten times
+slower than copying into it. Segments are pooled and reused (see the registry), and each
+process keeps its mappings of them, so a steady-state publish is one memcpy into memory
+that is already mapped and faulted in.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastio.config import FastIOConfig
+from fastio.errors import SegmentError
+
+PAGE = mmap.PAGESIZE
+MIN_SEGMENT_BYTES = 64 * 1024
+
+
+def size_class(nbytes: int) -> int:
+    """Round ``nbytes`` up to the next of 2**k or 1.5 * 2**k (at least 64 KiB).
+
+    Coarse classes make freed segments reusable by the next volume of a similar size while
+    wasting at most a third of a segment.
+    """
+    if nbytes < 0:
+        raise ValueError(f"nbytes={nbytes} must be >= 0")
+    if nbytes <= MIN_SEGMENT_BYTES:
+        return MIN_SEGMENT_BYTES
+    power = 1 << (nbytes - 1).bit_length()
+    three_quarters = power // 2 + power // 4
+    return three_quarters if nbytes <= three_quarters else power
+
+
+@dataclass
+class _Mapping:
+    fd: int
+    map: mmap.mmap
+    size: int
+
+
+class SegmentStore:
+    """Creates, maps and unlinks this deployment's segments on this host.
+
+    One store per process and configuration (see :meth:`for_config`); it is thread-safe.
+    Mappings are cached up to ``config.map_cache_bytes``; a cached mapping whose file was
+    unlinked is dropped on the next call, so the store never pins freed memory for long.
+    """
+
+    _instances: dict[tuple[int, Path, str], "SegmentStore"] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, config: FastIOConfig) -> None:
+        self.config = config
+        self.directory = config.shm_dir
+        self.prefix = config.segment_prefix
+        self._cache: OrderedDict[str, _Mapping] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_config(cls, config: FastIOConfig) -> "SegmentStore":
+        """The store shared by this process for ``config`` (a forked child gets its own)."""
+        key = (os.getpid(), config.shm_dir, config.segment_prefix)
+        with cls._instances_lock:
+            store = cls._instances.get(key)
+            if store is None or store.config != config:
+                store = cls._instances[key] = cls(config)
+            return store
+
+    def new_name(self) -> str:
+        """A fresh segment name: the prefix (deployment and host) and a random suffix."""
+        return f"{self.prefix}{uuid.uuid4().hex}"
+
+    def path(self, name: str) -> Path:
+        if not name.startswith(self.prefix) or "/" in name:
+            raise SegmentError(f"segment {name!r} does not belong to {self.prefix!r}")
+        return self.directory / name
+
+    def create(self, name: str, size: int) -> None:
+        """Create segment ``name`` of ``size`` bytes, mode 0600; never reuses an existing file."""
+        path = self.path(name)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError as e:
+            raise SegmentError(f"segment {name!r} already exists") from e
+        except OSError as e:
+            raise SegmentError(f"cannot create segment {name!r} in {self.directory}: {e}") from e
+        try:
+            os.fchmod(fd, 0o600)  # the umask can only narrow it; say it anyway
+            os.ftruncate(fd, size)
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            raise SegmentError(f"cannot size segment {name!r} to {size} bytes: {e}") from e
+        self._remember(name, fd, size)
+
+    def map(self, name: str, size: int) -> mmap.mmap:
+        """A shared, writable mapping of segment ``name`` (at least ``size`` bytes).
+
+        Raises:
+            SegmentError: the file is gone, or smaller than ``size``.
+        """
+        with self._lock:
+            self._drop_unlinked()
+            cached = self._cache.get(name)
+            if cached is not None:
+                self._cache.move_to_end(name)
+                if cached.size >= size:
+                    return cached.map
+        try:
+            fd = os.open(self.path(name), os.O_RDWR)
+        except FileNotFoundError as e:
+            raise SegmentError(f"segment {name!r} no longer exists (freed, or reclaimed by the janitor)") from e
+        actual = os.fstat(fd).st_size
+        if actual < size:
+            os.close(fd)
+            raise SegmentError(f"segment {name!r} holds {actual} bytes, {size} expected")
+        return self._remember(name, fd, actual).map
+
+    def unlink(self, name: str) -> None:
+        """Remove the segment's name; memory goes back to the system once no one maps it."""
+        with self._lock:
+            self._forget(name)
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            pass
+
+    def forget(self, name: str) -> None:
+        """Drop this process's cached mapping of ``name`` (live array views keep it valid)."""
+        with self._lock:
+            self._forget(name)
+
+    def list(self) -> dict[str, tuple[int, float]]:
+        """This deployment's segments on this host: name → (size in bytes, ctime)."""
+        found: dict[str, tuple[int, float]] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if not entry.name.startswith(self.prefix):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[entry.name] = (st.st_size, st.st_ctime)
+        return found
+
+    def age(self, name: str) -> float:
+        """Seconds since the segment's inode last changed (creation or resize)."""
+        return time.time() - os.stat(self.path(name)).st_ctime
+
+    def _remember(self, name: str, fd: int, size: int) -> _Mapping:
+        # MAP_POPULATE maps every page now, in one call, instead of one fault per page later.
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        entry = _Mapping(fd, mapped, size)
+        with self._lock:
+            self._forget(name)
+            self._cache[name] = entry
+            self._cached_bytes += size
+            while self._cached_bytes > self.config.map_cache_bytes and len(self._cache) > 1:
+                self._forget(next(iter(self._cache)))
+        return entry
+
+    def _forget(self, name: str) -> None:
+        entry = self._cache.pop(name, None)
+        if entry is not None:
+            self._cached_bytes -= entry.size
+            os.close(entry.fd)
+            # The mmap itself is not closed: numpy views of it may still be alive, and it
+            # is unmapped when the last of them goes.
+
+    def _drop_unlinked(self) -> None:
+        for name in [n for n, e in self._cache.items() if os.fstat(e.fd).st_nlink == 0]:
+            self._forget(name)

@@ -1,0 +1,42 @@
+"""Real servers for the tests: one redis-server per session on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from fastio import FastIOConfig
+from queues.local import LocalRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def shm_dir():
+    """A private directory on tmpfs, so tests see only their own segments."""
+    path = Path(tempfile.mkdtemp(prefix="carina-test-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fastio_config(shm_dir):
+    return FastIOConfig(host_id="host-a", shm_dir=shm_dir, namespace=f"t{uuid.uuid4().hex[:8]}")
