@@ -1,0 +1,129 @@
+"""ops.volume, ops.crop and ops.render on small hand-checked volumes, against ITK itself."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ops.crop import CropRegion, crop_volume, resolve_crop
+from ops.errors import InvalidCrop, VolumeReadError
+from ops.render import write_render_files, volume_meta
+from ops.volume import read_volume, write_volume
+
+# A rotation about z by 90 degrees: the direction matters to the crop's origin.
+ROTATED = {"spacing": [0.5, 0.75, 2.0], "origin": [-10.0, 5.0, 100.0],
+           "direction": [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]}
+
+
+def volume(shape=(4, 5, 6), dtype=np.int16):
+    return np.arange(np.prod(shape), dtype=dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nii.gz"])
+def test_write_then_read_keeps_voxels_and_geometry(tmp_path, suffix):
+    path = write_volume(volume(), ROTATED, tmp_path / f"v{suffix}")
+    array, geometry = read_volume(path)
+    np.testing.assert_array_equal(array, volume())
+    assert array.dtype == np.int16
+    for key in ("spacing", "origin", "direction"):
+        np.testing.assert_allclose(geometry[key], ROTATED[key], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "start, size, expected",
+    [
+        ((-1, -1, -1), (-1, -1, -1), CropRegion((0, 0, 0), (6, 5, 4))),
+        ((1, 2, 3), (-1, -1, -1), CropRegion((1, 2, 3), (5, 3, 1))),
+        ((0, 0, 0), (2, 3, 1), CropRegion((0, 0, 0), (2, 3, 1))),
+        ((5, 4, 3), (1, 1, 1), CropRegion((5, 4, 3), (1, 1, 1))),
+    ],
+)
+def test_resolve_crop_applies_the_seed_defaults(start, size, expected):
+    assert resolve_crop((4, 5, 6), start, size) == expected
+
+
+@pytest.mark.parametrize(
+    "start, size, message",
+    [
+        ((6, 0, 0), (-1, -1, -1), "CROP_START_X=6 is outside"),
+        ((0, 0, 0), (0, -1, -1), "CROP_SIZE_X=0"),
+        ((0, 3, 0), (-1, 3, -1), "past the image's edge"),
+        ((-2, 0, 0), (-1, -1, -1), "negative"),
+        ((0, 0, 1.5), (-1, -1, -1), "CROP_START_Z=1.5 is not an integer"),
+        ((0, 0, "1"), (-1, -1, -1), "not an integer"),
+        ((0, 0), (-1, -1, -1), "three values"),
+    ],
+)
+def test_resolve_crop_refuses_bad_regions(start, size, message):
+    with pytest.raises(InvalidCrop, match=message):
+        resolve_crop((4, 5, 6), start, size)
+
+
+def test_crop_matches_slicing_and_itk_origin():
+    import itk
+
+    array = volume()
+    region = CropRegion((1, 2, 3), (4, 2, 1))
+    cropped, geometry = crop_volume(array, ROTATED, region)
+    np.testing.assert_array_equal(cropped, array[3:4, 2:4, 1:5])
+    assert cropped.flags.c_contiguous and not np.shares_memory(cropped, array)
+    # origin = origin + direction @ (index * spacing), computed by hand for this rotation
+    index_mm = np.array([1 * 0.5, 2 * 0.75, 3 * 2.0])
+    expected = np.array(ROTATED["origin"]) + np.array(ROTATED["direction"]).reshape(3, 3) @ index_mm
+    np.testing.assert_allclose(geometry["origin"], expected)
+    assert geometry["spacing"] == ROTATED["spacing"] and geometry["direction"] == ROTATED["direction"]
+    # and ITK, writing the extracted image itself, puts the same origin in the file
+    image = itk.image_view_from_array(array)
+    image.SetSpacing(ROTATED["spacing"]); image.SetOrigin(ROTATED["origin"])
+    image.SetDirection(np.array(ROTATED["direction"]).reshape(3, 3))
+    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint([1, 2, 3]), expected)
+
+
+def test_read_refuses_missing_and_non_image_files(tmp_path):
+    with pytest.raises(VolumeReadError, match="does not exist"):
+        read_volume(tmp_path / "nope.mhd")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(VolumeReadError, match="not a volume format"):
+        read_volume(text)
+    fake = tmp_path / "fake.mhd"
+    fake.write_bytes(b"\x00\xff garbage")
+    with pytest.raises(VolumeReadError, match="not a MetaImage header"):
+        read_volume(fake)
+    fake_nii = tmp_path / "fake.nii"
+    fake_nii.write_bytes(b"not nifti at all" * 40)
+    with pytest.raises(VolumeReadError, match="cannot read fake.nii"):
+        read_volume(fake_nii)
+
+
+def test_read_names_a_truncated_raw(tmp_path):
+    path = write_volume(volume(), ROTATED, tmp_path / "v.mhd")
+    raw = tmp_path / "v.raw"
+    raw.write_bytes(raw.read_bytes()[:50])
+    with pytest.raises(VolumeReadError, match=r"truncated \(50 bytes, 240 expected"):
+        read_volume(path)
+
+
+def test_read_refuses_a_2d_image(tmp_path):
+    import itk
+
+    itk.imwrite(itk.image_from_array(np.zeros((5, 6), np.uint8)), str(tmp_path / "flat.mha"))
+    with pytest.raises(VolumeReadError, match="2D image"):
+        read_volume(tmp_path / "flat.mha")
+
+
+def test_render_files_default_and_copied(tmp_path):
+    meta = volume_meta("output.mhd", volume(), ROTATED)
+    assert meta["dimensions"] == [6, 5, 4] and meta["intensity_range"] == [0.0, 119.0]
+    out = tmp_path / "out"
+    out.mkdir()
+    write_render_files(out, meta, None)
+    assert json.loads((out / "config_render.json").read_text())["dataset"] == "output.mhd"
+    assert json.loads((out / "config.meta").read_text())["volumes"][0]["file"] == "output.mhd"
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config_render.json").write_text('{"mine": true}')
+    write_render_files(out, meta, config)
+    assert json.loads((out / "config_render.json").read_text()) == {"mine": True}
