@@ -22,7 +22,7 @@ from fastio.errors import (
     NotLocal,
     SegmentError,
 )
-from fastio.janitor import JanitorReport, sweep
+from fastio.janitor import JanitorReport, drain_pool, sweep
 from fastio.registry import Publication
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "NotLocal",
     "Publication",
     "SegmentError",
+    "drain_pool",
     "sweep",
 ]

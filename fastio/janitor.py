@@ -72,3 +72,15 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
     if report.reclaimed or report.expired_jobs:
         log.info("fastio janitor on %s: %s", config.host_id, report)
     return report
+
+
+def drain_pool(client: redis.Redis, config: FastIOConfig) -> int:
+    """Unlink every free (pooled) segment of this host; returns how many. For shutdown."""
+    registry = Registry(client, config)
+    store = SegmentStore.for_config(config)
+    drained = 0
+    for segment in registry.pooled():
+        registry.unpool(segment)
+        store.unlink(segment)
+        drained += 1
+    return drained

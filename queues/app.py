@@ -1,0 +1,41 @@
+"""The Celery app's configuration. Tasks are registered by ``workers``; the front door
+only names them by string, so importing this module pulls in no imaging code."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from queues.settings import Settings, get_settings
+
+QUEUE_KINDS = ("io", "cpu", "gpu")
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("carina", broker=settings.redis_url, backend=settings.redis_url)
+    transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5}
+    app.conf.update(
+        # JSON only: an ndarray (or anything pickled) in a message fails at send time.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Long imaging stages: acknowledge after the work, one message at a time per process,
+        # and put the message back if the process running it dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="cpu",
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_extended=True,
+        result_expires=int(settings.job_ttl_s),
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_app(get_settings())

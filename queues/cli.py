@@ -1,0 +1,228 @@
+"""``carina``: submit and watch jobs, run workers, the janitor and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from queues.errors import CarinaError
+from queues.settings import get_settings
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except CarinaError as e:
+        print(f"carina: error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carina", description="Medical-imaging pipelines on Celery, Redis and shared memory.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="queue a job; prints its id")
+    p.add_argument("pipeline", help="pipeline name (see `carina pipelines`)")
+    p.add_argument("--input", "-i", required=True, help="input file or folder (as the workers see it)")
+    p.add_argument("--output", "-o", required=True, help="output folder")
+    p.add_argument("--config", help="folder with config_render.json and other job configuration")
+    p.add_argument("--crop-start", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: first voxel (-1 = 0)")
+    p.add_argument("--crop-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: extent (-1 = to the edge)")
+    p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
+    p.set_defaults(run=_submit)
+
+    p = sub.add_parser("status", help="state, stage and error of a job")
+    p.add_argument("job", help="job id")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("pipelines", help="list the pipelines")
+    p.set_defaults(run=_pipelines)
+
+    p = sub.add_parser("worker", help="start a Celery worker for this host")
+    p.add_argument("--queues", "-Q", default="io,cpu", help="queue kinds, comma-separated: io,cpu,gpu (default io,cpu)")
+    p.add_argument("--concurrency", "-c", type=int, default=None, help="processes (default: the CPUs)")
+    p.add_argument("--host-id", help="override CARINA_HOST_ID for this worker")
+    p.add_argument("--loglevel", "-l", default="info")
+    p.set_defaults(run=_worker)
+
+    p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host")
+    p.add_argument("--drain", action="store_true", help="also unlink the pool of free segments")
+    p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
+    p.set_defaults(run=_janitor)
+
+    p = sub.add_parser("demo", help="run fastio-itk on a generated CT phantom with a private redis and worker")
+    p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=3)
+
+
+def _job_store():
+    from queues.jobs import JobStore
+
+    settings = get_settings()
+    return JobStore(_redis(), settings.namespace, settings.job_ttl_s)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from queues.app import app
+    from queues.pipelines import submit
+
+    params = {k: v for k in ("crop_start", "crop_size") if (v := getattr(args, k)) is not None}
+    job_id = submit(app, get_settings(), args.pipeline, args.input, args.output, args.config, params)
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    return _follow(job_id, args.timeout)
+
+
+def _follow(job_id: str, timeout_s: float) -> int:
+    from queues.pipelines import wait
+
+    def show(status) -> None:
+        step = f" [{status.stage_index}/{len(status.stages)}] {status.stage}" if status.stage else ""
+        print(f"{status.state}{step}", file=sys.stderr, flush=True)
+
+    status = wait(_job_store(), job_id, timeout_s, on_change=show)
+    if status.state == "done":
+        print(f"done: {status.output}", file=sys.stderr)
+        return 0
+    if status.state == "failed":
+        print(f"failed in {status.stage}: {status.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"still {status.state} after {timeout_s:.0f} s", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _job_store().get(args.job)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+        return 0
+    print(f"job:      {status.job_id}\npipeline: {status.pipeline}\nstate:    {status.state}")
+    if status.stage:
+        print(f"stage:    {status.stage} ({status.stage_index}/{len(status.stages)})")
+    if status.output:
+        print(f"output:   {status.output}")
+    if status.error:
+        print(f"error:    {status.error}")
+    return EXIT_FAILED if status.state == "failed" else 0
+
+
+def _pipelines(args: argparse.Namespace) -> int:
+    from queues.pipelines import PIPELINES
+
+    for spec in PIPELINES.values():
+        print(f"{spec.name:12} {spec.description}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from queues.app import QUEUE_KINDS
+
+    kinds = [k.strip() for k in args.queues.split(",") if k.strip()]
+    unknown = set(kinds) - set(QUEUE_KINDS)
+    if unknown or not kinds:
+        raise CarinaError(f"--queues {args.queues!r}: choose from {', '.join(QUEUE_KINDS)}")
+    if args.host_id:
+        os.environ["CARINA_HOST_ID"] = args.host_id
+        get_settings.cache_clear()
+    settings = get_settings()
+    queues = kinds + [settings.host_queue(k) for k in kinds]
+    node = f"{'+'.join(kinds)}-{uuid.uuid4().hex[:6]}@{settings.host_id}"
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues),
+            "-n", node, "-l", args.loglevel, "-E", "--pool", "prefork"]
+    if args.concurrency:
+        argv += ["-c", str(args.concurrency)]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _janitor(args: argparse.Namespace) -> int:
+    from fastio import drain_pool, sweep
+
+    config = get_settings().fastio_config()
+    client = _redis()
+    while True:
+        report = sweep(client, config)
+        drained = drain_pool(client, config) if args.drain else 0
+        print(f"expired jobs {report.expired_jobs}, ownerless {report.ownerless}, orphans {report.orphans}"
+              + (f", drained {drained}" if args.drain else ""), flush=True)
+        if args.interval is None:
+            return 0
+        time.sleep(args.interval)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fastio import drain_pool
+    from queues.app import create_app
+    from queues.local import LocalRedis
+    from queues.pipelines import submit, wait
+    from queues.settings import Settings
+
+    out = Path(args.output).absolute()
+    sample = out / "input" / "phantom.mhd"
+    subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(sample)], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(f"sample CT phantom: {sample}")
+    with LocalRedis() as server:
+        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "carina-demo"}
+        settings = Settings.from_env(env)
+        log = open(out / "worker.log", "w")
+        worker = subprocess.Popen([sys.executable, "-m", "queues.cli", "worker", "-c", "2"], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            app = create_app(settings)
+            job_id = submit(app, settings, "fastio-itk", sample, out / "result",
+                            params={"crop_start": [20, 30, 8], "crop_size": [120, 100, 48]})
+            print(f"submitted fastio-itk job {job_id} (crop 120x100x48 from 20,30,8)")
+            from queues.jobs import JobStore
+            import redis
+
+            client = redis.Redis.from_url(server.url)
+            status = wait(JobStore(client, settings.namespace, settings.job_ttl_s), job_id, 180,
+                          on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            log.close()
+        drain_pool(client, settings.fastio_config())
+        client.close()
+    if status.state != "done":
+        print(f"demo job {status.state}: {status.error or 'timed out'} (worker log: {out / 'worker.log'})")
+        return EXIT_FAILED
+    print(f"done. output in {out / 'result'}:")
+    for path in sorted((out / "result").iterdir()):
+        print(f"  {path.name:20} {path.stat().st_size:>10} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The pipeline catalogue and ``submit``: each pipeline is a Celery chain of named tasks.
+
+Every stage takes the job payload (a small JSON dict) as its first argument and returns it,
+updated, for the next one::
+
+    {"job": id, "pipeline": name, "input": path, "output": dir, "config": dir or None,
+     "params": {...}, "handles": {name: FastIO publication}, "trace": [{stage, host}]}
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+from celery import Celery, chain
+
+from queues.errors import BrokerUnavailable, InvalidJobRequest, UnknownPipeline
+from queues.jobs import JobStatus, JobStore
+from queues.settings import Settings
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A task by name and the kind of queue (io, cpu, gpu) it runs on."""
+
+    task: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    stages: tuple[Stage, ...]
+    description: str
+    validate: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _xyz(params: dict[str, Any], key: str) -> list[int] | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+        raise InvalidJobRequest(f"{key}={value!r}: expected three integers X Y Z")
+    return list(value)
+
+
+def _fastio_itk_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - {"crop_start", "crop_size"}
+    if unknown:
+        raise InvalidJobRequest(f"fastio-itk does not take {sorted(unknown)}")
+    return {k: v for k in ("crop_start", "crop_size") if (v := _xyz(params, k)) is not None}
+
+
+PIPELINES: dict[str, Pipeline] = {
+    p.name: p
+    for p in (
+        Pipeline(
+            name="fastio-itk",
+            stages=(
+                Stage("carina.fastio_itk.read_volume", "io"),
+                Stage("carina.fastio_itk.filter_volume", "cpu"),
+                Stage("carina.fastio_itk.write_volume", "io"),
+            ),
+            description="read a volume (MetaImage/NIfTI) → crop with ITK → write output.mhd + render files",
+            validate=_fastio_itk_params,
+        ),
+    )
+}
+
+
+def get_pipeline(name: str) -> Pipeline:
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise UnknownPipeline(name, sorted(PIPELINES)) from None
+
+
+def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
+           config: str | Path | None = None, params: dict[str, Any] | None = None) -> str:
+    """Queue a job and return its id.
+
+    Paths are the workers' paths and are checked there (a missing input fails the job with
+    the reason); relative ones are made absolute here, against the caller's directory.
+
+    Raises:
+        UnknownPipeline, InvalidJobRequest: refused before anything is queued.
+        BrokerUnavailable: Redis cannot be reached; nothing was queued.
+    """
+    spec = get_pipeline(pipeline)
+    if not str(input) or not str(output):
+        raise InvalidJobRequest("both an input and an output are required")
+    params = spec.validate(dict(params or {}))
+    job_id = uuid.uuid4().hex
+    payload = {
+        "job": job_id, "pipeline": pipeline, "input": str(Path(input).absolute()),
+        "output": str(Path(output).absolute()), "config": str(Path(config).absolute()) if config else None,
+        "params": params, "handles": {}, "trace": [],
+    }
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+    try:
+        client.ping()
+        jobs.create(job_id, pipeline, [s.task for s in spec.stages], params)
+        first, *rest = spec.stages
+        signatures = [app.signature(first.task, args=(payload,), queue=first.queue)]
+        signatures += [app.signature(s.task, queue=s.queue) for s in rest]
+        chain(*signatures).apply_async(
+            task_id=job_id, retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+    finally:
+        client.close()
+    return job_id
+
+
+def wait(jobs: JobStore, job_id: str, timeout_s: float, on_change: Callable[[JobStatus], None] | None = None,
+         poll_s: float = 0.2) -> JobStatus:
+    """Poll a job until it finishes or ``timeout_s`` passes; returns its last status."""
+    deadline = time.monotonic() + timeout_s
+    last: tuple[str, str] | None = None
+    while True:
+        status = jobs.get(job_id)
+        if on_change is not None and (status.state, status.stage) != last:
+            on_change(status)
+            last = (status.state, status.stage)
+        if status.finished or time.monotonic() >= deadline:
+            return status
+        time.sleep(poll_s)

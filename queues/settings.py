@@ -1,0 +1,120 @@
+"""The one settings object: every ``CARINA_*`` variable, read and validated in one place.
+
+The seed's ``CROP_START_X/Y/Z`` and ``CROP_SIZE_X/Y/Z`` are read here too: they are the
+operator's environment in Clara, the defaults of a job that gives no crop of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+from fastio import FastIOConfig
+from queues.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_NAMESPACE = "carina"
+DEFAULT_SHM_DIR = "/dev/shm"
+DEFAULT_FASTIO_LEASE_S = 6 * 3600
+DEFAULT_FASTIO_POOL_MB = 4096
+DEFAULT_FASTIO_MAP_CACHE_MB = 8192
+DEFAULT_JANITOR_INTERVAL_S = 60.0
+# Above the longest job: Redis redelivers an unacknowledged (acks_late) task after this.
+DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
+DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+CROP_AXES = "XYZ"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    host_id: str = field(default_factory=socket.gethostname)
+    namespace: str = DEFAULT_NAMESPACE
+    shm_dir: Path = Path(DEFAULT_SHM_DIR)
+    fastio_lease_s: float = DEFAULT_FASTIO_LEASE_S
+    fastio_pool_mb: int = DEFAULT_FASTIO_POOL_MB
+    fastio_map_cache_mb: int = DEFAULT_FASTIO_MAP_CACHE_MB
+    janitor_interval_s: float = DEFAULT_JANITOR_INTERVAL_S
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    job_ttl_s: float = DEFAULT_JOB_TTL_S
+    crop_start: tuple[int, int, int] = (-1, -1, -1)
+    crop_size: tuple[int, int, int] = (-1, -1, -1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read ``env`` (default ``os.environ``). Raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        for name, convert in _VARIABLES.items():
+            var = f"CARINA_{name.upper()}"
+            if env.get(var, "") != "":
+                try:
+                    kwargs[name] = convert(env[var])
+                except ValueError as e:
+                    raise ConfigError(f"{var}={env[var]!r}: {e}") from e
+        kwargs["crop_start"] = tuple(_crop_var(env, f"CROP_START_{a}") for a in CROP_AXES)
+        kwargs["crop_size"] = tuple(_crop_var(env, f"CROP_SIZE_{a}") for a in CROP_AXES)
+        settings = cls(**kwargs)  # type: ignore[arg-type]
+        settings.fastio_config()  # validates host id and namespace
+        return settings
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
+        for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"CARINA_{name.upper()} must be > 0")
+
+    def fastio_config(self) -> FastIOConfig:
+        try:
+            return FastIOConfig(
+                host_id=self.host_id, shm_dir=self.shm_dir, namespace=self.namespace,
+                lease_s=self.fastio_lease_s, pool_limit_bytes=self.fastio_pool_mb * 2**20,
+                map_cache_bytes=self.fastio_map_cache_mb * 2**20)
+        except ValueError as e:
+            raise ConfigError(f"invalid FastIO setting: {e}") from e
+
+    def host_queue(self, kind: str, host_id: str | None = None) -> str:
+        """The queue of ``kind`` (io, cpu, gpu) bound to one host, for stages sharing memory."""
+        return f"{kind}.{host_id or self.host_id}"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _crop_var(env: Mapping[str, str], name: str) -> int:
+    text = env.get(name, "").strip()
+    if text == "":
+        return -1
+    try:
+        return int(text)
+    except ValueError as e:
+        raise ConfigError(f"{name}={text!r} is not an integer") from e
+
+
+_VARIABLES = {
+    "redis_url": str,
+    "host_id": str,
+    "namespace": str,
+    "shm_dir": Path,
+    "fastio_lease_s": float,
+    "fastio_pool_mb": _positive_int,
+    "fastio_map_cache_mb": _positive_int,
+    "janitor_interval_s": float,
+    "visibility_timeout_s": float,
+    "job_ttl_s": float,
+}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings.from_env()

@@ -1,0 +1,52 @@
+"""Worker process life cycle: warm heavy libraries before forking, run the janitor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import signals
+
+from fastio import sweep
+from queues.settings import get_settings
+from workers.stage import redis_client
+
+log = logging.getLogger(__name__)
+
+
+@signals.worker_init.connect
+def warm_itk(**_: object) -> None:
+    """Load ITK's wrappers in the parent so every forked child shares them.
+
+    ITK loads each filter family lazily: seconds and hundreds of MB per process otherwise.
+    """
+    import numpy as np
+
+    from ops.crop import CropRegion, crop_volume
+    from ops.volume import image_view
+
+    probe = np.zeros((2, 2, 2), np.int16)
+    geometry = {"spacing": [1.0] * 3, "origin": [0.0] * 3, "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]}
+    crop_volume(probe, geometry, CropRegion((0, 0, 0), (1, 1, 1)))
+    image_view(probe.astype(np.float32), geometry)
+    import itk
+
+    itk.ImageFileReader, itk.ImageFileWriter  # noqa: B018  (resolves the lazy IO modules)
+    log.info("ITK warmed in the worker parent")
+
+
+@signals.worker_ready.connect
+def start_janitor(**_: object) -> None:
+    """Sweep this host's FastIO memory periodically from the worker's main process."""
+    settings = get_settings()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.janitor_interval_s):
+            try:
+                sweep(redis_client(), settings.fastio_config())
+            except Exception:
+                log.exception("fastio janitor sweep failed")
+
+    threading.Thread(target=loop, name="carina-janitor", daemon=True).start()
+    signals.worker_shutdown.connect(lambda **_: stop.set(), weak=False)

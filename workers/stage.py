@@ -1,0 +1,145 @@
+"""The base of every pipeline stage: job bookkeeping, locality, cleanup.
+
+A stage that publishes memory pins the rest of its chain to this host's queues; a stage
+that lands on a host not holding its input is re-routed to the holder; the job's memory is
+freed when its last stage succeeds or any stage fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from celery import Task
+
+from fastio import AlreadyPublished, FastIOContext, NotLocal
+from queues.jobs import JobStore
+from queues.settings import get_settings
+
+log = logging.getLogger(__name__)
+MAX_REROUTES = 3
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    """This worker process's connection pool (created after fork, on first use)."""
+    return redis.Redis.from_url(get_settings().redis_url)
+
+
+def job_store() -> JobStore:
+    settings = get_settings()
+    return JobStore(redis_client(), settings.namespace, settings.job_ttl_s)
+
+
+def fastio_context(job_id: str) -> FastIOContext:
+    return FastIOContext(redis_client(), job_id, get_settings().fastio_config())
+
+
+def queue_kind(queue: str) -> str:
+    """'cpu' for both 'cpu' and the host-bound 'cpu.<host>'."""
+    return queue.split(".", 1)[0]
+
+
+class StageTask(Task):
+    """Celery task base for pipeline stages; the task body is ``fn(self, payload, ...)``."""
+
+    abstract = True
+    acks_late = True
+
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        payload = args[0]
+        stages = [s for s in self._stages(payload)]
+        index = stages.index(self.name) + 1 if self.name in stages else 0
+        job_store().stage_started(payload["job"], self.name, index)
+
+    def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(payload, *args, **kwargs)
+        except NotLocal as e:
+            if self.request.retries >= MAX_REROUTES or self.request.called_directly:
+                raise
+            queue = get_settings().host_queue(queue_kind(self._queue()), e.holder)
+            log.warning("job %s: %s re-routed to %s (%s)", payload["job"], self.name, queue, e)
+            raise self.retry(exc=e, queue=queue, countdown=0, max_retries=MAX_REROUTES)
+
+    # helpers for task bodies ------------------------------------------------------------
+    def publish(self, payload: dict[str, Any], array: np.ndarray, name: str,
+                metadata: dict[str, Any]) -> dict[str, Any]:
+        """Publish ``array`` as ``name`` for this job, pin the chain here, return the new payload.
+
+        A name this stage already published (its message was redelivered after a crash) is
+        replaced: the next stage has not run yet, so no reader can have seen it.
+        """
+        ctx = fastio_context(payload["job"])
+        try:
+            ctx.publish_array(array, name, metadata)
+        except AlreadyPublished:
+            ctx.get(name).free()
+            ctx.publish_array(array, name, metadata)
+        self._pin_chain_here()
+        return self.advance(payload, handles={**payload["handles"], name: name})
+
+    def advance(self, payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        """The payload for the next stage, with this stage recorded in its trace."""
+        trace = [*payload["trace"], {"stage": self.name, "host": get_settings().host_id}]
+        return {**payload, **changes, "trace": trace}
+
+    # Celery hooks -------------------------------------------------------------------------
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        if not self.request.chain:
+            payload = retval if isinstance(retval, dict) else args[0]
+            self._finish(payload["job"])
+            job_store().done(payload["job"], payload.get("output", ""))
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        payload = args[0] if args else {}
+        job_id = payload.get("job") if isinstance(payload, dict) else None
+        if not job_id:
+            return
+        log.error("job %s failed in %s: %s", job_id, self.name, exc)
+        job_store().failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
+        self._finish(job_id)
+
+    def _finish(self, job_id: str) -> None:
+        try:
+            fastio_context(job_id).free_all()
+        except Exception:  # the job's outcome stands; the janitor reclaims what is left
+            log.exception("job %s: freeing FastIO memory failed", job_id)
+
+    def _pin_chain_here(self) -> None:
+        """Send the remaining stages to this host's queues, where the memory is."""
+        settings = get_settings()
+        for signature in self.request.chain or []:
+            options = signature.setdefault("options", {})
+            options["queue"] = settings.host_queue(queue_kind(options.get("queue") or "cpu"))
+
+    def _queue(self) -> str:
+        info = self.request.delivery_info or {}
+        return info.get("routing_key") or self.queue or "cpu"
+
+    @staticmethod
+    def _stages(payload: dict[str, Any]) -> list[str]:
+        from queues.pipelines import PIPELINES
+
+        spec = PIPELINES.get(payload.get("pipeline", ""))
+        return [s.task for s in spec.stages] if spec else []
+
+
+def single_volume(path: str) -> Path:
+    """The input volume: the file itself, or the one volume inside a folder (the seed's /input)."""
+    from ops.errors import VolumeReadError
+    from ops.volume import READABLE_SUFFIXES
+
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(READABLE_SUFFIXES))
+        if not found:
+            raise VolumeReadError(f"input folder {p} holds no volume ({', '.join(READABLE_SUFFIXES)})")
+        if len(found) > 1:
+            raise VolumeReadError(f"input folder {p} holds {len(found)} volumes; give one file")
+        return found[0]
+    return p
