@@ -1,0 +1,96 @@
+"""Real Celery workers (prefork subprocesses, as in production) for pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from queues.app import create_app
+from queues.jobs import JobStore
+from queues.settings import Settings
+
+WORKER_START_TIMEOUT_S = 60
+
+
+@dataclass
+class Deployment:
+    """One namespace on the session's redis-server, a private tmpfs folder, running workers."""
+
+    env: dict[str, str]
+    settings: Settings
+    shm_dir: Path
+    logs: list[Path]
+
+    def settings_for(self, host_id: str) -> Settings:
+        return Settings.from_env({**self.env, "CARINA_HOST_ID": host_id})
+
+    @property
+    def app(self):
+        return create_app(self.settings)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    def jobs(self) -> JobStore:
+        return JobStore(self.client(), self.settings.namespace, self.settings.job_ttl_s)
+
+    def log_tail(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in self.logs)
+
+
+def start_worker(env: dict[str, str], host_id: str, kinds: str, log: Path) -> subprocess.Popen:
+    out = open(log, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "queues.cli", "worker", "-Q", kinds, "-c", "1", "--host-id", host_id],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while " ready." not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_worker(proc)
+            raise RuntimeError(f"worker {host_id} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_server):
+    """Two worker groups on this one machine posing as hosts ``host-a`` and ``host-b``."""
+    shm_dir = Path(tempfile.mkdtemp(prefix="carina-it-", dir="/dev/shm"))
+    logdir = Path(tempfile.mkdtemp(prefix="carina-it-logs-"))
+    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/1"),
+           "CARINA_NAMESPACE": f"it{uuid.uuid4().hex[:8]}", "CARINA_SHM_DIR": str(shm_dir),
+           "CARINA_HOST_ID": "host-a", "CARINA_JANITOR_INTERVAL_S": "3600"}
+    for name in [k for k in env if k.startswith("CROP_")]:
+        del env[name]
+    logs = [logdir / "host-a.log", logdir / "host-b.log"]
+    procs = []
+    try:
+        procs.append(start_worker(env, "host-a", "io,cpu", logs[0]))
+        procs.append(start_worker(env, "host-b", "io,cpu", logs[1]))
+        yield Deployment(env, Settings.from_env(env), shm_dir, logs)
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+        shutil.rmtree(shm_dir, ignore_errors=True)
+        shutil.rmtree(logdir, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""``fastio-itk`` end to end: front door → Redis → real prefork workers → FastIO → ITK."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from celery import Celery
+
+from fastio import FastIOContext
+from fastio.registry import Registry
+from ops.volume import read_volume, write_volume
+from queues.errors import BrokerUnavailable, ConfigError, InvalidJobRequest, UnknownPipeline
+from queues.pipelines import submit, wait
+from queues.settings import Settings
+
+GEOMETRY = {"spacing": [0.7, 0.8, 2.5], "origin": [-50.0, 20.0, 300.0],
+            "direction": [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0]}
+JOB_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def sample(tmp_path):
+    volume = (np.arange(12 * 20 * 16, dtype=np.int16) % 1000).reshape(12, 20, 16)
+    (tmp_path / "in").mkdir()
+    return write_volume(volume, GEOMETRY, tmp_path / "in" / "ct.mhd"), volume
+
+
+def digest(path: Path) -> dict[str, str]:
+    """Every file of an input (a folder, or the folder around a file) by content."""
+    folder = path if path.is_dir() else path.parent
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_job(deployment, input, output, **params):
+    job_id = submit(deployment.app, deployment.settings, "fastio-itk", input, output, params=params)
+    status = wait(deployment.jobs(), job_id, JOB_TIMEOUT_S)
+    assert status.finished, f"job {job_id} still {status.state}\n{deployment.log_tail()}"
+    return status
+
+
+def assert_no_memory_held(deployment):
+    """Nothing is in use on either host, and every segment file left is a free, pooled one."""
+    client = deployment.client()
+    files = {p.name for p in deployment.shm_dir.iterdir()}
+    pooled = set()
+    for host in ("host-a", "host-b"):
+        registry = Registry(client, deployment.settings_for(host).fastio_config())
+        assert registry.live() == {}, f"segments still in use on {host}"
+        pooled |= set(registry.pooled())
+    assert files <= pooled
+
+
+def test_crop_runs_through_three_stages_and_keeps_geometry(deployment, sample, tmp_path):
+    path, volume = sample
+    before = digest(path)
+    status = run_job(deployment, path, tmp_path / "out", crop_start=[2, 3, 4], crop_size=[10, 12, 5])
+    assert status.state == "done", status.error
+    assert status.stage_index == 3 and status.output == str(tmp_path / "out")
+
+    out, geometry = read_volume(tmp_path / "out" / "output.mhd")
+    np.testing.assert_array_equal(out, volume[4:9, 3:15, 2:12])
+    direction = np.array(GEOMETRY["direction"]).reshape(3, 3)
+    expected_origin = np.array(GEOMETRY["origin"]) + direction @ (np.array([2, 3, 4]) * GEOMETRY["spacing"])
+    np.testing.assert_allclose(geometry["origin"], expected_origin, atol=1e-4)
+    np.testing.assert_allclose(geometry["spacing"], GEOMETRY["spacing"], atol=1e-6)
+    np.testing.assert_allclose(geometry["direction"], GEOMETRY["direction"], atol=1e-6)
+    assert (tmp_path / "out" / "config.meta").is_file() and (tmp_path / "out" / "config_render.json").is_file()
+    assert digest(path) == before
+    assert_no_memory_held(deployment)
+
+
+def test_folder_input_with_default_crop_copies_the_whole_volume(deployment, sample, tmp_path):
+    path, volume = sample
+    status = run_job(deployment, path.parent, tmp_path / "out")
+    assert status.state == "done", status.error
+    np.testing.assert_array_equal(read_volume(tmp_path / "out" / "output.mhd")[0], volume)
+
+
+def test_every_stage_of_a_job_runs_on_the_host_holding_its_memory(deployment, sample, tmp_path):
+    path, _ = sample
+    app = deployment.app
+    job_ids = [submit(app, deployment.settings, "fastio-itk", path, tmp_path / f"o{i}") for i in range(8)]
+    hosts_per_job = []
+    for job_id in job_ids:
+        assert wait(deployment.jobs(), job_id, JOB_TIMEOUT_S).state == "done"
+        result = app.AsyncResult(job_id).get(timeout=10)
+        hosts_per_job.append({step["host"] for step in result["trace"]})
+    assert all(len(hosts) == 1 for hosts in hosts_per_job), hosts_per_job
+
+
+def test_a_stage_sent_to_the_wrong_host_is_rerouted_to_the_holder(deployment, tmp_path):
+    """The test process plays host-a's first stages; the last one is misrouted to host-b."""
+    job_id = "reroute-job"
+    client = deployment.client()
+    ctx = FastIOContext(client, job_id, deployment.settings_for("host-a").fastio_config())
+    ctx.publish_array(np.ones((3, 4, 5), np.int16), "fastio_itk_filtered", GEOMETRY)
+    payload = {"job": job_id, "pipeline": "fastio-itk", "input": "", "output": str(tmp_path / "out"),
+               "config": None, "params": {}, "handles": {"fastio_itk_filtered": "fastio_itk_filtered"},
+               "trace": []}
+    result = deployment.app.send_task("carina.fastio_itk.write_volume", args=[payload], queue="io.host-b")
+    done = result.get(timeout=JOB_TIMEOUT_S)
+    assert done["trace"][-1]["host"] == "host-a"
+    assert "re-routed to io.host-a" in deployment.log_tail()
+    np.testing.assert_array_equal(read_volume(tmp_path / "out" / "output.mhd")[0], np.ones((3, 4, 5)))
+
+
+def test_a_plain_celery_app_can_send_a_stage_by_name(deployment, sample, tmp_path):
+    path, _ = sample
+    url = deployment.settings.redis_url
+    outsider = Celery("someapp", broker=url, backend=url)
+    outsider.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
+    payload = {"job": "outsider-job", "pipeline": "fastio-itk", "input": str(path), "output": "",
+               "config": None, "params": {}, "handles": {}, "trace": []}
+    result = outsider.send_task("carina.fastio_itk.read_volume", args=[payload], queue="io").get(timeout=30)
+    assert result["handles"] == {"fastio_itk": "fastio_itk"}
+    assert_no_memory_held(deployment)  # a stage run alone is a whole job: freed when it ends
+
+
+@pytest.mark.parametrize(
+    "make_input, params, reason",
+    [
+        (lambda d: d / "absent.mhd", {}, "does not exist"),
+        (lambda d: d, {}, "holds no volume"),
+        (lambda d: (d / "notes.mhd").write_text("just text, no header") and d / "notes.mhd", {}, "not a MetaImage header"),
+        (lambda d: (d / "scan.dcm").write_bytes(b"\0" * 200) and d / "scan.dcm", {}, "not a volume format"),
+        ("truncated", {}, "truncated"),
+        ("sample", {"crop_start": [16, 0, 0]}, "CROP_START_X=16 is outside"),
+        ("sample", {"crop_size": [0, -1, -1]}, "CROP_SIZE_X=0"),
+        ("sample", {"crop_start": [10, 0, 0], "crop_size": [10, -1, -1]}, "past the image's edge"),
+    ],
+    ids=["missing", "empty-folder", "text-as-mhd", "not-an-image", "truncated-raw", "crop-outside",
+         "crop-size-0", "crop-past-edge"],
+)
+def test_bad_input_fails_the_job_with_the_reason_and_loses_nothing(deployment, sample, tmp_path,
+                                                                   make_input, params, reason):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    if make_input == "sample":
+        path = sample[0]
+    elif make_input == "truncated":
+        path = write_volume(np.zeros((4, 4, 4), np.int16), GEOMETRY, inbox / "t.mhd")
+        (inbox / "t.raw").write_bytes(b"\0" * 10)
+    else:
+        path = make_input(inbox)
+    before = digest(path)
+    status = run_job(deployment, path, tmp_path / "out", **params)
+    assert status.state == "failed"
+    assert reason in status.error
+    assert digest(path) == before
+    assert_no_memory_held(deployment)
+
+
+def test_cli_submit_wait_and_status(deployment, sample, tmp_path):
+    path, _ = sample
+    cli = [sys.executable, "-m", "queues.cli"]
+    ok = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", str(tmp_path / "out"),
+                               "--crop-start", "0", "0", "0", "--crop-size", "4", "4", "4", "--wait"],
+                        env=deployment.env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    job_id = ok.stdout.strip()
+    assert "done" in ok.stderr
+    status = subprocess.run(cli + ["status", job_id], env=deployment.env, capture_output=True, text=True)
+    assert "state:    done" in status.stdout
+
+    bad = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", str(tmp_path / "o2"),
+                                "--crop-start", "99", "0", "0", "--wait"],
+                         env=deployment.env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "CROP_START_X=99 is outside" in bad.stderr
+
+    nonint = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", "x", "--crop-size", "a", "1", "1"],
+                            env=deployment.env, capture_output=True, text=True)
+    assert nonint.returncode == 2 and "invalid int value: 'a'" in nonint.stderr
+
+    unknown = subprocess.run(cli + ["submit", "no-such-pipe", "-i", str(path), "-o", "x"],
+                             env=deployment.env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown pipeline 'no-such-pipe'" in unknown.stderr
+
+
+def test_refusals_before_anything_is_queued(deployment, sample, tmp_path):
+    path, _ = sample
+    with pytest.raises(UnknownPipeline, match="known pipelines: fastio-itk"):
+        submit(deployment.app, deployment.settings, "nope", path, tmp_path)
+    with pytest.raises(InvalidJobRequest, match="crop_start=.*three integers"):
+        submit(deployment.app, deployment.settings, "fastio-itk", path, tmp_path, params={"crop_start": [1.5, 0, 0]})
+    with pytest.raises(InvalidJobRequest, match="does not take"):
+        submit(deployment.app, deployment.settings, "fastio-itk", path, tmp_path, params={"sigma": 1})
+    with pytest.raises(ConfigError, match="CROP_SIZE_Y='ten' is not an integer"):
+        Settings.from_env({"CROP_SIZE_Y": "ten"})
+
+
+def test_redis_down_at_submit_is_a_clear_error(sample, tmp_path):
+    from queues.app import create_app
+    from queues.local import free_port
+
+    settings = Settings.from_env({"CARINA_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
+        submit(create_app(settings), settings, "fastio-itk", sample[0], tmp_path / "out")
+    cli = subprocess.run([sys.executable, "-m", "queues.cli", "submit", "fastio-itk", "-i", str(sample[0]), "-o", "x"],
+                         env={"CARINA_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and "cannot reach Redis" in cli.stderr

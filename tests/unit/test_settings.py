@@ -1,0 +1,37 @@
+"""The one settings object: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from queues.errors import ConfigError
+from queues.settings import DEFAULT_REDIS_URL, Settings
+
+
+def test_defaults_without_environment():
+    s = Settings.from_env({})
+    assert s.redis_url == DEFAULT_REDIS_URL and s.namespace == "carina"
+    assert s.crop_start == (-1, -1, -1) and s.crop_size == (-1, -1, -1)
+    assert s.fastio_config().shm_dir == Path("/dev/shm")
+
+
+def test_variables_are_read_and_converted():
+    s = Settings.from_env({"CARINA_REDIS_URL": "redis://r:1/2", "CARINA_HOST_ID": "gpu-07",
+                           "CARINA_FASTIO_POOL_MB": "16", "CROP_START_Z": "5", "CROP_SIZE_X": " 7 "})
+    assert s.redis_url == "redis://r:1/2" and s.host_queue("gpu") == "gpu.gpu-07"
+    assert s.fastio_config().pool_limit_bytes == 16 * 2**20
+    assert s.crop_start == (-1, -1, 5) and s.crop_size == (7, -1, -1)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CARINA_FASTIO_POOL_MB": "lots"}, "CARINA_FASTIO_POOL_MB='lots'"),
+    ({"CARINA_FASTIO_LEASE_S": "0"}, "CARINA_FASTIO_LEASE_S must be > 0"),
+    ({"CARINA_REDIS_URL": "http://x"}, "expected redis://"),
+    ({"CARINA_HOST_ID": "a/b"}, "host_id"),
+    ({"CROP_START_X": "1.5"}, "CROP_START_X='1.5' is not an integer"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Settings.from_env(env)
