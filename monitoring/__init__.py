@@ -1,0 +1,1 @@
+"""Monitoring: Flower's configuration, and (to come) Prometheus metrics and health checks."""
