@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench janitor clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# Debian's python3 lacks venv until python3-venv is installed (needs root, as CI has).
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -21,6 +23,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "ray did not install: its row is skipped"
 	$(BIN)/python bench/fastio_handoff.py --mb 150
 
 clean:

@@ -80,13 +80,6 @@ def _redis():
     return redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=3)
 
 
-def _job_store():
-    from queues.jobs import JobStore
-
-    settings = get_settings()
-    return JobStore(_redis(), settings.namespace, settings.job_ttl_s)
-
-
 def _submit(args: argparse.Namespace) -> int:
     from queues.app import app
     from queues.pipelines import submit
@@ -100,13 +93,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _follow(job_id: str, timeout_s: float) -> int:
-    from queues.pipelines import wait
+    import queues
 
     def show(status) -> None:
         step = f" [{status.stage_index}/{len(status.stages)}] {status.stage}" if status.stage else ""
         print(f"{status.state}{step}", file=sys.stderr, flush=True)
 
-    status = wait(_job_store(), job_id, timeout_s, on_change=show)
+    status = queues.wait(job_id, timeout_s, on_change=show)
     if status.state == "done":
         print(f"done: {status.output}", file=sys.stderr)
         return 0
@@ -118,7 +111,9 @@ def _follow(job_id: str, timeout_s: float) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = _job_store().get(args.job)
+    import queues
+
+    status = queues.status(args.job)
     if args.json:
         print(json.dumps(status.to_dict(), indent=2))
         return 0

@@ -181,6 +181,15 @@ def test_cli_submit_wait_and_status(deployment, sample, tmp_path):
     assert unknown.returncode == 2 and "unknown pipeline 'no-such-pipe'" in unknown.stderr
 
 
+def test_python_api_for_apps(deployment, sample, tmp_path):
+    code = ("import queues; "
+            f"j = queues.submit('fastio-itk', {str(sample[0])!r}, {str(tmp_path / 'out')!r}, crop_size=[5, 5, 5]); "
+            "queues.wait(j, 60); s = queues.status(j); print(s.state, s.output)")
+    out = subprocess.run([sys.executable, "-c", code], env=deployment.env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["done", str(tmp_path / "out")], out.stderr
+    assert read_volume(tmp_path / "out" / "output.mhd")[0].shape == (5, 5, 5)
+
+
 def test_refusals_before_anything_is_queued(deployment, sample, tmp_path):
     path, _ = sample
     with pytest.raises(UnknownPipeline, match="known pipelines: fastio-itk"):
