@@ -36,7 +36,7 @@ def resolve_crop(shape_zyx: Sequence[int], start_xyz: Sequence[int], size_xyz: S
     dims = tuple(int(d) for d in reversed(shape_zyx))
     start: list[int] = []
     size: list[int] = []
-    for axis, dim, s0, n0 in zip("XYZ", dims, start_xyz, size_xyz):
+    for axis, dim, s0, n0 in zip("XYZ", dims, start_xyz, size_xyz, strict=True):
         for label, value in ((f"CROP_START_{axis}", s0), (f"CROP_SIZE_{axis}", n0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise InvalidCrop(f"{label}={value!r} is not an integer")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -174,7 +172,7 @@ def _janitor(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fastio import drain_pool
     from queues.app import create_app
-    from queues.local import LocalRedis
+    from queues.local import LocalRedis, stop_process_group
     from queues.pipelines import submit, wait
     from queues.settings import Settings
 
@@ -201,12 +199,7 @@ def _demo(args: argparse.Namespace) -> int:
             status = wait(JobStore(client, settings.namespace, settings.job_ttl_s), job_id, 180,
                           on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            stop_process_group(worker, grace_s=30)
             log.close()
         drain_pool(client, settings.fastio_config())
         client.close()

@@ -52,7 +52,7 @@ class StageTask(Task):
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         payload = args[0]
-        stages = [s for s in self._stages(payload)]
+        stages = self._stages(payload)
         index = stages.index(self.name) + 1 if self.name in stages else 0
         job_store().stage_started(payload["job"], self.name, index)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import redis
 
 from queues.app import create_app
 from queues.jobs import JobStore
+from queues.local import stop_process_group
 from queues.settings import Settings
 
 WORKER_START_TIMEOUT_S = 60
@@ -57,20 +57,10 @@ def start_worker(env: dict[str, str], host_id: str, kinds: str, log: Path) -> su
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     while " ready." not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
-            stop_worker(proc)
+            stop_process_group(proc)
             raise RuntimeError(f"worker {host_id} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     return proc
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +81,6 @@ def deployment(redis_server):
         yield Deployment(env, Settings.from_env(env), shm_dir, logs)
     finally:
         for proc in procs:
-            stop_worker(proc)
+            stop_process_group(proc)
         shutil.rmtree(shm_dir, ignore_errors=True)
         shutil.rmtree(logdir, ignore_errors=True)
