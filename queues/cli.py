@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
     p.set_defaults(run=_janitor)
 
+    p = sub.add_parser("api", help="serve the HTTP job API (POST /job/, GET /query/<uid>)")
+    p.add_argument("--host", help="address to listen on (default CARINA_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default CARINA_API_PORT, 8080)")
+    p.set_defaults(run=_api)
+
     p = sub.add_parser("demo", help="run fastio-itk on a generated CT phantom with a private redis and worker")
     p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
     p.set_defaults(run=_demo)
@@ -152,6 +157,18 @@ def _worker(args: argparse.Namespace) -> int:
         argv += ["-c", str(args.concurrency)]
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _api(args: argparse.Namespace) -> int:
+    import logging
+
+    from queues.api import run
+    from queues.app import app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    run(settings, app, args.host or settings.api_host, args.port or settings.api_port)
+    return 0
 
 
 def _janitor(args: argparse.Namespace) -> int:

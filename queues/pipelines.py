@@ -81,8 +81,9 @@ def get_pipeline(name: str) -> Pipeline:
 
 
 def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
-           config: str | Path | None = None, params: dict[str, Any] | None = None) -> str:
-    """Queue a job and return its id.
+           config: str | Path | None = None, params: dict[str, Any] | None = None,
+           job_id: str | None = None) -> str:
+    """Queue a job and return its id (``job_id`` if given, else a new one).
 
     Paths are the workers' paths and are checked there (a missing input fails the job with
     the reason); relative ones are made absolute here, against the caller's directory.
@@ -95,7 +96,7 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     if not str(input) or not str(output):
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
-    job_id = uuid.uuid4().hex
+    job_id = job_id or uuid.uuid4().hex
     payload = {
         "job": job_id, "pipeline": pipeline, "input": str(Path(input).absolute()),
         "output": str(Path(output).absolute()), "config": str(Path(config).absolute()) if config else None,

@@ -26,6 +26,10 @@ DEFAULT_JANITOR_INTERVAL_S = 60.0
 # Above the longest job: Redis redelivers an unacknowledged (acks_late) task after this.
 DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
 DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+DEFAULT_DATA_ROOT = "."
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8080
+DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
 CROP_AXES = "XYZ"
 
 
@@ -43,6 +47,12 @@ class Settings:
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
     crop_size: tuple[int, int, int] = (-1, -1, -1)
+    # The HTTP API resolves every in_dir and output inside this folder, never outside it.
+    data_root: Path = Path(DEFAULT_DATA_ROOT)
+    api_token: str = ""
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = DEFAULT_API_PORT
+    api_max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -111,6 +121,11 @@ _VARIABLES = {
     "janitor_interval_s": float,
     "visibility_timeout_s": float,
     "job_ttl_s": float,
+    "data_root": Path,
+    "api_token": str,
+    "api_host": str,
+    "api_port": _positive_int,
+    "api_max_body_bytes": _positive_int,
 }
 
 

@@ -22,10 +22,11 @@ def redis_server():
 
 @pytest.fixture
 def redis_client(redis_server):
+    """Database 0, emptied around each test (running deployments use other databases)."""
     client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
+    client.flushdb()
     yield client
-    client.flushall()
+    client.flushdb()
     client.close()
 
 

@@ -63,7 +63,7 @@ def start_worker(env: dict[str, str], host_id: str, kinds: str, log: Path) -> su
     return proc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def deployment(redis_server):
     """Two worker groups on this one machine posing as hosts ``host-a`` and ``host-b``."""
     shm_dir = Path(tempfile.mkdtemp(prefix="carina-it-", dir="/dev/shm"))

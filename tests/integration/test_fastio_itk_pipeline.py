@@ -52,7 +52,7 @@ def assert_no_memory_held(deployment):
         registry = Registry(client, deployment.settings_for(host).fastio_config())
         assert registry.live() == {}, f"segments still in use on {host}"
         pooled |= set(registry.pooled())
-    assert files <= pooled
+    assert files <= pooled, f"segment files neither in use nor pooled: {sorted(files - pooled)}"
 
 
 def test_crop_runs_through_three_stages_and_keeps_geometry(deployment, sample, tmp_path):

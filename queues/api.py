@@ -1,0 +1,205 @@
+"""The seed's HTTP job API on aiohttp: ``POST /job/`` and ``GET /query/<uid>``.
+
+Contract (gaussian-blur-job-server.txt), for every pipeline::
+
+    POST /job/        {"job_name": "3dblur", "in_dir": "dicom_data", ...parameters}
+                      → 201 {"uid": ...}
+    GET  /query/<uid> → 202 {"msg": "Job is running"}                       queued or running
+                      → 200 {"msg": "Job has completed", "output_dir": ...} done
+                      → 500 {"msg": "Job has failed", "error": ..., "stage": ...}
+                      → 404 unknown uid
+
+Refusals: 400 malformed JSON, unknown job_name or bad parameters; 401 missing or wrong
+bearer token (when ``CARINA_API_TOKEN`` is set); 403 a path outside ``CARINA_DATA_ROOT``;
+413 a body over ``CARINA_API_MAX_BODY_BYTES``; 415 not JSON; 503 Redis unreachable.
+Paths in requests and responses are relative to the data root. This process imports no
+imaging code: it queues tasks by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import redis
+from aiohttp import web
+from celery import Celery
+
+from queues.errors import BrokerUnavailable, CarinaError, InvalidJobRequest, UnknownJob, UnknownPipeline
+from queues.jobs import DONE, FAILED, JobStore
+from queues.pipelines import PIPELINES, submit
+from queues.settings import Settings
+
+log = logging.getLogger(__name__)
+RESULTS_DIR = "results"
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+SETTINGS = web.AppKey("settings", Settings)
+CELERY = web.AppKey("celery", Celery)
+JOBS = web.AppKey("jobs", JobStore)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class PathRefused(CarinaError):
+    """A path in a request points outside the data root."""
+
+
+def resolve_inside(root: Path, requested: Any, field: str) -> Path:
+    """``requested`` as a real path inside ``root``, symlinks followed.
+
+    Raises:
+        InvalidJobRequest: not a non-empty string.
+        PathRefused: ``..`` in it, or it (or a symlink on its way) leads outside ``root``.
+    """
+    if not isinstance(requested, str) or not requested.strip() or "\x00" in requested:
+        raise InvalidJobRequest(f"{field} must be a non-empty path relative to the data root")
+    candidate = Path(requested)
+    if ".." in candidate.parts:
+        raise PathRefused(f"{field} {requested!r}: '..' is not allowed")
+    real_root = root.resolve()
+    resolved = (candidate if candidate.is_absolute() else real_root / candidate).resolve()
+    if not resolved.is_relative_to(real_root):
+        raise PathRefused(f"{field} {requested!r} is outside the data root")
+    return resolved
+
+
+def _json(status: int, **body: Any) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.content_type == "application/json":
+            raise
+        return _json(e.status, msg=e.reason, error=e.text if e.text != f"{e.status}: {e.reason}" else e.reason)
+    except PathRefused as e:
+        return _json(403, msg="Forbidden", error=str(e))
+    except (UnknownPipeline, InvalidJobRequest) as e:
+        return _json(400, msg="Bad request", error=str(e))
+    except UnknownJob as e:
+        return _json(404, msg="Not found", error=str(e))
+    except BrokerUnavailable as e:
+        log.error("%s", e)
+        return _json(503, msg="Service unavailable", error="the job queue cannot be reached")
+
+
+@web.middleware
+async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SETTINGS].api_token
+    if token and request.path not in PUBLIC_PATHS:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"msg": "Unauthorized", "error": "a valid bearer token is required"},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def post_job(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        return _json(415, msg="Unsupported media type", error="send the job as application/json")
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as e:
+        return _json(400, msg="Bad request", error=f"malformed JSON: {e}")
+    if not isinstance(body, dict):
+        return _json(400, msg="Bad request", error="the body must be a JSON object")
+    body = dict(body)
+    pipeline = body.pop("job_name", None)
+    if not isinstance(pipeline, str):
+        return _json(400, msg="Bad request", error="job_name is required")
+    if pipeline not in PIPELINES:
+        raise UnknownPipeline(pipeline, sorted(PIPELINES))
+    settings = request.app[SETTINGS]
+    root = settings.data_root
+    in_dir = resolve_inside(root, body.pop("in_dir", None), "in_dir")
+    config = body.pop("config_dir", None)
+    config_dir = resolve_inside(root, config, "config_dir") if config is not None else None
+    uid = uuid.uuid4().hex
+    output = root.resolve() / RESULTS_DIR / uid
+    await asyncio.to_thread(submit, request.app[CELERY], settings, pipeline, in_dir, output, config_dir,
+                            body, job_id=uid)
+    log.info("job %s: %s on %s", uid, pipeline, in_dir)
+    return _json(201, uid=uid)
+
+
+async def query_job(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    try:
+        status = await asyncio.to_thread(request.app[JOBS].get, uid)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise BrokerUnavailable(str(e)) from e
+    if status.state == DONE:
+        output = Path(status.output)
+        root = request.app[SETTINGS].data_root.resolve()
+        shown = output.relative_to(root) if output.is_relative_to(root) else output
+        return _json(200, msg="Job has completed", output_dir=str(shown))
+    if status.state == FAILED:
+        return _json(500, msg="Job has failed", error=status.error, stage=status.stage)
+    return _json(202, msg="Job is running", state=status.state, stage=status.stage)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> web.Application:
+    """The aiohttp application; ``client`` is the Redis connection for job records."""
+    app = web.Application(middlewares=[errors_as_json, bearer_token], client_max_size=settings.api_max_body_bytes)
+    app[SETTINGS] = settings
+    app[CELERY] = celery_app
+    app[JOBS] = JobStore(client, settings.namespace, settings.job_ttl_s)
+    app.router.add_post("/job/", post_job)
+    app.router.add_post("/job", post_job)
+    app.router.add_get("/query/{uid}", query_job)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def run(settings: Settings, celery_app: Celery, host: str, port: int) -> None:
+    """Serve until interrupted. Refuses to listen beyond loopback without a token."""
+    if not settings.api_token and host not in ("127.0.0.1", "localhost", "::1"):
+        raise CarinaError(f"refusing to serve on {host} without CARINA_API_TOKEN")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    web.run_app(create_api(settings, celery_app, client), host=host, port=port, print=None)
+
+
+_ERROR = {"type": "object", "properties": {"msg": {"type": "string"}, "error": {"type": "string"}}}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Carina job API", "version": "1",
+             "description": "Submit imaging pipelines and follow them. Paths are relative to the data root."},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                   "schemas": {"Error": _ERROR}},
+    "security": [{"bearer": []}],
+    "paths": {
+        "/job/": {"post": {
+            "summary": "Queue a job",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["job_name", "in_dir"],
+                "properties": {"job_name": {"type": "string", "enum": sorted(PIPELINES)},
+                               "in_dir": {"type": "string"}, "config_dir": {"type": "string"}},
+                "additionalProperties": True}}}},
+            "responses": {
+                "201": {"description": "queued", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"uid": {"type": "string"}}}}}},
+                **{code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                   for code, text in (("400", "malformed or unknown job"), ("401", "token missing or wrong"),
+                                      ("403", "path outside the data root"), ("413", "body too large"),
+                                      ("415", "not JSON"), ("503", "queue unreachable"))}}}},
+        "/query/{uid}": {"get": {
+            "summary": "A job's state",
+            "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "Job has completed (output_dir)"},
+                "202": {"description": "Job is running"},
+                "404": {"description": "unknown uid"},
+                "500": {"description": "Job has failed (error, stage)"}}}},
+    },
+}

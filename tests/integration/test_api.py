@@ -1,0 +1,142 @@
+"""The HTTP job API as a real server process, talking HTTP on loopback to real workers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from ops.volume import read_volume, write_volume
+from queues.local import free_port, stop_process_group
+
+TOKEN = "s3cret-token"
+GEOMETRY = {"spacing": [1.0, 1.0, 2.0], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "study").mkdir()
+    write_volume(np.arange(6 * 8 * 10, dtype=np.int16).reshape(6, 8, 10), GEOMETRY, root / "study" / "ct.mhd")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.mhd").write_text("not yours")
+    (root / "escape").symlink_to(outside)
+    return root
+
+
+@pytest.fixture(scope="module")
+def api(deployment, data_root):
+    port = free_port()
+    env = {**deployment.env, "CARINA_DATA_ROOT": str(data_root), "CARINA_API_TOKEN": TOKEN,
+           "CARINA_API_MAX_BODY_BYTES": "4096"}
+    proc = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"API did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    stop_process_group(proc)
+
+
+def call(url, method="GET", body=None, token=TOKEN, content_type="application/json", raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def follow(api, uid, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        status, body = call(f"{api}/query/{uid}")
+        seen.append(status)
+        if status != 202:
+            return status, body, seen
+        time.sleep(0.1)
+    raise AssertionError(f"job {uid} still running: {seen[-5:]}")
+
+
+def test_seed_contract_submit_then_query_until_done(api, data_root):
+    status, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study", "crop_size": [4, 4, 2]})
+    assert status == 201 and set(body) == {"uid"}
+    first, _ = call(f"{api}/query/{body['uid']}")
+    assert first in (200, 202)
+    status, done, _ = follow(api, body["uid"])
+    assert status == 200 and done["msg"] == "Job has completed"
+    assert done["output_dir"] == f"results/{body['uid']}"
+    assert read_volume(data_root / done["output_dir"] / "output.mhd")[0].shape == (2, 4, 4)
+
+
+def test_running_job_answers_202_with_the_seed_message(api):
+    _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"})
+    status, reply = call(f"{api}/query/{body['uid']}")
+    if status == 202:
+        assert reply["msg"] == "Job is running"
+    follow(api, body["uid"])
+
+
+def test_failed_job_is_a_500_with_the_reason(api):
+    _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study", "crop_start": [50, 0, 0]})
+    status, reply, _ = follow(api, body["uid"])
+    assert status == 500 and reply["msg"] == "Job has failed"
+    assert "CROP_START_X=50 is outside" in reply["error"] and reply["stage"].endswith("filter_volume")
+
+
+def test_unknown_uid_is_404(api):
+    assert call(f"{api}/query/nope")[0] == 404
+
+
+@pytest.mark.parametrize("body, raw, content_type, code, message", [
+    (None, b"{not json", "application/json", 400, "malformed JSON"),
+    (None, b"[1, 2]", "application/json", 400, "JSON object"),
+    ({"job_name": "no-such", "in_dir": "study"}, None, "application/json", 400, "unknown pipeline"),
+    ({"in_dir": "study"}, None, "application/json", 400, "job_name is required"),
+    ({"job_name": "fastio-itk"}, None, "application/json", 400, "in_dir must be"),
+    ({"job_name": "fastio-itk", "in_dir": "study", "crop_size": "big"}, None, "application/json", 400, "three integers"),
+    ({"job_name": "fastio-itk", "in_dir": "study"}, None, "text/plain", 415, "application/json"),
+    ({"job_name": "fastio-itk", "in_dir": "/etc"}, None, "application/json", 403, "outside the data root"),
+    ({"job_name": "fastio-itk", "in_dir": "study/../../etc"}, None, "application/json", 403, "'..'"),
+    ({"job_name": "fastio-itk", "in_dir": "escape/secret.mhd"}, None, "application/json", 403, "outside the data root"),
+], ids=["malformed", "not-object", "unknown-pipeline", "no-job-name", "no-in-dir", "bad-param", "content-type",
+        "absolute-outside", "dot-dot", "symlink-escape"])
+def test_bad_requests_are_refused_with_a_reason(api, body, raw, content_type, code, message):
+    status, reply = call(f"{api}/job/", "POST", body, raw=raw, content_type=content_type)
+    assert status == code and message in reply["error"]
+
+
+def test_huge_body_is_413(api):
+    raw = json.dumps({"job_name": "fastio-itk", "in_dir": "study", "pad": "x" * 10_000}).encode()
+    assert call(f"{api}/job/", "POST", raw=raw)[0] == 413
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_token_is_required(api, token):
+    status, reply = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"}, token=token)
+    assert status == 401 and "bearer token" in reply["error"]
+    assert call(f"{api}/query/anything", token=token)[0] == 401
+
+
+def test_openapi_document_is_public(api):
+    status, doc = call(f"{api}/openapi.json", token=None)
+    assert status == 200 and {"/job/", "/query/{uid}"} <= set(doc["paths"])
