@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -187,46 +186,9 @@ def _janitor(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fastio import drain_pool
-    from queues.app import create_app
-    from queues.local import LocalRedis, stop_process_group
-    from queues.pipelines import submit, wait
-    from queues.settings import Settings
+    from queues.demo import run_demo
 
-    out = Path(args.output).absolute()
-    sample = out / "input" / "phantom.mhd"
-    subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(sample)], check=True,
-                   stdout=subprocess.DEVNULL)
-    print(f"sample CT phantom: {sample}")
-    with LocalRedis() as server:
-        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "carina-demo"}
-        settings = Settings.from_env(env)
-        log = open(out / "worker.log", "w")
-        worker = subprocess.Popen([sys.executable, "-m", "queues.cli", "worker", "-c", "2"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            app = create_app(settings)
-            job_id = submit(app, settings, "fastio-itk", sample, out / "result",
-                            params={"crop_start": [20, 30, 8], "crop_size": [120, 100, 48]})
-            print(f"submitted fastio-itk job {job_id} (crop 120x100x48 from 20,30,8)")
-            from queues.jobs import JobStore
-            import redis
-
-            client = redis.Redis.from_url(server.url)
-            status = wait(JobStore(client, settings.namespace, settings.job_ttl_s), job_id, 180,
-                          on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))
-        finally:
-            stop_process_group(worker, grace_s=30)
-            log.close()
-        drain_pool(client, settings.fastio_config())
-        client.close()
-    if status.state != "done":
-        print(f"demo job {status.state}: {status.error or 'timed out'} (worker log: {out / 'worker.log'})")
-        return EXIT_FAILED
-    print(f"done. output in {out / 'result'}:")
-    for path in sorted((out / "result").iterdir()):
-        print(f"  {path.name:20} {path.stat().st_size:>10} bytes")
-    return 0
+    return 0 if run_demo(Path(args.output).absolute()) else EXIT_FAILED
 
 
 if __name__ == "__main__":

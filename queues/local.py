@@ -35,6 +35,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_worker(env: dict[str, str], log: Path, kinds: str = "io,cpu", concurrency: int | None = None,
+                 host_id: str | None = None, timeout_s: float = 60.0) -> subprocess.Popen:
+    """Start ``carina worker`` in its own process group and wait until Celery says it is ready.
+
+    Raises:
+        ServiceError: the worker exited or was not ready within ``timeout_s`` (its log is quoted).
+    """
+    import sys
+
+    argv = [sys.executable, "-m", "queues.cli", "worker", "-Q", kinds]
+    argv += ["-c", str(concurrency)] if concurrency else []
+    argv += ["--host-id", host_id] if host_id else []
+    with open(log, "w") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while " ready." not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process_group(process)
+            raise ServiceError(f"worker {host_id or ''} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
     """SIGTERM the group a process leads (a Celery worker and its pool), SIGKILL after ``grace_s``."""
     if process.poll() is not None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +14,8 @@ import redis
 
 from queues.app import create_app
 from queues.jobs import JobStore
-from queues.local import stop_process_group
+from queues.local import start_worker, stop_process_group
 from queues.settings import Settings
-
-WORKER_START_TIMEOUT_S = 60
-
 
 @dataclass
 class Deployment:
@@ -49,20 +43,6 @@ class Deployment:
         return "\n".join(p.read_text()[-3000:] for p in self.logs)
 
 
-def start_worker(env: dict[str, str], host_id: str, kinds: str, log: Path) -> subprocess.Popen:
-    out = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "queues.cli", "worker", "-Q", kinds, "-c", "1", "--host-id", host_id],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    while " ready." not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(proc)
-            raise RuntimeError(f"worker {host_id} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
 @pytest.fixture(scope="session")
 def deployment(redis_server):
     """Two worker groups on this one machine posing as hosts ``host-a`` and ``host-b``."""
@@ -76,8 +56,8 @@ def deployment(redis_server):
     logs = [logdir / "host-a.log", logdir / "host-b.log"]
     procs = []
     try:
-        procs.append(start_worker(env, "host-a", "io,cpu", logs[0]))
-        procs.append(start_worker(env, "host-b", "io,cpu", logs[1]))
+        procs.append(start_worker(env, logs[0], "io,cpu", concurrency=1, host_id="host-a"))
+        procs.append(start_worker(env, logs[1], "io,cpu", concurrency=1, host_id="host-b"))
         yield Deployment(env, Settings.from_env(env), shm_dir, logs)
     finally:
         for proc in procs:
