@@ -84,6 +84,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
 def write_volume(array: np.ndarray, geometry: dict[str, Any], path: str | Path) -> Path:
     """Write a (z, y, x) array with its geometry; ``.mhd`` writes a ``.raw`` beside it.
 
+    The parent folder is created if missing.
+
     Raises:
         VolumeWriteError: ITK cannot write the file (bad folder, disk full, pixel type).
     """
@@ -91,6 +93,7 @@ def write_volume(array: np.ndarray, geometry: dict[str, Any], path: str | Path) 
 
     path = Path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         itk.imwrite(image_view(array, geometry), str(path))
     except (RuntimeError, OSError) as e:
         raise VolumeWriteError(f"cannot write {path}: {e}") from e

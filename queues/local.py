@@ -58,6 +58,24 @@ def start_worker(env: dict[str, str], log: Path, kinds: str = "io,cpu", concurre
     return process
 
 
+def start_api(env: dict[str, str], port: int, timeout_s: float = 30.0) -> subprocess.Popen:
+    """Start ``carina api`` on 127.0.0.1:``port`` in its own process group; wait until it listens."""
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_process_group(process)
+                raise ServiceError(f"API did not start: {process.stderr.read().decode()[-2000:]}") from None
+            time.sleep(0.1)
+
+
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
     """SIGTERM the group a process leads (a Celery worker and its pool), SIGKILL after ``grace_s``."""
     if process.poll() is not None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 
 from ops.volume import read_volume, write_volume
-from queues.local import free_port, stop_process_group
+from queues.local import free_port, start_api, stop_process_group
 
 TOKEN = "s3cret-token"
 GEOMETRY = {"spacing": [1.0, 1.0, 2.0], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
@@ -36,17 +33,7 @@ def api(deployment, data_root):
     port = free_port()
     env = {**deployment.env, "CARINA_DATA_ROOT": str(data_root), "CARINA_API_TOKEN": TOKEN,
            "CARINA_API_MAX_BODY_BYTES": "4096"}
-    proc = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"API did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
+    proc = start_api(env, port)
     yield f"http://127.0.0.1:{port}"
     stop_process_group(proc)
 
