@@ -235,10 +235,17 @@ def _scan(paths: Iterable[Path], root: Path | None) -> tuple[dict[str, list[_Sli
             skipped.append({"file": name, "reason": "not DICOM"})
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with path.open("rb") as f:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                ended_early = f.tell() >= path.stat().st_size
         except Exception as e:  # pydicom raises many types on malformed input
             raise DicomFileError(f"{name}: cannot parse the DICOM header ({_reason(e)}); "
                                  "the file is corrupt or truncated") from e
+        # pydicom parses a cut file silently; an image object whose header runs to the end of
+        # the file lost its pixels, and maybe the tail of a UID that would file it elsewhere.
+        if ended_early and "Image Storage" in pydicom.uid.UID(str(ds.get("SOPClassUID", ""))).name:
+            raise DicomFileError(f"{name}: no pixel data: the image's file ends before them "
+                                 "(truncated, or saved without pixels)")
         if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _MEDIA_STORAGE_DIRECTORY:
             skipped.append({"file": name, "reason": "DICOMDIR index"})
             continue

@@ -1,6 +1,7 @@
 """Synthetic sample data (nothing is downloaded): a CT-like abdominal phantom.
 
-``python -m ops.samples --output phantom.mhd`` writes one for the demo.
+``python -m ops.samples --output phantom.mhd`` writes one for the demo;
+``python -m ops.samples --dicom --output folder`` writes it as a DICOM series.
 """
 
 from __future__ import annotations
@@ -150,11 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     from ops.volume import write_volume
 
     parser = argparse.ArgumentParser(prog="python -m ops.samples", description=__doc__)
-    parser.add_argument("--output", required=True, type=Path, help="file to write (.mhd, .nii.gz)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="file to write (.mhd, .nii.gz), or a folder with --dicom")
     parser.add_argument("--shape", nargs=3, type=int, default=(64, 160, 160), metavar=("Z", "Y", "X"))
+    parser.add_argument("--dicom", action="store_true", help="write a DICOM series (one file a slice)")
     args = parser.parse_args(argv)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_volume(ct_phantom(tuple(args.shape)), CT_GEOMETRY, args.output)
+    volume = ct_phantom(tuple(args.shape))
+    if args.dicom:
+        ct_series(args.output, volume, CT_GEOMETRY)
+    else:
+        write_volume(volume, CT_GEOMETRY, args.output)
     print(args.output)
 
 

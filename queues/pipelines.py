@@ -56,6 +56,25 @@ def _fastio_itk_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k in ("crop_start", "crop_size") if (v := _xyz(params, k)) is not None}
 
 
+DEFAULT_SIGMA_MM = 1.0
+
+
+def _blur_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - {"sigma_mm", "series_uid"}
+    if unknown:
+        raise InvalidJobRequest(f"3dblur does not take {sorted(unknown)}")
+    sigma = params.get("sigma_mm", DEFAULT_SIGMA_MM)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < 1000:
+        raise InvalidJobRequest(f"sigma_mm={sigma!r}: a number of millimetres > 0 (and < 1000)")
+    checked: dict[str, Any] = {"sigma_mm": float(sigma)}
+    series = params.get("series_uid")
+    if series is not None:
+        if not isinstance(series, str) or not series.replace(".", "").isdigit() or len(series) > 64:
+            raise InvalidJobRequest(f"series_uid={series!r}: a DICOM UID (digits and dots)")
+        checked["series_uid"] = series
+    return checked
+
+
 PIPELINES: dict[str, Pipeline] = {
     p.name: p
     for p in (
@@ -68,6 +87,16 @@ PIPELINES: dict[str, Pipeline] = {
             ),
             description="read a volume (MetaImage/NIfTI) → crop with ITK → write output.mhd + render files",
             validate=_fastio_itk_params,
+        ),
+        Pipeline(
+            name="3dblur",
+            stages=(
+                Stage("carina.3dblur.read_series", "io"),
+                Stage("carina.3dblur.blur", "cpu"),
+                Stage("carina.3dblur.write_series", "io"),
+            ),
+            description="DICOM series → 3D Gaussian (sigma_mm, per-axis from spacing) → DICOM series",
+            validate=_blur_params,
         ),
     )
 }

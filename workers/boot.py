@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery import signals
@@ -12,6 +13,27 @@ from queues.settings import get_settings
 from workers.stage import redis_client
 
 log = logging.getLogger(__name__)
+
+
+_pool_processes = 1
+
+
+@signals.worker_init.connect
+def remember_pool_size(sender: object = None, **_: object) -> None:
+    """Note how many pool processes will share this host's cores (children inherit it)."""
+    global _pool_processes
+    _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
+
+
+@signals.worker_process_init.connect
+def share_cores(**_: object) -> None:
+    """Give each pool process its share of the cores for numba's parallel loops.
+
+    Otherwise every process starts one thread per core and N processes fight over them.
+    """
+    import numba
+
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // _pool_processes)))
 
 
 @signals.worker_init.connect

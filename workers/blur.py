@@ -1,0 +1,35 @@
+"""The ``3dblur`` pipeline: read a DICOM series → spacing-aware 3D Gaussian → DICOM series."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ops.blur import gaussian_blur
+from ops.dicom import read_series as read_dicom_series
+from ops.dicom import write_series as write_dicom_series
+from queues.app import app
+from workers.stage import StageTask, fastio_context
+
+Payload = dict[str, Any]
+
+
+@app.task(name="carina.3dblur.read_series", base=StageTask, bind=True)
+def read_series(self: StageTask, payload: Payload) -> Payload:
+    series = read_dicom_series(payload["input"], payload["params"].get("series_uid"))
+    return self.publish(payload, series.volume, "dicom_volume", {**series.geometry, "dicom": series.metadata})
+
+
+@app.task(name="carina.3dblur.blur", base=StageTask, bind=True)
+def blur(self: StageTask, payload: Payload) -> Payload:
+    source = fastio_context(payload["job"]).get(payload["handles"]["dicom_volume"])
+    blurred = gaussian_blur(source.array, payload["params"]["sigma_mm"], source.metadata["spacing"])
+    return self.publish(payload, blurred, "blurred", source.metadata)
+
+
+@app.task(name="carina.3dblur.write_series", base=StageTask, bind=True)
+def write_series(self: StageTask, payload: Payload) -> Payload:
+    volume = fastio_context(payload["job"]).get(payload["handles"]["blurred"])
+    description = f"Gaussian blur {payload['params']['sigma_mm']:g} mm (Carina)"
+    files = write_dicom_series(volume.array, volume.metadata, payload["input"], payload["output"],
+                               description, volume.metadata["dicom"])
+    return self.advance(payload, result=payload["output"], files=len(files))
