@@ -18,7 +18,15 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
 
+FILE_INTERFACE = ("dicom-to-hdf5", "hdf5-to-dicom")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FILE_INTERFACE:
+        # The seed's scripts are operators: run them in ops' own process, so this front door
+        # never loads pydicom or numpy.
+        os.execv(sys.executable, [sys.executable, "-m", "ops.dicom", *argv])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -41,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="folder with config_render.json and other job configuration")
     p.add_argument("--crop-start", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: first voxel (-1 = 0)")
     p.add_argument("--crop-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: extent (-1 = to the edge)")
+    p.add_argument("--sigma-mm", type=float, help="3dblur: Gaussian sigma in millimetres (default 1.0)")
+    p.add_argument("--series-uid", help="3dblur: the SeriesInstanceUID to read (default: the largest series)")
     p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
     p.set_defaults(run=_submit)
@@ -49,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job id")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(run=_status)
+
+    for name, text in (("dicom-to-hdf5", "a DICOM series → HDF5 volume + JSON (the seed's script; -h for options)"),
+                       ("hdf5-to-dicom", "an HDF5 volume → DICOM series from a template (-h for options)")):
+        sub.add_parser(name, help=text, add_help=False)
 
     p = sub.add_parser("pipelines", help="list the pipelines")
     p.set_defaults(run=_pipelines)
@@ -70,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default CARINA_API_PORT, 8080)")
     p.set_defaults(run=_api)
 
-    p = sub.add_parser("demo", help="run fastio-itk on a generated CT phantom with a private redis and worker")
+    p = sub.add_parser("demo", help="run the pipelines on generated data with a private redis and worker")
     p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
     p.set_defaults(run=_demo)
     return parser
@@ -86,7 +100,7 @@ def _submit(args: argparse.Namespace) -> int:
     from queues.app import app
     from queues.pipelines import submit
 
-    params = {k: v for k in ("crop_start", "crop_size") if (v := getattr(args, k)) is not None}
+    params = {k: v for k in ("crop_start", "crop_size", "sigma_mm", "series_uid") if (v := getattr(args, k)) is not None}
     job_id = submit(app, get_settings(), args.pipeline, args.input, args.output, args.config, params)
     print(job_id, flush=True)
     if not args.wait:

@@ -10,6 +10,8 @@ import urllib.request
 import numpy as np
 import pytest
 
+from ops.dicom import read_series
+from ops.samples import ct_phantom, ct_series
 from ops.volume import read_volume, write_volume
 from queues.local import free_port, start_api, stop_process_group
 
@@ -21,6 +23,7 @@ GEOMETRY = {"spacing": [1.0, 1.0, 2.0], "origin": [0.0, 0.0, 0.0], "direction": 
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data-root")
     (root / "study").mkdir()
+    ct_series(root / "dicom-study", ct_phantom((6, 16, 16)))
     write_volume(np.arange(6 * 8 * 10, dtype=np.int16).reshape(6, 8, 10), GEOMETRY, root / "study" / "ct.mhd")
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.mhd").write_text("not yours")
@@ -73,6 +76,16 @@ def test_seed_contract_submit_then_query_until_done(api, data_root):
     assert status == 200 and done["msg"] == "Job has completed"
     assert done["output_dir"] == f"results/{body['uid']}"
     assert read_volume(data_root / done["output_dir"] / "output.mhd")[0].shape == (2, 4, 4)
+
+
+def test_3dblur_through_the_api(api, data_root):
+    status, body = call(f"{api}/job/", "POST", {"job_name": "3dblur", "in_dir": "dicom-study", "sigma_mm": 2.0})
+    assert status == 201
+    status, done, _ = follow(api, body["uid"])
+    assert status == 200, done
+    assert read_series(data_root / done["output_dir"]).volume.shape == (6, 16, 16)
+    status, reply = call(f"{api}/job/", "POST", {"job_name": "3dblur", "in_dir": "dicom-study", "sigma_mm": -1})
+    assert status == 400 and "sigma_mm" in reply["error"]
 
 
 def test_running_job_answers_202_with_the_seed_message(api):
