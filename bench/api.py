@@ -4,7 +4,7 @@ Starts its own redis-server, a worker (io,cpu) and ``carina api`` on loopback, t
 ``--jobs`` POST /job/ requests from ``--clients`` threads and polls GET /query/<uid>. It prints
 p50/p99 latency to the 201 and to completion; the last line is one JSON object.
 
-    python bench/api.py --jobs 40 --clients 8 --pipeline fastio-itk
+    python bench/api.py --jobs 40 --clients 8 --pipeline 3dblur
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def make_input(pipeline: str, root: Path) -> dict:
         write_volume(samples.ct_phantom((32, 96, 96)), samples.CT_GEOMETRY, root / "study" / "ct.mhd")
         return {"job_name": pipeline, "in_dir": "study", "crop_size": [64, 64, 16]}
     if pipeline == "3dblur":
-        samples.ct_series(root / "study", shape_zyx=(24, 96, 96))
+        samples.ct_series(root / "study", samples.ct_phantom((24, 96, 96)))
         return {"job_name": pipeline, "in_dir": "study", "sigma_mm": 1.0}
     raise SystemExit(f"no bench input for {pipeline}")
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--pipeline", default="fastio-itk")
+    parser.add_argument("--pipeline", default="3dblur", choices=["3dblur", "fastio-itk"])
     parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
 
@@ -88,7 +88,7 @@ def main() -> None:
                "CARINA_DATA_ROOT": str(root), "CARINA_API_TOKEN": TOKEN}
         worker = start_worker(env, root / "worker.log", "io,cpu", concurrency=args.worker_processes)
         port = free_port()
-        api = start_api(env, port)
+        api = start_api(env, port, root / "api.log")
         try:
             start = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:

@@ -58,12 +58,14 @@ def start_worker(env: dict[str, str], log: Path, kinds: str = "io,cpu", concurre
     return process
 
 
-def start_api(env: dict[str, str], port: int, timeout_s: float = 30.0) -> subprocess.Popen:
-    """Start ``carina api`` on 127.0.0.1:``port`` in its own process group; wait until it listens."""
+def start_api(env: dict[str, str], port: int, log: Path, timeout_s: float = 30.0) -> subprocess.Popen:
+    """Start ``carina api`` on 127.0.0.1:``port`` in its own process group, logging to ``log``
+    (never a pipe: an unread pipe fills and stalls the server); wait until it listens."""
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -72,7 +74,7 @@ def start_api(env: dict[str, str], port: int, timeout_s: float = 30.0) -> subpro
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 stop_process_group(process)
-                raise ServiceError(f"API did not start: {process.stderr.read().decode()[-2000:]}") from None
+                raise ServiceError(f"API did not start:\n{log.read_text()[-2000:]}") from None
             time.sleep(0.1)
 
 

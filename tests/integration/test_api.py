@@ -32,11 +32,11 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(deployment, data_root):
+def api(deployment, data_root, tmp_path_factory):
     port = free_port()
     env = {**deployment.env, "CARINA_DATA_ROOT": str(data_root), "CARINA_API_TOKEN": TOKEN,
            "CARINA_API_MAX_BODY_BYTES": "4096"}
-    proc = start_api(env, port)
+    proc = start_api(env, port, tmp_path_factory.mktemp("api") / "api.log")
     yield f"http://127.0.0.1:{port}"
     stop_process_group(proc)
 
