@@ -25,6 +25,8 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "ray did not install: its row is skipped"
 	$(BIN)/python bench/fastio_handoff.py --mb 150
+	$(BIN)/python bench/blur.py
+	$(BIN)/python bench/api.py --jobs 40 --clients 8
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

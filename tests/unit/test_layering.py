@@ -45,7 +45,7 @@ def test_ops_reads_no_environment():
 
 
 def test_front_door_loads_no_imaging_code():
-    code = ("import sys, queues.cli, queues.pipelines, queues.app, queues.jobs; "
-            "bad = [m for m in ('numpy', 'itk', 'ops', 'workers') if m in sys.modules]; print(bad)")
+    code = ("import sys, queues, queues.cli, queues.pipelines, queues.app, queues.jobs, queues.api; "
+            "bad = [m for m in ('numpy', 'itk', 'pydicom', 'h5py', 'numba', 'ops', 'workers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
