@@ -192,7 +192,7 @@ def test_python_api_for_apps(deployment, sample, tmp_path):
 
 def test_refusals_before_anything_is_queued(deployment, sample, tmp_path):
     path, _ = sample
-    with pytest.raises(UnknownPipeline, match="known pipelines: fastio-itk"):
+    with pytest.raises(UnknownPipeline, match="unknown pipeline .nope.; known pipelines: .*fastio-itk"):
         submit(deployment.app, deployment.settings, "nope", path, tmp_path)
     with pytest.raises(InvalidJobRequest, match="crop_start=.*three integers"):
         submit(deployment.app, deployment.settings, "fastio-itk", path, tmp_path, params={"crop_start": [1.5, 0, 0]})
