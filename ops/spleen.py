@@ -1,0 +1,264 @@
+"""The spleen CT model's pre- and post-processing, and the whole segmentation around a predictor.
+
+The numbers are those of MONAI's ``spleen_ct_segmentation`` bundle (a 3D UNet, one CT channel
+in, two channels out: background and spleen): resample to 1.5 × 1.5 × 2.0 mm (x, y, z) with
+linear interpolation, window -57..164 HU onto [0, 1] with clipping, infer 96³ windows, and
+take the argmax of the blended logits (softmax first, as the bundle does, changes no argmax).
+
+Conventions: volumes are (z, y, x) numpy arrays; geometry dicts are in ITK's (x, y, z) order
+(``spacing`` mm, ``origin`` mm: the physical point of index 0, ``direction``: 3×3 row-major,
+its columns the directions of the index axes), as :mod:`ops.volume` reads them.
+
+The resampling grid is MONAI's ``Spacing`` (``Spacingd`` in the bundle) with its defaults,
+which the tests check against MONAI itself: the new grid keeps the **origin** (the centre of
+voxel 0 stays where it was) and the **direction**, takes the target spacing exactly, and has
+``round((n - 1) * spacing / target + 1)`` voxels per axis, so its last voxel centre lies
+within half a new voxel of the old last centre. Samples past the old last centre repeat the
+edge (MONAI's ``padding_mode="border"``). Unlike the bundle, no reorientation to RAS is done:
+the predictor sees windows in the array's (z, y, x) order and the image's own direction. A
+network trained by the bundle takes (x, y, z) windows oriented RAS, so its :class:`Predictor`
+adapter must transpose (and, for an LPS image, flip x and y) each window and undo that on the
+logits; with a cubic window that is exact, only the window grid differs from the bundle's.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ops.errors import InvalidParameter
+from ops.sliding_window import Predictor, Progress, sliding_window_inference
+
+TARGET_SPACING_XYZ = (1.5, 1.5, 2.0)  # mm
+HU_WINDOW = (-57.0, 164.0)  # HU mapped to 0 and 1
+ROI_SIZE = (96, 96, 96)  # voxels, (z, y, x)
+
+Geometry = dict[str, Any]
+
+
+def preprocess(
+    volume: np.ndarray,
+    geometry: Geometry,
+    target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ,
+    hu_window: Sequence[float] = HU_WINDOW,
+) -> tuple[np.ndarray, Geometry]:
+    """Resample a CT volume to the model's spacing and window its HU onto [0, 1].
+
+    Args:
+        volume: (z, y, x), any real dtype, in HU.
+        geometry: the volume's geometry (x, y, z order; see the module's docstring).
+        target_spacing_xyz: the model's voxel size in mm, (x, y, z).
+        hu_window: ``(a_min, a_max)``: ``a_min`` maps to 0, ``a_max`` to 1, values outside clip.
+
+    Returns:
+        ``(array, geometry)``: a new C-contiguous float32 (z, y, x) array with values in
+        [0, 1], linearly interpolated on the grid described in the module's docstring, and
+        that grid's geometry (the input's origin and direction, the target spacing) as lists
+        of floats.
+
+    Raises:
+        InvalidParameter: ``volume`` is not a non-empty 3D real array; ``geometry`` lacks a key
+            or has a non-positive spacing or a singular direction; ``target_spacing_xyz`` is
+            not three finite positive numbers; ``hu_window`` is not two finite numbers, the
+            first below the second.
+    """
+    from scipy import ndimage
+
+    volume = _check_volume(volume)
+    spacing, origin, direction = _check_geometry(geometry, "geometry")
+    target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
+    a_min, a_max = _hu_window(hu_window)
+
+    shape_xyz = np.round((np.asarray(volume.shape[::-1]) - 1) * spacing / target + 1.0).astype(int)
+    resampled_geometry = {
+        "spacing": [float(v) for v in target],
+        "origin": [float(v) for v in origin],
+        "direction": [float(v) for v in direction.ravel()],
+    }
+    source = volume.astype(np.uint8) if volume.dtype == np.bool_ else volume
+    matrix, offset = _pull_transform((spacing, origin, direction), (target, origin, direction))
+    out = ndimage.affine_transform(
+        source, matrix, offset, output_shape=tuple(shape_xyz[::-1]), output=np.float32, order=1, mode="nearest"
+    )
+    out -= np.float32(a_min)
+    out /= np.float32(a_max - a_min)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out, resampled_geometry
+
+
+def postprocess(
+    logits: np.ndarray,
+    resampled_geometry: Geometry,
+    original_shape_zyx: Sequence[int],
+    original_geometry: Geometry,
+) -> np.ndarray:
+    """Labels from the model's output, on the input volume's own grid.
+
+    The argmax over channels (the lowest channel wins a tie, as numpy's and torch's argmax),
+    then nearest-neighbour resampling: each voxel of the original grid takes the label of
+    the resampled voxel whose centre is nearest (in index space; voxels past the resampled
+    grid's edge take the edge's label). An original centre exactly halfway between two
+    resampled ones, common where the spacings are in a simple ratio (2.5 mm slices onto
+    2.0 mm: every other slice), takes the higher index: scipy rounds ``floor(i + 0.5)``. So a
+    label survives the round trip to within one resampled voxel of its boundary, not better.
+
+    Args:
+        logits: (C, z, y, x) on the resampled grid, any real dtype; C ≤ 256.
+        resampled_geometry: the geometry :func:`preprocess` returned.
+        original_shape_zyx: the input volume's shape.
+        original_geometry: the input volume's geometry.
+
+    Returns:
+        A new C-contiguous uint8 array of shape ``original_shape_zyx``: the channel index per voxel.
+
+    Raises:
+        InvalidParameter: ``logits`` is not a non-empty 4D real array with 1 to 256 channels;
+            a geometry is malformed; ``original_shape_zyx`` is not three positive ints.
+    """
+    from scipy import ndimage
+
+    if not isinstance(logits, np.ndarray) or logits.ndim != 4 or logits.dtype.kind not in "buif" or 0 in logits.shape:
+        if isinstance(logits, np.ndarray):
+            what = f"shape {logits.shape}, dtype {logits.dtype}"
+        else:
+            what = type(logits).__name__
+        raise InvalidParameter(f"logits must be a non-empty real (C, z, y, x) array; got {what}")
+    if logits.shape[0] > 256:
+        raise InvalidParameter(f"logits has {logits.shape[0]} channels; uint8 labels allow at most 256")
+    shape = original_shape_zyx
+    if (
+        not isinstance(shape, Sequence)
+        or len(shape) != 3
+        or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape)
+    ):
+        raise InvalidParameter(f"original_shape_zyx={shape!r}: expected three positive ints (z, y, x)")
+    resampled = _check_geometry(resampled_geometry, "resampled_geometry")
+    original = _check_geometry(original_geometry, "original_geometry")
+
+    labels = np.argmax(logits, axis=0).astype(np.uint8)
+    matrix, offset = _pull_transform(resampled, original)
+    return ndimage.affine_transform(
+        labels, matrix, offset, output_shape=tuple(int(n) for n in shape), output=np.uint8, order=0, mode="nearest"
+    )
+
+
+def segment(
+    volume: np.ndarray,
+    geometry: Geometry,
+    predictor: Predictor,
+    roi_size: Sequence[int] = ROI_SIZE,
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Segment a CT volume: :func:`preprocess`, sliding-window inference, :func:`postprocess`.
+
+    Args:
+        volume: (z, y, x) in HU, any real dtype.
+        geometry: its geometry (x, y, z order).
+        predictor: the model (see :class:`ops.sliding_window.Predictor`): float32 windows
+            ``(B, 1, *roi_size)`` in, ``(B, C, *roi_size)`` logits out (C = 2 for the spleen).
+        roi_size: the window, (z, y, x) voxels.
+        sw_batch_size, overlap, mode, progress: as for
+            :func:`ops.sliding_window.sliding_window_inference` (the bundle itself uses
+            ``overlap=0.5``; 0.25 is MONAI's default and the seed's).
+
+    Returns:
+        A new uint8 (z, y, x) label volume on the input's grid (its geometry is ``geometry``):
+        0 background, 1 spleen.
+
+    Raises:
+        InvalidParameter: as :func:`preprocess`, :func:`postprocess` and
+            :func:`ops.sliding_window.sliding_window_inference` raise it.
+    """
+    volume = _check_volume(volume)
+    resampled, resampled_geometry = preprocess(volume, geometry)
+    logits = sliding_window_inference(
+        resampled[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode, progress=progress
+    )
+    return postprocess(logits[0], resampled_geometry, volume.shape, geometry)
+
+
+def _pull_transform(
+    source: tuple[np.ndarray, np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's ``affine_transform`` (matrix, offset) in (z, y, x) index space, from target to source.
+
+    A target voxel ``j`` (x, y, z) lies at ``o_t + D_t (s_t * j)``; that point is the source's
+    continuous index ``(D_s^-1 (o_t + D_t (s_t * j) - o_s)) / s_s``. A diagonal matrix comes
+    back as its diagonal, which scipy applies on its faster zoom-and-shift path.
+    """
+    (s_s, o_s, d_s), (s_t, o_t, d_t) = source, target
+    inverse = np.linalg.inv(d_s)
+    matrix = (inverse @ d_t) * s_t[None, :] / s_s[:, None]
+    offset = inverse @ (o_t - o_s) / s_s
+    matrix, offset = matrix[::-1, ::-1], offset[::-1]  # (x, y, z) → (z, y, x)
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    if np.all(np.abs(off_diagonal) <= 1e-12 * np.abs(matrix).max()):
+        return np.ascontiguousarray(np.diag(matrix)), np.ascontiguousarray(offset)
+    return np.ascontiguousarray(matrix), np.ascontiguousarray(offset)
+
+
+def _check_volume(volume: Any) -> np.ndarray:
+    if not isinstance(volume, np.ndarray):
+        raise InvalidParameter(f"volume must be a numpy array, not {type(volume).__name__}")
+    if volume.ndim != 3:
+        raise InvalidParameter(f"a 3D volume (z, y, x) is needed; got shape {volume.shape}")
+    if volume.dtype.kind not in "buif":
+        raise InvalidParameter(f"volume has dtype {volume.dtype}; a real (bool, integer or float) dtype is needed")
+    if 0 in volume.shape:
+        raise InvalidParameter(f"volume is empty: shape {volume.shape}")
+    return volume
+
+
+def _check_geometry(geometry: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing, origin, direction) as float64 arrays, (x, y, z) order, if ``geometry`` is well formed."""
+    if not isinstance(geometry, dict):
+        raise InvalidParameter(
+            f"{name} must be a dict with spacing, origin and direction, not {type(geometry).__name__}"
+        )
+    missing = [key for key in ("spacing", "origin", "direction") if key not in geometry]
+    if missing:
+        raise InvalidParameter(f"{name} lacks {', '.join(missing)}")
+    spacing = np.asarray(_three_positive(geometry["spacing"], f"{name}['spacing']"))
+    try:
+        origin = np.asarray(geometry["origin"], dtype=np.float64)
+        direction = np.asarray(geometry["direction"], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InvalidParameter(f"{name}: origin and direction must be numbers") from e
+    if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+        raise InvalidParameter(f"{name}['origin']={geometry['origin']!r}: expected three finite numbers (x, y, z)")
+    if direction.size != 9 or not np.all(np.isfinite(direction)):
+        raise InvalidParameter(f"{name}['direction']={geometry['direction']!r}: expected nine finite numbers (3×3)")
+    direction = direction.reshape(3, 3)
+    if abs(np.linalg.det(direction)) < 1e-6:
+        raise InvalidParameter(f"{name}['direction']={geometry['direction']!r} is singular")
+    return spacing, origin, direction
+
+
+def _three_positive(value: Any, name: str) -> tuple[float, float, float]:
+    is_sequence = isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes))
+    if not is_sequence or len(value) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value):
+        raise InvalidParameter(f"{name}={value!r}: expected three finite positive numbers (x, y, z)")
+    if not all(math.isfinite(v) and v > 0 for v in value):
+        raise InvalidParameter(f"{name}={value!r}: every value must be finite and positive")
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+def _hu_window(hu_window: Any) -> tuple[float, float]:
+    if (
+        isinstance(hu_window, (str, bytes))
+        or not isinstance(hu_window, Sequence)
+        or len(hu_window) != 2
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) for v in hu_window)
+    ):
+        raise InvalidParameter(f"hu_window={hu_window!r}: expected two finite numbers (a_min, a_max)")
+    a_min, a_max = float(hu_window[0]), float(hu_window[1])
+    if not a_min < a_max:
+        raise InvalidParameter(f"hu_window={hu_window!r}: a_min must be below a_max")
+    return a_min, a_max
