@@ -130,3 +130,46 @@ def _check_metaimage_data(header: Path) -> None:
     if actual < expected:
         raise VolumeReadError(f"{header.name}: data file {data_file} is truncated "
                               f"({actual} bytes, {expected} expected for {fields['DimSize']})")
+
+
+def find_volume(path: str | Path) -> Path:
+    """The input volume: the file itself, or the one volume file inside a folder (the seed's /input).
+
+    Raises:
+        VolumeReadError: the folder holds no volume file, or several.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().endswith(READABLE_SUFFIXES))
+    if not found:
+        raise VolumeReadError(f"input folder {path} holds no volume ({', '.join(READABLE_SUFFIXES)})")
+    if len(found) > 1:
+        raise VolumeReadError(f"input folder {path} holds {len(found)} volumes; give one file")
+    return found[0]
+
+
+def read_input(path: str | Path) -> tuple[np.ndarray, dict[str, Any], str]:
+    """A CT/MR study given as a volume file, a folder holding one, or a DICOM series folder.
+
+    Returns:
+        ``(array, geometry, name)``: as :func:`read_volume`, and the study's name for output
+        files (the file name without its suffixes, or the DICOM folder's name).
+
+    Raises:
+        VolumeReadError: as :func:`read_volume`; DicomError: as :func:`ops.dicom.read_series`.
+    """
+    path = Path(path)
+    if path.is_dir() and not any(f.name.lower().endswith(READABLE_SUFFIXES) for f in path.iterdir()):
+        from ops.dicom import read_series
+
+        series = read_series(path)
+        return series.volume, series.geometry, path.name
+    volume_file = find_volume(path)
+    array, geometry = read_volume(volume_file)
+    name = volume_file.name
+    for suffix in sorted(READABLE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return array, geometry, name

@@ -113,7 +113,8 @@ def _follow(job_id: str, timeout_s: float) -> int:
 
     def show(status) -> None:
         step = f" [{status.stage_index}/{len(status.stages)}] {status.stage}" if status.stage else ""
-        print(f"{status.state}{step}", file=sys.stderr, flush=True)
+        done = f" {status.progress_done}/{status.progress_total}" if status.progress_total else ""
+        print(f"{status.state}{step}{done}", file=sys.stderr, flush=True)
 
     status = queues.wait(job_id, timeout_s, on_change=show)
     if status.state == "done":
@@ -136,6 +137,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"job:      {status.job_id}\npipeline: {status.pipeline}\nstate:    {status.state}")
     if status.stage:
         print(f"stage:    {status.stage} ({status.stage_index}/{len(status.stages)})")
+    if status.progress_total:
+        print(f"progress: {status.progress_done}/{status.progress_total}")
     if status.output:
         print(f"output:   {status.output}")
     if status.error:

@@ -29,6 +29,8 @@ class JobStatus:
     stage_index: int = 0
     error: str = ""
     output: str = ""
+    progress_done: int = 0
+    progress_total: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0
@@ -59,6 +61,7 @@ class JobStore:
             p.hset(self.key(job_id), mapping={
                 "job_id": job_id, "pipeline": pipeline, "state": QUEUED, "stages": json.dumps(stages),
                 "stage": "", "stage_index": 0, "error": "", "output": "", "params": json.dumps(params),
+                "progress_done": 0, "progress_total": 0,
                 "created": now, "updated": now})
             p.expire(self.key(job_id), self.ttl_s)
             p.zadd(self.index, {job_id: now})
@@ -71,7 +74,11 @@ class JobStore:
             p.execute()
 
     def stage_started(self, job_id: str, stage: str, index: int) -> None:
-        self._update(job_id, state=RUNNING, stage=stage, stage_index=index)
+        self._update(job_id, state=RUNNING, stage=stage, stage_index=index, progress_done=0, progress_total=0)
+
+    def progress(self, job_id: str, done: int, total: int) -> None:
+        """Units of work (windows, tiles) done of ``total`` in the current stage."""
+        self._update(job_id, progress_done=done, progress_total=total)
 
     def done(self, job_id: str, output: str) -> None:
         self._update(job_id, state=DONE, output=output)
@@ -87,6 +94,7 @@ class JobStore:
             job_id=raw["job_id"], pipeline=raw["pipeline"], state=raw["state"],
             stages=json.loads(raw["stages"]), stage=raw["stage"], stage_index=int(raw["stage_index"]),
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
+            progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20) -> list[str]:

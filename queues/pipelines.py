@@ -75,6 +75,27 @@ def _blur_params(params: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _spleen_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - {"overlap", "sw_batch_size", "model"}
+    if unknown:
+        raise InvalidJobRequest(f"spleen-seg does not take {sorted(unknown)}")
+    checked: dict[str, Any] = {}
+    overlap = params.get("overlap", 0.25)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise InvalidJobRequest(f"overlap={overlap!r}: a fraction in [0, 1)")
+    checked["overlap"] = float(overlap)
+    if "sw_batch_size" in params:
+        size = params["sw_batch_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 64:
+            raise InvalidJobRequest(f"sw_batch_size={size!r}: an integer from 1 to 64")
+        checked["sw_batch_size"] = size
+    model = params.get("model", "spleen_ct")
+    if not isinstance(model, str) or not model.replace("_", "").replace("-", "").isalnum():
+        raise InvalidJobRequest(f"model={model!r}: a Triton model name")
+    checked["model"] = model
+    return checked
+
+
 PIPELINES: dict[str, Pipeline] = {
     p.name: p
     for p in (
@@ -97,6 +118,16 @@ PIPELINES: dict[str, Pipeline] = {
             ),
             description="DICOM series → 3D Gaussian (sigma_mm, per-axis from spacing) → DICOM series",
             validate=_blur_params,
+        ),
+        Pipeline(
+            name="spleen-seg",
+            stages=(
+                Stage("carina.spleen.read_volume", "io"),
+                Stage("carina.spleen.infer", "gpu"),
+                Stage("carina.spleen.write_results", "io"),
+            ),
+            description="CT (NIfTI/MetaImage/DICOM) → 96³ sliding-window UNet on Triton → label .mhd + publish folder",
+            validate=_spleen_params,
         ),
     )
 }
@@ -153,12 +184,12 @@ def wait(jobs: JobStore, job_id: str, timeout_s: float, on_change: Callable[[Job
          poll_s: float = 0.2) -> JobStatus:
     """Poll a job until it finishes or ``timeout_s`` passes; returns its last status."""
     deadline = time.monotonic() + timeout_s
-    last: tuple[str, str] | None = None
+    last: tuple[str, str, int] | None = None
     while True:
         status = jobs.get(job_id)
-        if on_change is not None and (status.state, status.stage) != last:
+        if on_change is not None and (status.state, status.stage, status.progress_done) != last:
             on_change(status)
-            last = (status.state, status.stage)
+            last = (status.state, status.stage, status.progress_done)
         if status.finished or time.monotonic() >= deadline:
             return status
         time.sleep(poll_s)

@@ -30,6 +30,9 @@ DEFAULT_DATA_ROOT = "."
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8080
 DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_TRITON_URL = "127.0.0.1:8000"
+DEFAULT_TRITON_TIMEOUT_S = 120.0
+DEFAULT_SW_BATCH_SIZE = 4
 CROP_AXES = "XYZ"
 
 
@@ -53,6 +56,10 @@ class Settings:
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
     api_max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES
+    # Inference: any Triton (KServe v2) HTTP endpoint; `carina triton` runs one locally.
+    triton_url: str = DEFAULT_TRITON_URL
+    triton_timeout_s: float = DEFAULT_TRITON_TIMEOUT_S
+    sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -75,7 +82,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
-        for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s"):
+        for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
+                     "sw_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
 
@@ -126,6 +134,9 @@ _VARIABLES = {
     "api_host": str,
     "api_port": _positive_int,
     "api_max_body_bytes": _positive_int,
+    "triton_url": str,
+    "triton_timeout_s": float,
+    "sw_batch_size": _positive_int,
 }
 
 

@@ -7,18 +7,19 @@ from typing import Any
 
 from ops.crop import crop_volume, resolve_crop
 from ops.render import volume_meta, write_render_files
+from ops.volume import find_volume
 from ops.volume import read_volume as read_image
 from ops.volume import write_volume as write_image
 from queues.app import app
 from queues.settings import get_settings
-from workers.stage import StageTask, fastio_context, single_volume
+from workers.stage import StageTask, fastio_context
 
 Payload = dict[str, Any]
 
 
 @app.task(name="carina.fastio_itk.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
-    volume, geometry = read_image(single_volume(payload["input"]))
+    volume, geometry = read_image(find_volume(payload["input"]))
     return self.publish(payload, volume, "fastio_itk", geometry)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +82,12 @@ class StageTask(Task):
         self._pin_chain_here()
         return self.advance(payload, handles={**payload["handles"], name: name})
 
+    def report_progress(self, payload: dict[str, Any], done: int, total: int) -> None:
+        """Units done in this stage: in the job record (``carina status``) and the task state (Flower)."""
+        job_store().progress(payload["job"], done, total)
+        if not self.request.called_directly:
+            self.update_state(state="PROGRESS", meta={"job": payload["job"], "done": done, "total": total})
+
     def advance(self, payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
         """The payload for the next stage, with this stage recorded in its trace."""
         trace = [*payload["trace"], {"stage": self.name, "host": get_settings().host_id}]
@@ -127,19 +132,3 @@ class StageTask(Task):
 
         spec = PIPELINES.get(payload.get("pipeline", ""))
         return [s.task for s in spec.stages] if spec else []
-
-
-def single_volume(path: str) -> Path:
-    """The input volume: the file itself, or the one volume inside a folder (the seed's /input)."""
-    from ops.errors import VolumeReadError
-    from ops.volume import READABLE_SUFFIXES
-
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(READABLE_SUFFIXES))
-        if not found:
-            raise VolumeReadError(f"input folder {p} holds no volume ({', '.join(READABLE_SUFFIXES)})")
-        if len(found) > 1:
-            raise VolumeReadError(f"input folder {p} holds {len(found)} volumes; give one file")
-        return found[0]
-    return p

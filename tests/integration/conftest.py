@@ -56,8 +56,8 @@ def deployment(redis_server):
     logs = [logdir / "host-a.log", logdir / "host-b.log"]
     procs = []
     try:
-        procs.append(start_worker(env, logs[0], "io,cpu", concurrency=1, host_id="host-a"))
-        procs.append(start_worker(env, logs[1], "io,cpu", concurrency=1, host_id="host-b"))
+        procs.append(start_worker(env, logs[0], "io,cpu,gpu", concurrency=1, host_id="host-a"))
+        procs.append(start_worker(env, logs[1], "io,cpu,gpu", concurrency=1, host_id="host-b"))
         yield Deployment(env, Settings.from_env(env), shm_dir, logs)
     finally:
         for proc in procs:

@@ -1,0 +1,45 @@
+"""The ``spleen-seg`` pipeline: read a CT → 96³ sliding-window UNet on Triton → labels + publish folder."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ops.render import write_segmentation_publish
+from ops.spleen import segment
+from ops.triton_client import TritonPredictor
+from ops.volume import read_input
+from ops.volume import write_volume as write_image
+from queues.app import app
+from queues.settings import get_settings
+from workers.stage import StageTask, fastio_context
+
+Payload = dict[str, Any]
+
+
+@app.task(name="carina.spleen.read_volume", base=StageTask, bind=True)
+def read_volume(self: StageTask, payload: Payload) -> Payload:
+    volume, geometry, name = read_input(payload["input"])
+    return self.advance(self.publish(payload, volume, "spleen_ct", geometry), study=name)
+
+
+@app.task(name="carina.spleen.infer", base=StageTask, bind=True)
+def infer(self: StageTask, payload: Payload) -> Payload:
+    settings, params = get_settings(), payload["params"]
+    ct = fastio_context(payload["job"]).get(payload["handles"]["spleen_ct"])
+    predictor = TritonPredictor(settings.triton_url, params["model"], timeout_s=settings.triton_timeout_s)
+    labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=params.get("sw_batch_size", settings.sw_batch_size),
+                     overlap=params["overlap"], progress=partial(self.report_progress, payload))
+    return self.publish(payload, labels, "spleen_labels", ct.metadata)
+
+
+@app.task(name="carina.spleen.write_results", base=StageTask, bind=True)
+def write_results(self: StageTask, payload: Payload) -> Payload:
+    ctx = fastio_context(payload["job"])
+    ct, labels = ctx.get(payload["handles"]["spleen_ct"]), ctx.get(payload["handles"]["spleen_labels"])
+    output = Path(payload["output"])
+    # The seed names the label volume after the input (its downstream consumer expects it).
+    result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
+    write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"])
+    return self.advance(payload, result=str(result))
