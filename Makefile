@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean triton
 
 setup: $(STAMP)
 
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: setup
+# The Triton server runs from its own virtualenv (it needs numpy < 2): see scripts/setup_triton.sh.
+triton: setup
+	PYTHON=$(PYTHON) bash scripts/setup_triton.sh
+
+demo: setup triton
 	$(BIN)/carina demo --output demo-output
 
-test: setup
+test: setup triton
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
@@ -29,4 +33,4 @@ bench: setup
 	$(BIN)/python bench/api.py --jobs 40 --clients 8
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) .triton-venv demo-output .pytest_cache

@@ -7,13 +7,21 @@
      ├── VolumeWriteError     the output cannot be written
      ├── InvalidCrop (also ValueError)   a crop region outside the image, empty or malformed
      ├── InvalidParameter (also ValueError)   an operator's argument out of range or malformed
-     └── DicomError           a DICOM series cannot be read or written (ops.dicom)
-          ├── DicomNotFound       the folder is missing, holds no DICOM, or lacks the requested series
-          ├── DicomFileError      one file is unusable: no pixel data, truncated, corrupt, undecodable,
-          │                       or unsupported (colour, multi-frame, no position/orientation)
-          ├── InconsistentSeries  the slices do not stack into one regular volume: sizes or orientations
-          │                       differ, duplicate positions, uneven gaps, slices sheared (gantry tilt)
-          └── DicomWriteError     the output series cannot be written (out_dir inside the template, disk)
+     ├── DicomError           a DICOM series cannot be read or written (ops.dicom)
+     │    ├── DicomNotFound       the folder is missing, holds no DICOM, or lacks the requested series
+     │    ├── DicomFileError      one file is unusable: no pixel data, truncated, corrupt, undecodable,
+     │    │                       or unsupported (colour, multi-frame, no position/orientation)
+     │    ├── InconsistentSeries  the slices do not stack into one regular volume: sizes or orientations
+     │    │                       differ, duplicate positions, uneven gaps, slices sheared (gantry tilt)
+     │    └── DicomWriteError     the output series cannot be written (out_dir inside the template, disk)
+     └── InferenceError       an inference request to Triton failed (ops.triton_client); the message
+          │                   names the server and the model
+          ├── InferenceServerUnavailable  the server cannot be reached (refused, reset) or answers
+          │                       502/503/504, still after the retries
+          ├── ModelNotFound       the server has no such model or version, or it is not ready
+          ├── ModelShapeMismatch (also ValueError)  the model's inputs or outputs do not match what
+          │                       is sent or returned: name, datatype, rank, shape, batch size
+          └── InferenceTimeout    no answer within the predictor's timeout_s (not retried)
 """
 
 from __future__ import annotations
@@ -56,4 +64,24 @@ class InconsistentSeries(DicomError):
 
 
 class DicomWriteError(DicomError):
+    pass
+
+
+class InferenceError(OpsError):
+    """Base of the inference errors; the message names the server, the model and the problem."""
+
+
+class InferenceServerUnavailable(InferenceError):
+    pass
+
+
+class ModelNotFound(InferenceError):
+    pass
+
+
+class ModelShapeMismatch(InferenceError, ValueError):
+    pass
+
+
+class InferenceTimeout(InferenceError):
     pass

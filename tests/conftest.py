@@ -13,6 +13,8 @@ import redis
 from fastio import FastIOConfig
 from queues.local import LocalRedis
 
+pytest_plugins = ["tests.triton_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def redis_server():
