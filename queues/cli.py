@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", "-Q", default="io,cpu", help="queue kinds, comma-separated: io,cpu,gpu (default io,cpu)")
     p.add_argument("--concurrency", "-c", type=int, default=None, help="processes (default: the CPUs)")
     p.add_argument("--host-id", help="override CARINA_HOST_ID for this worker")
+    p.add_argument("--gpus", help="GPU workers: one process per device (e.g. 0,1), pinned with "
+                                  "CUDA_VISIBLE_DEVICES, concurrency 1, on the gpu queues (ignores --queues)")
     p.add_argument("--loglevel", "-l", default="info")
     p.set_defaults(run=_worker)
 
@@ -83,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default CARINA_API_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default CARINA_API_PORT, 8080)")
     p.set_defaults(run=_api)
+
+    p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; CARINA_TRITON_URL points at it)")
+    p.add_argument("--models", type=Path, help="model repository (default: the project's models/)")
+    p.set_defaults(run=_triton)
 
     p = sub.add_parser("demo", help="run the pipelines on generated data with a private redis and worker")
     p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
@@ -165,14 +172,41 @@ def _worker(args: argparse.Namespace) -> int:
         os.environ["CARINA_HOST_ID"] = args.host_id
         get_settings.cache_clear()
     settings = get_settings()
-    queues = kinds + [settings.host_queue(k) for k in kinds]
-    node = f"{'+'.join(kinds)}-{uuid.uuid4().hex[:6]}@{settings.host_id}"
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues),
-            "-n", node, "-l", args.loglevel, "-E", "--pool", "prefork"]
-    if args.concurrency:
-        argv += ["-c", str(args.concurrency)]
-    os.execv(sys.executable, argv)
+    if args.gpus is not None:
+        return _gpu_workers(args, settings)
+    os.execv(sys.executable, _celery_worker_argv(kinds, settings.host_id, args.loglevel, args.concurrency))
     return 0  # not reached
+
+
+def _celery_worker_argv(kinds: list[str], host_id: str, loglevel: str, concurrency: int | None,
+                        name: str | None = None) -> list[str]:
+    queues = kinds + [get_settings().host_queue(k, host_id) for k in kinds]
+    node = f"{name or '+'.join(kinds)}-{uuid.uuid4().hex[:6]}@{host_id}"
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues),
+            "-n", node, "-l", loglevel, "-E", "--pool", "prefork"]
+    return argv + (["-c", str(concurrency)] if concurrency else [])
+
+
+def _gpu_workers(args: argparse.Namespace, settings) -> int:
+    """One worker process per device, each seeing only its device, one task at a time."""
+    import signal
+    import subprocess
+
+    devices = [d.strip() for d in args.gpus.split(",") if d.strip()]
+    if not devices or not all(d.isdigit() for d in devices):
+        raise CarinaError(f"--gpus {args.gpus!r}: device numbers, e.g. 0,1")
+    children = [subprocess.Popen(_celery_worker_argv(["gpu"], settings.host_id, args.loglevel, 1, name=f"gpu{d}"),
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": d}) for d in devices]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -184,6 +218,24 @@ def _api(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     run(settings, app, args.host or settings.api_host, args.port or settings.api_port)
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from queues.triton import REPO_ROOT, LocalTriton
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalTriton(model_repository=args.models or REPO_ROOT / "models", http_port=args.port) as server:
+        print(f"Triton ready at {server.url} (log: {server.log}); Ctrl-C stops it", flush=True)
+        while not stop.wait(1.0):
+            if server.process is not None and server.process.poll() is not None:
+                print(f"Triton exited:\n{server.log_summary()}", file=sys.stderr)
+                return EXIT_FAILED
     return 0
 
 
