@@ -74,10 +74,10 @@ class JobStore:
             p.execute()
 
     def stage_started(self, job_id: str, stage: str, index: int) -> None:
-        self._update(job_id, state=RUNNING, stage=stage, stage_index=index, progress_done=0, progress_total=0)
+        self._update(job_id, state=RUNNING, stage=stage, stage_index=index)
 
     def progress(self, job_id: str, done: int, total: int) -> None:
-        """Units of work (windows, tiles) done of ``total`` in the current stage."""
+        """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
         self._update(job_id, progress_done=done, progress_total=total)
 
     def done(self, job_id: str, output: str) -> None:

@@ -142,8 +142,11 @@ def get_pipeline(name: str) -> Pipeline:
 
 def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
            config: str | Path | None = None, params: dict[str, Any] | None = None,
-           job_id: str | None = None) -> str:
+           job_id: str | None = None, host: str | None = None) -> str:
     """Queue a job and return its id (``job_id`` if given, else a new one).
+
+    ``host`` runs the whole job on that host (its first stage goes to the host's queue; the
+    rest follow the memory): for inputs on a disk only that host sees, such as a watch folder.
 
     Paths are the workers' paths and are checked there (a missing input fails the job with
     the reason); relative ones are made absolute here, against the caller's directory.
@@ -168,7 +171,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         client.ping()
         jobs.create(job_id, pipeline, [s.task for s in spec.stages], params)
         first, *rest = spec.stages
-        signatures = [app.signature(first.task, args=(payload,), queue=first.queue)]
+        first_queue = settings.host_queue(first.queue, host) if host else first.queue
+        signatures = [app.signature(first.task, args=(payload,), queue=first_queue)]
         signatures += [app.signature(s.task, queue=s.queue) for s in rest]
         chain(*signatures).apply_async(
             task_id=job_id, retry=True,

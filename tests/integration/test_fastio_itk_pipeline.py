@@ -44,12 +44,12 @@ def run_job(deployment, input, output, **params):
     return status
 
 
-def assert_no_memory_held(deployment):
-    """Nothing is in use on either host, and every segment file left is a free, pooled one."""
+def assert_no_memory_held(deployment, hosts=("host-a", "host-b")):
+    """Nothing is in use on any of ``hosts``, and every segment file left is a free, pooled one."""
     client = deployment.client()
     files = {p.name for p in deployment.shm_dir.iterdir()}
     pooled = set()
-    for host in ("host-a", "host-b"):
+    for host in hosts:
         registry = Registry(client, deployment.settings_for(host).fastio_config())
         assert registry.live() == {}, f"segments still in use on {host}"
         pooled |= set(registry.pooled())
