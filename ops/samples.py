@@ -147,6 +147,217 @@ def ct_series(
     return paths
 
 
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """A 3×3 rotation (radians) about z, then y, then x, acting on (x, y, z) column vectors."""
+    cz, sz, cy, sy, cx, sx = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return rz @ ry @ rx
+
+
+def _ellipsoid(grid, centre, radii, rotation=None, lobes=None, bend=0.0) -> np.ndarray:
+    """Boolean mask of a (rotated, lobulated, bent) ellipsoid on a grid of mm coordinates.
+
+    ``grid`` is (z, y, x) broadcastable arrays in mm; ``centre`` and ``radii`` are (x, y, z) mm.
+    ``lobes`` is a list of (order, amplitude, phase): the surface radius becomes
+    ``1 + Σ amplitude · cos(order · azimuth + phase)`` in the ellipsoid's own frame;
+    ``bend`` shifts the first axis by ``bend · v²`` so the body curves into a crescent.
+    """
+    zz, yy, xx = grid
+    d = [xx - centre[0], yy - centre[1], zz - centre[2]]
+    if rotation is not None:
+        # The rotation maps the ellipsoid's frame to the patient's; its transpose maps back.
+        d = [rotation[0, i] * d[0] + rotation[1, i] * d[1] + rotation[2, i] * d[2] for i in range(3)]
+    u, v, w = (d[i] / radii[i] for i in range(3))
+    if bend:
+        u = u + bend * v * v
+    r2 = u * u + v * v + w * w
+    if not lobes:
+        return r2 <= 1.0
+    azimuth = np.arctan2(v, u)
+    limit = 1.0 + sum(a * np.cos(k * azimuth + p) for k, a, p in lobes)
+    return r2 <= limit * limit
+
+
+def _smooth_field(grid, rng: np.random.Generator, wavelength_mm: float, amplitude: float, terms: int = 6) -> np.ndarray:
+    """A smooth random float32 field on the full grid: a sum of plane waves, roughly ±amplitude."""
+    axes = [g.ravel().astype(np.float64) for g in grid]   # z, y, x
+    waves = []
+    for _ in range(terms):
+        k = rng.normal(size=3)
+        k *= 2 * np.pi / (wavelength_mm * rng.uniform(0.6, 1.6) * np.linalg.norm(k))
+        waves.append((k[::-1], rng.uniform(0, 2 * np.pi)))
+    # cos(kz·z + ky·y + kx·x + φ) is the real part of a product of three 1-D exponentials,
+    # so the sum over waves is one small complex matrix product.
+    ez = np.stack([np.exp(1j * (kzyx[0] * axes[0] + phase)) for kzyx, phase in waves])
+    ey = np.stack([np.exp(1j * kzyx[1] * axes[1]) for kzyx, _ in waves])
+    ex = np.stack([np.exp(1j * kzyx[2] * axes[2]) for kzyx, _ in waves])
+    zy = (ez[:, :, None] * ey[:, None, :]).reshape(terms, -1)
+    field = (zy.T @ ex).real.reshape(len(axes[0]), len(axes[1]), len(axes[2]))
+    return (field * (amplitude / np.sqrt(terms / 2))).astype(np.float32)
+
+
+def _box_smooth(volume: np.ndarray) -> np.ndarray:
+    """In place [1, 2, 1] / 4 smoothing along each axis (edges kept): a touch of partial volume."""
+    for axis in range(volume.ndim):
+        a = np.moveaxis(volume, axis, 0)
+        if a.shape[0] >= 3:
+            a[1:-1] = 0.25 * a[:-2] + 0.5 * a[1:-1] + 0.25 * a[2:]
+    return volume
+
+
+def spleen_phantom(
+    shape_zyx: tuple[int, int, int] = (96, 256, 256),
+    spacing_xyz: tuple[float, float, float] = (1.2, 1.2, 2.5),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A randomised abdominal CT phantom with its spleen label, for training and testing the
+    ``spleen_ct`` model.
+
+    The body is an ellipse that fills 70–95 % of the field of view (as a CT reconstruction
+    would), so organ sizes in mm scale with ``shape × spacing``; z extents are in the same
+    body-relative units. Axes follow :func:`ct_phantom`: +x is the patient's left, +y is
+    posterior, +z is superior. The anatomy: subcutaneous fat (≈ −100 HU), an abdominal muscle
+    wall, a spine with paraspinal muscles, ribs, an aorta, a large liver on the right (10–20 HU
+    brighter than the spleen, ≈ 65 HU), two kidneys (≈ 30 HU), stomach and bowel loops (gas or
+    fluid), and the spleen on the left (44–54 HU; random size, position, orientation,
+    lobulation and curvature); between them a fat/soft-tissue texture (−80..30 HU), then a
+    smooth bias, slight blur and Gaussian noise (σ 4–18 HU). Muscles, bowel, stomach wall and
+    the aorta share the spleen's intensity, so a threshold cannot find it.
+
+    Args:
+        shape_zyx: array shape (z, y, x).
+        spacing_xyz: voxel size in mm, (x, y, z) order as in :data:`CT_GEOMETRY`.
+        seed: everything random derives from it.
+
+    Returns:
+        ``(volume, label)``: int16 HU and uint8 (1 = spleen), both (z, y, x) of ``shape_zyx``.
+    """
+    if len(shape_zyx) != 3 or min(shape_zyx) < 1:
+        raise ValueError(f"shape_zyx must be three positive sizes, got {shape_zyx}")
+    if len(spacing_xyz) != 3 or min(spacing_xyz) <= 0:
+        raise ValueError(f"spacing_xyz must be three positive sizes in mm, got {spacing_xyz}")
+    rng = np.random.default_rng(seed)
+    u = rng.uniform
+    nz, ny, nx = (int(n) for n in shape_zyx)
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    # mm from the volume centre, as open grids: (z, 1, 1), (1, y, 1), (1, 1, x)
+    zz = ((np.arange(nz) - (nz - 1) / 2) * sz).astype(np.float32)[:, None, None]
+    yy = ((np.arange(ny) - (ny - 1) / 2) * sy).astype(np.float32)[None, :, None]
+    xx = ((np.arange(nx) - (nx - 1) / 2) * sx).astype(np.float32)[None, None, :]
+    grid = (zz, yy, xx)
+    half_z = nz * sz / 2
+
+    # Body: a super-ellipse whose size drifts a little along z.
+    a = u(0.70, 0.95) * nx * sx / 2
+    b = min(a * u(0.62, 0.85), 0.95 * ny * sy / 2)
+    cx, cy = a * u(-0.04, 0.04), b * u(-0.06, 0.06)
+    taper = 1 + u(-0.06, 0.06) * zz / max(half_z, 1e-3)
+    power = u(2.0, 2.8)
+
+    def body_at(scale: float) -> np.ndarray:
+        return (np.abs((xx - cx) / (a * scale * taper)) ** power
+                + np.abs((yy - cy) / (b * scale * taper)) ** power) <= 1.0
+
+    body = body_at(1.0)
+    fat = u(0.0, 0.12)
+    muscle = u(0.015, 0.04) if u() < 0.8 else 0.0
+    inner = body_at(1.0 - fat - muscle)
+    texture = _smooth_field(grid, rng, wavelength_mm=0.12 * a, amplitude=u(5, 18))
+    volume = np.where(body, np.float32(u(-110, -85)), np.float32(-1000.0))
+    volume = np.where(body_at(1.0 - fat), np.float32(u(40, 55)), volume)
+    # Between the organs: fat with bowel and vessels, from fatty (−80 HU) to dense (25 HU).
+    volume = np.where(inner, u(-80, 30) + texture, volume).astype(np.float32)
+
+    def paint(mask: np.ndarray, hu: float | np.ndarray, within: np.ndarray | None = inner) -> np.ndarray:
+        mask = mask & within if within is not None else mask
+        np.copyto(volume, np.float32(hu) if np.isscalar(hu) else hu, where=mask)
+        return mask
+
+    def blob(centre, radii, lobes=None, bend=0.0, **kwargs) -> np.ndarray:
+        # Evaluated only inside a bounding box: most blobs are small next to the volume.
+        reach = max(radii) * (1.0 + sum(abs(amp) for _, amp, _ in lobes or ()) + abs(bend))
+        box = tuple(slice(max(0, int(np.searchsorted(g.ravel(), c - reach))),
+                          int(np.searchsorted(g.ravel(), c + reach, side="right")))
+                    for g, c in zip(grid, centre[::-1]))
+        mask = np.zeros(volume.shape, dtype=bool)
+        sub = (zz[box[0]], yy[:, box[1]], xx[..., box[2]])
+        mask[box] = _ellipsoid(sub, centre, radii, lobes=lobes, bend=bend, **kwargs)
+        return mask
+
+    # Bowel loops (gas or fluid) and the stomach on the left, in front of the spleen.
+    for _ in range(rng.integers(6, 16)):
+        centre = (cx + a * u(-0.6, 0.6), cy + b * u(-0.8, 0.1), u(-1, 1) * half_z)
+        paint(blob(centre, (a * u(0.04, 0.1), a * u(0.04, 0.1), a * u(0.05, 0.3)),
+                   rotation=_rotation(u(0, np.pi), u(-0.5, 0.5), 0)),
+              u(-950, -600) if u() < 0.3 else u(0, 40))
+    spleen_z = u(-0.35, 0.35) * half_z
+    if u() < 0.7:
+        centre = (cx + a * u(0.1, 0.35), cy - b * u(0.15, 0.45), spleen_z + a * u(0.0, 0.3))
+        radii = (a * u(0.12, 0.22), b * u(0.15, 0.3), a * u(0.2, 0.4))
+        paint(blob(centre, radii), u(35, 50))
+        lumen = blob(centre, tuple(r - 3.0 for r in radii))
+        paint(lumen, u(0, 25))
+        paint(lumen & (yy < centre[1] - u(0.2, 0.6) * radii[1]), u(-950, -800))
+
+    # Liver: large, on the patient's right (−x), reaching higher than the spleen, and
+    # brighter than it, as in unenhanced CT of a healthy liver.
+    spleen_hu = u(44, 54)
+    liver_hu = spleen_hu + u(10, 20)
+    liver = blob((cx - a * u(0.3, 0.45), cy + b * u(-0.15, 0.1), spleen_z + a * u(0.0, 0.25)),
+                 (a * u(0.35, 0.55), b * u(0.5, 0.8), a * u(0.45, 0.9)),
+                 rotation=_rotation(u(-0.3, 0.3), u(-0.2, 0.2), u(-0.2, 0.2)),
+                 lobes=[(k, u(0, 0.06), u(0, 2 * np.pi)) for k in (2, 3)])
+    paint(liver, liver_hu + 0.5 * texture)
+
+    # Kidneys, below the spleen, either side of the spine; a little renal sinus fat.
+    for side in (-1, 1):
+        centre = (cx + side * a * u(0.22, 0.34), cy + b * u(0.2, 0.42),
+                  spleen_z - a * u(0.1, 0.4) + side * a * u(-0.05, 0.05))
+        radii = (a * u(0.09, 0.14), b * u(0.12, 0.2), a * u(0.25, 0.4))
+        rot = _rotation(side * u(0.2, 0.6), u(-0.2, 0.2), u(-0.2, 0.2))
+        kidney = paint(blob(centre, radii, rotation=rot, bend=u(0.1, 0.4) * side), u(25, 40))
+        paint(kidney & blob((centre[0] - side * radii[0] * 0.3, centre[1], centre[2]),
+                            tuple(r * 0.35 for r in radii), rotation=rot), u(-90, -40))
+
+    # Spine (cortex, marrow, a spinous process), paraspinal muscles, aorta, ribs.
+    spine_x, spine_y, spine_r = cx + a * u(-0.03, 0.03), cy + b * u(0.35, 0.55), a * u(0.08, 0.14)
+    disc = (xx - spine_x) ** 2 + (yy - spine_y) ** 2
+    for side in (-1, 1):
+        paint(blob((spine_x + side * spine_r * u(1.0, 1.5), spine_y + spine_r * u(1.2, 1.7), 0),
+                   (spine_r * u(0.7, 1.0), spine_r * u(0.9, 1.3), 1e6)), u(40, 58))
+    paint(np.broadcast_to(disc <= spine_r ** 2, volume.shape), u(600, 1000), within=body)
+    paint(np.broadcast_to(disc <= (0.8 * spine_r) ** 2, volume.shape), u(180, 320), within=body)
+    paint(np.broadcast_to((np.abs(xx - spine_x) <= 0.25 * spine_r) & (yy > spine_y) & (yy - spine_y <= 2.2 * spine_r),
+                          volume.shape), u(400, 800), within=body)
+    aorta_r = a * u(0.05, 0.08)
+    paint(np.broadcast_to((xx - spine_x - a * u(0.0, 0.12)) ** 2 + (yy - spine_y + spine_r + aorta_r * u(1.0, 1.6)) ** 2
+                          <= aorta_r ** 2, volume.shape), u(35, 45) if u() < 0.5 else u(150, 280))
+    rib_hu = u(400, 800)
+    for _ in range(rng.integers(6, 14)):
+        angle = u(-0.8, 0.8) * np.pi / 2 + (np.pi if u() < 0.5 else 0)   # lateral and posterior
+        r = 1.0 - fat - muscle * 0.5
+        centre = (cx + a * r * taper * np.cos(angle) * 0.97, cy + b * r * np.abs(np.sin(angle)) * 0.95)
+        thick = a * u(0.015, 0.03)
+        length = half_z * u(0.1, 0.4)
+        paint(((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= thick ** 2)
+              & (np.abs(zz - u(-1, 1) * half_z) <= length), rib_hu, within=body)
+
+    # The spleen: left, posterolateral, against the body wall; painted last, so it is the label.
+    spleen_radii = (a * u(0.1, 0.22), a * u(0.2, 0.38), a * u(0.22, 0.7))
+    spleen_centre = (cx + a * u(0.42, 0.66), cy + b * u(-0.2, 0.4), spleen_z)
+    spleen = blob(spleen_centre, spleen_radii,
+                  rotation=_rotation(u(-0.7, 0.5), u(-0.25, 0.25), u(-0.25, 0.25)),
+                  lobes=[(k, u(0, 0.1), u(0, 2 * np.pi)) for k in (2, 3, 5)], bend=u(0, 0.6))
+    spleen = paint(spleen, spleen_hu + 0.5 * texture)
+
+    volume += _smooth_field(grid, rng, wavelength_mm=2.0 * a, amplitude=u(0, 6)) * body + u(-6, 6) * body
+    _box_smooth(volume)
+    volume += rng.normal(0, u(4, 18), volume.shape).astype(np.float32)
+    return np.clip(volume, -1024, 3071).astype(np.int16), spleen.astype(np.uint8)
+
+
 def main(argv: list[str] | None = None) -> None:
     from ops.volume import write_volume
 
@@ -155,8 +366,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="file to write (.mhd, .nii.gz), or a folder with --dicom")
     parser.add_argument("--shape", nargs=3, type=int, default=(64, 160, 160), metavar=("Z", "Y", "X"))
     parser.add_argument("--dicom", action="store_true", help="write a DICOM series (one file a slice)")
+    parser.add_argument("--spleen", action="store_true", help="the randomised abdomen of spleen_phantom")
     args = parser.parse_args(argv)
-    volume = ct_phantom(tuple(args.shape))
+    if args.spleen:
+        volume, _ = spleen_phantom(tuple(args.shape), tuple(CT_GEOMETRY["spacing"]), seed=2026)
+    else:
+        volume = ct_phantom(tuple(args.shape))
     if args.dicom:
         ct_series(args.output, volume, CT_GEOMETRY)
     else:

@@ -1,4 +1,4 @@
-"""``carina demo``: a private redis-server and worker, every pipeline on generated data."""
+"""``carina demo``: a private redis-server, Triton and worker; every pipeline on generated data."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from queues.jobs import JobStatus, JobStore
 from queues.local import LocalRedis, start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
+from queues.triton import REPO_ROOT, LocalTriton
 
 JOB_TIMEOUT_S = 300
 
@@ -35,6 +36,8 @@ DEMO_JOBS = (
             {"crop_start": [20, 30, 8], "crop_size": [120, 100, 48]}, "crop 120x100x48 from (20, 30, 8)"),
     DemoJob("3dblur", "ct-series", ("--dicom", "--shape", "48", "160", "160"),
             {"sigma_mm": 1.5}, "Gaussian, sigma 1.5 mm, DICOM in and out"),
+    DemoJob("spleen-seg", "abdomen.nii.gz", ("--spleen", "--shape", "64", "256", "256"),
+            {}, "96³ sliding-window UNet on a local Triton"),
 )
 
 
@@ -46,11 +49,13 @@ def run_demo(out: Path) -> bool:
                         *job.sample_args], check=True, stdout=subprocess.DEVNULL)
     print(f"generated samples in {out / 'input'}")
     results: list[tuple[DemoJob, JobStatus]] = []
-    with LocalRedis() as server:
-        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "carina-demo"}
+    with LocalRedis() as server, LocalTriton(REPO_ROOT / "models") as triton:
+        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "carina-demo",
+               "CARINA_TRITON_URL": triton.url}
         settings = Settings.from_env(env)
         client = redis.Redis.from_url(server.url)
-        worker = start_worker(env, out / "worker.log", "io,cpu", concurrency=2)
+        print(f"redis at {server.url}, Triton at {triton.url}")
+        worker = start_worker(env, out / "worker.log", "io,cpu,gpu", concurrency=2)
         try:
             app = create_app(settings)
             jobs = JobStore(client, settings.namespace, settings.job_ttl_s)

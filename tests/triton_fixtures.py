@@ -16,6 +16,7 @@ Test models (FP32, batch first, ``max_batch_size`` 4, dynamic batching):
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from queues.triton import SETUP_SCRIPT, LocalTriton
+from queues.triton import REPO_ROOT, SETUP_SCRIPT, LocalTriton
 
 SLOW_MODEL_S = 2.0
 
@@ -103,3 +104,13 @@ def triton_server():
             yield server
     finally:
         shutil.rmtree(repository, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def project_triton():
+    """A :class:`queues.triton.LocalTriton` serving the project's model repository: ``models/``,
+    or ``CARINA_MODEL_REPOSITORY`` to run the suite against another one (a production model
+    with the same interface)."""
+    ensure_triton_installed()
+    with LocalTriton(Path(os.environ.get("CARINA_MODEL_REPOSITORY", REPO_ROOT / "models"))) as server:
+        yield server

@@ -44,13 +44,14 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def deployment(redis_server):
+def deployment(redis_server, project_triton):
     """Two worker groups on this one machine posing as hosts ``host-a`` and ``host-b``."""
     shm_dir = Path(tempfile.mkdtemp(prefix="carina-it-", dir="/dev/shm"))
     logdir = Path(tempfile.mkdtemp(prefix="carina-it-logs-"))
     env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/1"),
            "CARINA_NAMESPACE": f"it{uuid.uuid4().hex[:8]}", "CARINA_SHM_DIR": str(shm_dir),
-           "CARINA_HOST_ID": "host-a", "CARINA_JANITOR_INTERVAL_S": "3600"}
+           "CARINA_HOST_ID": "host-a", "CARINA_JANITOR_INTERVAL_S": "3600",
+           "CARINA_TRITON_URL": project_triton.url, "CARINA_TRITON_TIMEOUT_S": "60"}
     for name in [k for k in env if k.startswith("CROP_")]:
         del env[name]
     logs = [logdir / "host-a.log", logdir / "host-b.log"]
