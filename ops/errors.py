@@ -14,6 +14,10 @@
      │    ├── InconsistentSeries  the slices do not stack into one regular volume: sizes or orientations
      │    │                       differ, duplicate positions, uneven gaps, slices sheared (gantry tilt)
      │    └── DicomWriteError     the output series cannot be written (out_dir inside the template, disk)
+     ├── SlideError           a whole-slide image cannot be opened, read or written (ops.wsi, ops.pyramid)
+     │    ├── SlideOpenError      not a slide, a format no reader opens, or a file too damaged to open
+     │    ├── SlideReadError      a level, region or tile cannot be read or decoded
+     │    └── SlideWriteError     the output TIFF cannot be written
      └── InferenceError       an inference request to Triton failed (ops.triton_client); the message
           │                   names the server and the model
           ├── InferenceServerUnavailable  the server cannot be reached (refused, reset) or answers
@@ -64,6 +68,22 @@ class InconsistentSeries(DicomError):
 
 
 class DicomWriteError(DicomError):
+    pass
+
+
+class SlideError(OpsError):
+    """Base of the whole-slide errors; the message names the file and the problem."""
+
+
+class SlideOpenError(SlideError):
+    pass
+
+
+class SlideReadError(SlideError):
+    pass
+
+
+class SlideWriteError(SlideError):
     pass
 
 
