@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,6 +65,10 @@ class Predictor(Protocol):
           predictor may keep or modify it.
         * It may be a remote model (Triton) or a plain function; it is called from the
           caller's thread, one batch at a time, in window order. Its exceptions propagate.
+        * Optionally it also has ``predict_many(batches)``: given an iterator of such batches,
+          it yields their predictions in the same order, and may consume a few batches ahead
+          (requests in flight). Sliding-window inference uses it where present; a plain
+          function needs only ``__call__``.
     """
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
@@ -120,7 +124,8 @@ def sliding_window_inference(
             and what came back.
 
     Memory: the float32 output over the padded image, one float32 count map over its
-    spatial shape, and one batch of windows and predictions at a time.
+    spatial shape, and one batch of windows and predictions at a time (a few more where the
+    predictor's ``predict_many`` keeps requests in flight).
     """
     inputs = _check_inputs(inputs)
     spatial = inputs.shape[2:]
@@ -150,13 +155,13 @@ def sliding_window_inference(
     for window in windows:
         count[window] += weights
 
+    batches = [[(i // len(windows), windows[i % len(windows)]) for i in range(first, min(first + sw_batch_size, total))]
+               for first in range(0, total, sw_batch_size)]  # (image, window) pairs
+    stacked = (np.stack([image[(n, slice(None), *window)] for n, window in members]) for members in batches)
     output: np.ndarray | None = None
     done = 0
-    for first in range(0, total, sw_batch_size):
-        indices = range(first, min(first + sw_batch_size, total))
-        members = [(i // len(windows), windows[i % len(windows)]) for i in indices]  # (image, window)
-        batch = np.stack([image[(n, slice(None), *window)] for n, window in members])
-        predicted = _check_prediction(predictor(batch), len(members), roi, None if output is None else output.shape[1])
+    for members, raw in zip(batches, _predict_stream(predictor, stacked)):
+        predicted = _check_prediction(raw, len(members), roi, None if output is None else output.shape[1])
         if output is None:
             output = np.zeros((inputs.shape[0], predicted.shape[1], *padded), dtype=np.float32)
         for (n, window), p in zip(members, predicted):
@@ -169,6 +174,16 @@ def sliding_window_inference(
     output /= count
     crop = tuple(slice(before, before + s) for (before, _), s in zip(pad, spatial))
     return np.ascontiguousarray(output[(slice(None), slice(None), *crop)])
+
+
+def _predict_stream(predictor: Predictor, batches: Iterator[np.ndarray]) -> Iterator[Any]:
+    """The predictions of ``batches`` in order: through ``predictor.predict_many`` where the
+    predictor has one (a remote model keeps several batches in flight while the caller blends
+    earlier ones), else one call per batch."""
+    predict_many = getattr(predictor, "predict_many", None)
+    if callable(predict_many):
+        return iter(predict_many(batches))
+    return map(predictor, batches)
 
 
 def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]) -> tuple[int, ...]:

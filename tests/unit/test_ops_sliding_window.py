@@ -261,6 +261,39 @@ def test_last_batch_is_smaller_and_may_mix_images():
     assert batches == [[0, 0, 0, 1], [1, 1]]  # the first batch holds windows of both images
 
 
+class LookaheadPredictor(LinearPredictor):
+    """A ``predict_many`` that reads ``ahead`` batches before it answers the first, as a remote
+    model with requests in flight does; records the most batches it held unanswered."""
+
+    def __init__(self, *args, ahead: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ahead, self.most_held = ahead, 0
+
+    def predict_many(self, batches):
+        held = []
+        for batch in batches:
+            held.append(batch)
+            self.most_held = max(self.most_held, len(held))
+            if len(held) > self.ahead:
+                yield self(held.pop(0))
+        for batch in held:
+            yield self(batch)
+
+
+def test_a_streaming_predictor_runs_ahead_and_gives_the_same_result():
+    inputs = np.random.default_rng(3).standard_normal((2, 2, 20, 17, 23)).astype(np.float32)
+    plain, streaming = LinearPredictor(2, 3, 3), LookaheadPredictor(2, 3, 3, ahead=3)
+    reports = []
+    kwargs = dict(overlap=0.4, mode="gaussian")
+    expected = sliding_window_inference(inputs, (8, 8, 8), 2, plain, **kwargs)
+    out = sliding_window_inference(inputs, (8, 8, 8), 2, streaming, progress=lambda d, t: reports.append(d), **kwargs)
+    assert streaming.most_held == 4  # it was handed batches before answering earlier ones
+    assert len(streaming.batches) == len(plain.batches)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.batches, streaming.batches))
+    np.testing.assert_array_equal(out, expected)
+    assert reports == sorted(reports) and reports[-1] == sum(len(b) for b in plain.batches)
+
+
 def test_any_input_dtype_is_fed_as_float32_and_any_real_output_is_accepted():
     inputs = (np.arange(2 * 9 * 9 * 9) % 50).astype(np.int16).reshape(1, 2, 9, 9, 9)
     out = sliding_window_inference(inputs, (5, 5, 5), 2, lambda b: b.astype(np.float64) * 2, overlap=0.25)
