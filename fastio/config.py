@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SHM_DIR = Path("/dev/shm")
+POSIX_SHM_DIR = Path("/dev/shm")  # where shm_open names live on Linux
+DEFAULT_SHM_DIR = POSIX_SHM_DIR
 DEFAULT_NAMESPACE = "carina"
 DEFAULT_LEASE_S = 6 * 3600
 DEFAULT_POOL_LIMIT_BYTES = 4 * 2**30

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from fastio.config import FastIOConfig
+from fastio.config import POSIX_SHM_DIR, FastIOConfig
 from fastio.errors import AllocationNotFound, AllocationStateError, NotLocal, SegmentError
 from fastio.registry import Publication, Registry
 from fastio.segments import SegmentStore, size_class
@@ -58,6 +58,14 @@ class FastIOAllocation:
             raise AllocationStateError(
                 f"{dtype}{list(shape)} needs {needed} bytes; allocation {self.segment} has {self.nbytes}")
         self.dtype, self.shape, self._array = dtype, shape, None
+
+    @property
+    def posix_shm_key(self) -> str | None:
+        """The ``shm_open`` name of the memory (``"/<segment>"``), for another program on this
+        host to map it (Triton's system shared memory); ``None`` unless the segments live in
+        ``/dev/shm``, the directory POSIX shared-memory names resolve to on Linux."""
+        directory = self._ctx.store.directory
+        return f"/{self.segment}" if directory.resolve() == POSIX_SHM_DIR else None
 
     @property
     def buffer(self) -> memoryview:

@@ -36,6 +36,7 @@ from ops.sliding_window import Predictor, Progress, sliding_window_inference
 TARGET_SPACING_XYZ = (1.5, 1.5, 2.0)  # mm
 HU_WINDOW = (-57.0, 164.0)  # HU mapped to 0 and 1
 ROI_SIZE = (96, 96, 96)  # voxels, (z, y, x)
+OUTPUT_CHANNELS = 2  # background and spleen logits
 
 Geometry = dict[str, Any]
 
@@ -182,6 +183,12 @@ def segment(
         resampled[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode, progress=progress
     )
     return postprocess(logits[0], resampled_geometry, volume.shape, geometry)
+
+
+def request_nbytes(sw_batch_size: int, roi_size: Sequence[int] = ROI_SIZE) -> int:
+    """Bytes of one batch of windows and of its logits (float32): what a request to the model
+    moves each way together."""
+    return sw_batch_size * (1 + OUTPUT_CHANNELS) * math.prod(roi_size) * np.dtype(np.float32).itemsize
 
 
 def _pull_transform(

@@ -6,6 +6,13 @@
 than the model's ``max_batch_size`` are split and sent concurrently; :meth:`predict_many`
 keeps ``concurrency`` requests in flight over a stream of batches.
 
+Where the server runs on the same host, ``shared_memory=SharedRegion(key, buffer)`` sends the
+tensors through Triton's system shared-memory extension instead: the request carries only the
+region's name and offsets, the server reads the input from and writes the output into memory
+both processes map (the workers hand it a FastIO allocation). Anything that stops it — a
+remote server, a full slot, a server that restarted and forgot the region — falls back to
+binary HTTP for that request or from then on; results are the same either way.
+
 Errors (see :mod:`ops.errors`): the model is checked on first use against its metadata and
 config — present and ready (else :class:`ModelNotFound`), the named input and output, a
 float datatype, the rank and fixed dims of what is sent (else :class:`ModelShapeMismatch`);
@@ -38,9 +45,12 @@ Surprises met on the way:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -67,7 +77,10 @@ MAX_BACKOFF_S = 10.0
 DEFAULT_CONCURRENCY = 2
 # Answers of a server (or a proxy in front of it) that is starting, overloaded or restarting.
 TRANSIENT_STATUSES = frozenset({"502", "503", "504"})
-FLOAT_DATATYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+# The tensor datatypes a predictor sends (inputs are cast to the model's) and reads back.
+DATATYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16,
+             "INT32": np.int32, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+SLOT_ALIGNMENT = 64  # bytes: every tensor in the shared region starts on a cache line
 
 
 class ModelSpec(NamedTuple):
@@ -85,10 +98,22 @@ class ModelSpec(NamedTuple):
     output_dims: tuple[int, ...]
 
 
+class SharedRegion(NamedTuple):
+    """Memory the client and a server on the same host both map: a POSIX shared-memory object.
+
+    ``key`` is its ``shm_open`` name ("/name", a file in /dev/shm on Linux) and ``buffer`` a
+    writable view of it from its first byte; the predictor never frees it.
+    """
+
+    key: str
+    buffer: memoryview
+
+
 class _Pending(NamedTuple):
     chunk: np.ndarray
     last_of_batch: bool
     request: Any  # tritonclient.http.InferAsyncRequest
+    slot: int | None  # the shared-memory slot holding its tensors, or None (HTTP bodies)
 
 
 class TritonPredictor:
@@ -103,6 +128,12 @@ class TritonPredictor:
         backoff_s: the first pause before a retry; it doubles each time (at most 10 s).
         concurrency: requests in flight at once (split batches, :meth:`predict_many`), ≥ 1;
             also the size of each client's connection pool.
+        shared_memory: where the server shares this host, tensors travel through this region
+            (Triton's system shared-memory extension) instead of HTTP bodies: it is cut into
+            ``concurrency`` slots, each holding one request's input and output. Registered
+            with the server on first use and unregistered by :meth:`close`. A server that
+            cannot map it (another host, another /dev/shm), or a request too large for a
+            slot, goes over binary HTTP instead: slower, never wrong.
 
     Raises:
         InvalidParameter: an argument is out of range (named in the message).
@@ -111,7 +142,8 @@ class TritonPredictor:
     def __init__(self, url: str, model_name: str, input_name: str = DEFAULT_INPUT_NAME,
                  output_name: str = DEFAULT_OUTPUT_NAME, *, model_version: str = "",
                  timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
-                 backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+                 backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = DEFAULT_CONCURRENCY,
+                 shared_memory: SharedRegion | None = None) -> None:
         for name, value in (("url", url), ("model_name", model_name), ("input_name", input_name),
                             ("output_name", output_name)):
             if not isinstance(value, str) or not value:
@@ -126,6 +158,10 @@ class TritonPredictor:
             raise InvalidParameter(f"backoff_s must be ≥ 0, not {backoff_s!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidParameter(f"concurrency must be an int ≥ 1, not {concurrency!r}")
+        if shared_memory is not None and (not isinstance(shared_memory, SharedRegion)
+                                          or shared_memory.buffer.readonly or not shared_memory.key.startswith("/")):
+            raise InvalidParameter(f"shared_memory must be a SharedRegion with a '/name' key and a writable buffer, "
+                                   f"not {shared_memory!r}")
         self.url = url.removeprefix("http://").rstrip("/")
         self.model_name = model_name
         self.model_version = str(model_version)
@@ -137,6 +173,13 @@ class TritonPredictor:
         self.concurrency = concurrency
         self._spec: ModelSpec | None = None
         self._local = threading.local()
+        self._shared = shared_memory
+        self._shared_name: str | None = None  # the region's name on the server once registered
+        self._slot_bytes = 0 if shared_memory is None else _align_down(len(shared_memory.buffer) // concurrency)
+        self._free_slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(concurrency if shared_memory is not None else 0):
+            self._free_slots.put(slot)
+        self._shared_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TritonPredictor({self.url!r}, {self.model_name!r})"
@@ -174,7 +217,7 @@ class TritonPredictor:
                         out = self._collect(inflight.popleft(), pieces)
                         if out is not None:
                             yield out
-                    inflight.append(_Pending(chunk, k == len(chunks) - 1, self._send(chunk)))
+                    inflight.append(_Pending(chunk, k == len(chunks) - 1, *self._send(chunk)))
             while inflight:
                 out = self._collect(inflight.popleft(), pieces)
                 if out is not None:
@@ -213,9 +256,9 @@ class TritonPredictor:
                 raise ModelShapeMismatch(f"model {name!r} on {self.url} has no {kind[:-1]} {wanted!r}; "
                                          f"its {kind}: {described or 'none'}")
             tensor = found[wanted]
-            if tensor["datatype"] not in FLOAT_DATATYPES:
+            if tensor["datatype"] not in DATATYPES:
                 raise ModelShapeMismatch(f"model {name!r} {kind[:-1]} {wanted!r} is {tensor['datatype']}; "
-                                         f"this predictor handles {', '.join(FLOAT_DATATYPES)}")
+                                         f"this predictor handles {', '.join(DATATYPES)}")
             shape = tuple(int(d) for d in tensor["shape"])
             # The metadata's shape starts with the batch axis (-1) where the model batches.
             tensors[kind] = (tensor["datatype"], shape[1:] if max_batch_size > 0 else shape)
@@ -252,50 +295,145 @@ class TritonPredictor:
                                      f"({shown}); the batch has shape {array.shape}")
         if array.ndim < 2 or array.shape[0] < 1:
             raise ModelShapeMismatch(f"batch of shape {array.shape}: (B ≥ 1, C, *roi) is expected")
-        array = np.ascontiguousarray(array, dtype=FLOAT_DATATYPES[spec.input_datatype])
+        array = np.ascontiguousarray(array, dtype=DATATYPES[spec.input_datatype])
         if not batched or len(array) <= spec.max_batch_size:
             return [array]
         return [array[i:i + spec.max_batch_size] for i in range(0, len(array), spec.max_batch_size)]
 
-    def _request(self, chunk: np.ndarray) -> tuple[list, list]:
+    def _request(self, chunk: np.ndarray, slot: int | None = None) -> tuple[list, list]:
+        """The request's input and output tensors: binary HTTP bodies, or ``slot`` of the shared
+        region (the chunk is copied into the slot; the output is to follow it there)."""
         import tritonclient.http as httpclient
 
         tensor = httpclient.InferInput(self.input_name, list(chunk.shape), self.spec().input_datatype)
-        tensor.set_data_from_numpy(chunk, binary_data=True)
-        return [tensor], [httpclient.InferRequestedOutput(self.output_name, binary_data=True)]
+        if slot is None:
+            tensor.set_data_from_numpy(chunk, binary_data=True)
+            return [tensor], [httpclient.InferRequestedOutput(self.output_name, binary_data=True)]
+        start, output_start = self._slot_layout(slot, chunk)
+        assert self._shared is not None and self._shared_name is not None
+        np.frombuffer(self._shared.buffer, np.uint8, chunk.nbytes, start)[:] = chunk.reshape(-1).view(np.uint8)
+        tensor.set_shared_memory(self._shared_name, chunk.nbytes, offset=start)
+        output = httpclient.InferRequestedOutput(self.output_name)
+        output.set_shared_memory(self._shared_name, start + self._slot_bytes - output_start, offset=output_start)
+        return [tensor], [output]
 
-    def _send(self, chunk: np.ndarray) -> Any:
-        inputs, outputs = self._request(chunk)
-        return self._client().async_infer(self.model_name, inputs, model_version=self.model_version,
-                                          outputs=outputs)
+    def _send(self, chunk: np.ndarray) -> tuple[Any, int | None]:
+        slot = self._take_slot(chunk)
+        try:
+            inputs, outputs = self._request(chunk, slot)
+            request = self._client().async_infer(self.model_name, inputs, model_version=self.model_version,
+                                                 outputs=outputs)
+        except BaseException:
+            self._give_slot(slot)
+            raise
+        return request, slot
+
+    # -- the shared-memory region ----------------------------------------------------------------
+
+    def _slot_layout(self, slot: int, chunk: np.ndarray) -> tuple[int, int]:
+        """Byte offsets of a slot's input and output; the output takes the rest of the slot."""
+        start = slot * self._slot_bytes
+        return start, start + _align_up(chunk.nbytes)
+
+    def _take_slot(self, chunk: np.ndarray) -> int | None:
+        """A free slot for ``chunk``, or None: no region, the server cannot map it, the chunk
+        and its output do not fit a slot, or every slot is in flight (other threads share this
+        predictor)."""
+        if self._shared is None or not self._fits_a_slot(chunk) or not self._registered():
+            return None
+        try:
+            return self._free_slots.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _fits_a_slot(self, chunk: np.ndarray) -> bool:
+        """Whether ``chunk`` and its output fit one slot. The output's size follows from the
+        model's declared dims, a variable one (-1) taking the chunk's size on that axis (the
+        Predictor contract: ``(B, C, *roi)`` in, ``(B, C_out, *roi)`` out)."""
+        spec = self.spec()
+        dims = spec.output_dims
+        if spec.max_batch_size <= 0 or len(dims) != chunk.ndim - 1:
+            return False
+        elements = chunk.shape[0] * math.prod(c if d == -1 else d for d, c in zip(dims, chunk.shape[1:]))
+        output_nbytes = elements * np.dtype(DATATYPES[spec.output_datatype]).itemsize
+        return _align_up(chunk.nbytes) + output_nbytes <= self._slot_bytes
+
+    def _give_slot(self, slot: int | None) -> None:
+        if slot is not None:
+            self._free_slots.put(slot)
+
+    def _registered(self) -> bool:
+        """Register the region with the server once; False (and binary HTTP from then on) if
+        the server refuses it: it does not share this host's /dev/shm."""
+        with self._shared_lock:
+            if self._shared is not None and self._shared_name is None:
+                name = f"carina-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+                region = self._shared
+                try:
+                    self._call(lambda c: c.register_system_shared_memory(name, region.key, len(region.buffer)),
+                               "register shared memory for")
+                    self._shared_name = name
+                    log.info("triton %s on %s: tensors through shared memory %s (%d slots of %d bytes)",
+                             self.model_name, self.url, region.key, self.concurrency, self._slot_bytes)
+                except InferenceError as e:
+                    log.warning("triton %s on %s: shared memory %s refused (%s); tensors go over HTTP",
+                                self.model_name, self.url, region.key, e)
+                    self._shared = None
+            return self._shared is not None
+
+    def _drop_shared(self) -> str | None:
+        """Stop using the region; returns the name it was registered under, if it was."""
+        with self._shared_lock:
+            name, self._shared_name, self._shared = self._shared_name, None, None
+        return name
+
+    def _shared_output(self, result: Any, slot: int, chunk: np.ndarray) -> np.ndarray:
+        """The output the server wrote into ``slot`` for ``chunk``: a view of the region, valid
+        until the slot is given back."""
+        assert self._shared is not None
+        described = result.get_output(self.output_name)
+        if described is None:
+            raise ModelShapeMismatch(f"model {self.model_name!r} output {self.output_name!r} is missing from the response")
+        dtype = np.dtype(DATATYPES[described["datatype"]])
+        shape = tuple(int(d) for d in described["shape"])
+        _, offset = self._slot_layout(slot, chunk)  # the response does not repeat it
+        return np.frombuffer(self._shared.buffer, dtype, math.prod(shape), offset).reshape(shape)
 
     def _collect(self, pending: _Pending, pieces: list[np.ndarray]) -> np.ndarray | None:
         """Wait for the oldest request; return the whole batch's output once its last piece is in."""
         try:
             result = pending.request.get_result()
+            raw = result.as_numpy(self.output_name) if pending.slot is None else self._shared_output(result, pending.slot, pending.chunk)
+            pieces.append(self._output(raw, pending.chunk))
         except Exception as e:
             error, transient = self._translate(e, "infer with")
             if error is None:
                 raise
             self._reset_after(e)
+            if pending.slot is not None and "shared memory" in str(error).lower():
+                # The server lost the registration (it restarted): HTTP bodies from now on.
+                self._drop_shared()
+                transient = True
             if not transient or self.retries == 0:
                 raise error from e
             log.warning("triton %s on %s: %s; retrying", self.model_name, self.url, error)
             self._pause(0)
-            inputs, outputs = self._request(pending.chunk)
+            inputs, outputs = self._request(pending.chunk)  # over HTTP: the region may be gone with the server
             result = self._call(lambda c: c.infer(self.model_name, inputs, model_version=self.model_version,
                                                   outputs=outputs),
                                 "infer with", retries=self.retries - 1)
-        pieces.append(self._output(result, pending.chunk))
+            pieces.append(self._output(result.as_numpy(self.output_name), pending.chunk))
+        finally:
+            self._give_slot(pending.slot)
         if not pending.last_of_batch:
             return None
         out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         pieces.clear()
         return out
 
-    def _output(self, result: Any, chunk: np.ndarray) -> np.ndarray:
-        """The response's output as float32, if it keeps the model's and the Predictor's contract."""
-        out = result.as_numpy(self.output_name)
+    def _output(self, out: np.ndarray | None, chunk: np.ndarray) -> np.ndarray:
+        """The response's output as a new float32 array, if it keeps the model's and the
+        Predictor's contract."""
         where = f"model {self.model_name!r} output {self.output_name!r}"
         if out is None:
             raise ModelShapeMismatch(f"{where} is missing from the response")
@@ -307,8 +445,9 @@ class TritonPredictor:
             raise ModelShapeMismatch(f"{where} has shape {out.shape} for an input of shape {chunk.shape}; expected "
                                      f"(B={chunk.shape[0]}, C_out, {', '.join(map(str, chunk.shape[2:]))}) "
                                      f"and the declared dims {list(spec.output_dims)}")
-        # as_numpy() is a read-only view of the response's bytes; callers get an array of their own.
-        return out.astype(np.float32, copy=not out.flags.writeable)
+        # A view of the response's bytes or of a shared slot that the next request reuses:
+        # callers get an array of their own.
+        return out.astype(np.float32, copy=True)
 
     def _call(self, fn: Callable[[Any], Any], what: str, retries: int | None = None) -> Any:
         """``fn(client)``, retried on transient errors, its errors translated."""
@@ -390,14 +529,34 @@ class TritonPredictor:
             log.debug("closing the triton client of %s", self.url, exc_info=True)
 
     def close(self) -> None:
-        """Close this thread's client (others close when their thread's data is collected)."""
+        """Unregister the shared region from the server, if it was registered; close this
+        thread's client (others close when their thread's data is collected)."""
+        name = self._drop_shared()
+        if name is not None:
+            try:
+                self._client().unregister_system_shared_memory(name)
+            except Exception as e:  # a server that is gone has dropped the registration with itself
+                log.warning("triton on %s: unregistering shared memory %s: %s", self.url, name, e)
         self._reset_client()
 
     def __getstate__(self) -> dict:
+        # A copy elsewhere sends HTTP bodies: the region and its registration stay with this one.
         state = self.__dict__.copy()
-        del state["_local"]
+        for name in ("_local", "_free_slots", "_shared_lock"):
+            del state[name]
+        state.update(_shared=None, _shared_name=None, _slot_bytes=0)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+        self._free_slots = queue.SimpleQueue()
+        self._shared_lock = threading.Lock()
+
+
+def _align_up(nbytes: int) -> int:
+    return -(-nbytes // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
+
+
+def _align_down(nbytes: int) -> int:
+    return nbytes // SLOT_ALIGNMENT * SLOT_ALIGNMENT

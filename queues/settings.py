@@ -59,6 +59,9 @@ class Settings:
     # Inference: any Triton (KServe v2) HTTP endpoint; `carina triton` runs one locally.
     triton_url: str = DEFAULT_TRITON_URL
     triton_timeout_s: float = DEFAULT_TRITON_TIMEOUT_S
+    # Tensors through Triton's system shared memory where the server can map this host's
+    # /dev/shm (it falls back to binary HTTP by itself where it cannot).
+    triton_shared_memory: bool = True
     sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
 
     @classmethod
@@ -108,6 +111,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false (1/0, yes/no, on/off)")
+
+
 def _crop_var(env: Mapping[str, str], name: str) -> int:
     text = env.get(name, "").strip()
     if text == "":
@@ -136,6 +148,7 @@ _VARIABLES = {
     "api_max_body_bytes": _positive_int,
     "triton_url": str,
     "triton_timeout_s": float,
+    "triton_shared_memory": _boolean,
     "sw_batch_size": _positive_int,
 }
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ops.render import write_segmentation_publish
-from ops.spleen import segment
-from ops.triton_client import TritonPredictor
+from ops.spleen import request_nbytes, segment
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
 from queues.settings import get_settings
+from workers.inference import triton_predictor
 from workers.stage import StageTask, fastio_context
 
 Payload = dict[str, Any]
@@ -26,11 +26,12 @@ def read_volume(self: StageTask, payload: Payload) -> Payload:
 
 @app.task(name="carina.spleen.infer", base=StageTask, bind=True)
 def infer(self: StageTask, payload: Payload) -> Payload:
-    settings, params = get_settings(), payload["params"]
-    ct = fastio_context(payload["job"]).get(payload["handles"]["spleen_ct"])
-    predictor = TritonPredictor(settings.triton_url, params["model"], timeout_s=settings.triton_timeout_s)
-    labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=params.get("sw_batch_size", settings.sw_batch_size),
-                     overlap=params["overlap"], progress=partial(self.report_progress, payload))
+    params, ctx = payload["params"], fastio_context(payload["job"])
+    ct = ctx.get(payload["handles"]["spleen_ct"])
+    sw_batch_size = params.get("sw_batch_size", get_settings().sw_batch_size)
+    with triton_predictor(ctx, params["model"], request_nbytes(sw_batch_size)) as predictor:
+        labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
+                         progress=partial(self.report_progress, payload))
     return self.publish(payload, labels, "spleen_labels", ct.metadata)
 
 

@@ -19,12 +19,19 @@ from queues.settings import Settings
 
 @dataclass
 class Deployment:
-    """One namespace on the session's redis-server, a private tmpfs folder, running workers."""
+    """One namespace on the session's redis-server, running workers. Segments lie in /dev/shm
+    itself, as in production (POSIX shm names: Triton can map them), told apart by the
+    namespace that starts their names."""
 
     env: dict[str, str]
     settings: Settings
-    shm_dir: Path
     logs: list[Path]
+
+    def segment_files(self, hosts: tuple[str, ...] | None = None) -> set[str]:
+        """Names of this deployment's segment files: of ``hosts``, or of every host."""
+        prefixes = [f"{self.settings.namespace}-"] if hosts is None else [
+            self.settings_for(h).fastio_config().segment_prefix for h in hosts]
+        return {p.name for p in self.settings.shm_dir.iterdir() if p.name.startswith(tuple(prefixes))}
 
     def settings_for(self, host_id: str) -> Settings:
         return Settings.from_env({**self.env, "CARINA_HOST_ID": host_id})
@@ -46,22 +53,23 @@ class Deployment:
 @pytest.fixture(scope="session")
 def deployment(redis_server, project_triton):
     """Two worker groups on this one machine posing as hosts ``host-a`` and ``host-b``."""
-    shm_dir = Path(tempfile.mkdtemp(prefix="carina-it-", dir="/dev/shm"))
     logdir = Path(tempfile.mkdtemp(prefix="carina-it-logs-"))
     env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/1"),
-           "CARINA_NAMESPACE": f"it{uuid.uuid4().hex[:8]}", "CARINA_SHM_DIR": str(shm_dir),
+           "CARINA_NAMESPACE": f"it{uuid.uuid4().hex[:8]}", "CARINA_SHM_DIR": "/dev/shm",
            "CARINA_HOST_ID": "host-a", "CARINA_JANITOR_INTERVAL_S": "3600",
            "CARINA_TRITON_URL": project_triton.url, "CARINA_TRITON_TIMEOUT_S": "60"}
     for name in [k for k in env if k.startswith("CROP_")]:
         del env[name]
     logs = [logdir / "host-a.log", logdir / "host-b.log"]
+    deployment = Deployment(env, Settings.from_env(env), logs)
     procs = []
     try:
         procs.append(start_worker(env, logs[0], "io,cpu,gpu", concurrency=1, host_id="host-a"))
         procs.append(start_worker(env, logs[1], "io,cpu,gpu", concurrency=1, host_id="host-b"))
-        yield Deployment(env, Settings.from_env(env), shm_dir, logs)
+        yield deployment
     finally:
         for proc in procs:
             stop_process_group(proc)
-        shutil.rmtree(shm_dir, ignore_errors=True)
+        for name in deployment.segment_files():
+            (deployment.settings.shm_dir / name).unlink(missing_ok=True)
         shutil.rmtree(logdir, ignore_errors=True)

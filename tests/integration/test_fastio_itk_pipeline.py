@@ -47,7 +47,7 @@ def run_job(deployment, input, output, **params):
 def assert_no_memory_held(deployment, hosts=("host-a", "host-b")):
     """Nothing is in use on any of ``hosts``, and every segment file left is a free, pooled one."""
     client = deployment.client()
-    files = {p.name for p in deployment.shm_dir.iterdir()}
+    files = deployment.segment_files(hosts)
     pooled = set()
     for host in hosts:
         registry = Registry(client, deployment.settings_for(host).fastio_config())

@@ -63,6 +63,8 @@ def test_segments_the_spleen_and_writes_the_seed_outputs(deployment, project_tri
     assert np.mean(labels == direct) >= 0.999
     # ...and they find the spleen (the model's own accuracy is tested in tests/unit).
     assert dice(labels > 0, truth > 0) >= 0.5
+    # The windows went to Triton through a FastIO staging allocation, not HTTP bodies.
+    assert any("tensors through shared memory /it" in log.read_text() for log in deployment.logs)
 
     publish = tmp_path / "out" / "publish"
     for name in ("image.mhd", "image.seg.mhd", "config.meta", "config_render.json", "preview.png"):

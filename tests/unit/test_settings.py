@@ -25,12 +25,19 @@ def test_variables_are_read_and_converted():
     assert s.crop_start == (-1, -1, 5) and s.crop_size == (7, -1, -1)
 
 
+@pytest.mark.parametrize("text, expected", [("0", False), ("off", False), ("No", False), ("1", True), ("true", True)])
+def test_booleans(text, expected):
+    assert Settings.from_env({}).triton_shared_memory is True
+    assert Settings.from_env({"CARINA_TRITON_SHARED_MEMORY": text}).triton_shared_memory is expected
+
+
 @pytest.mark.parametrize("env, message", [
     ({"CARINA_FASTIO_POOL_MB": "lots"}, "CARINA_FASTIO_POOL_MB='lots'"),
     ({"CARINA_FASTIO_LEASE_S": "0"}, "CARINA_FASTIO_LEASE_S must be > 0"),
     ({"CARINA_REDIS_URL": "http://x"}, "expected redis://"),
     ({"CARINA_HOST_ID": "a/b"}, "host_id"),
     ({"CROP_START_X": "1.5"}, "CROP_START_X='1.5' is not an integer"),
+    ({"CARINA_TRITON_SHARED_MEMORY": "maybe"}, "CARINA_TRITON_SHARED_MEMORY='maybe': expected true/false"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
