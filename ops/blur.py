@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ops.arrays import is_cupy
 from ops.errors import InvalidParameter
 
 REAL_KINDS = "buif"  # bool, unsigned, signed, float: the dtypes whose values are real numbers
@@ -125,11 +126,6 @@ def gaussian_kernel1d(sigma: float, truncate: float) -> np.ndarray:
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     phi = np.exp(-0.5 / (sigma * sigma) * x * x)
     return (phi / phi.sum()).astype(np.float32)
-
-
-def is_cupy(volume: Any) -> bool:
-    """Whether ``volume`` is a cupy array, decided without importing cupy."""
-    return type(volume).__module__.split(".")[0] == "cupy"
 
 
 def gaussian_blur_cupy(volume: Any, sigma_zyx: tuple[float, float, float], truncate: float) -> Any:

@@ -8,6 +8,8 @@ take the argmax of the blended logits (softmax first, as the bundle does, change
 Conventions: volumes are (z, y, x) numpy arrays; geometry dicts are in ITK's (x, y, z) order
 (``spacing`` mm, ``origin`` mm: the physical point of index 0, ``direction``: 3×3 row-major,
 its columns the directions of the index axes), as :mod:`ops.volume` reads them.
+:func:`preprocess` and :func:`postprocess` take numpy or cupy arrays and return the same kind
+(cupyx's ndimage mirrors scipy's); :func:`segment` runs them on the GPU when asked.
 
 The resampling grid is MONAI's ``Spacing`` (``Spacingd`` in the bundle) with its defaults,
 which the tests check against MONAI itself: the new grid keeps the **origin** (the centre of
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ops.arrays import array_module, is_cupy, ndimage_for, to_device, to_host
 from ops.errors import InvalidParameter
 from ops.sliding_window import Predictor, Progress, sliding_window_inference
 
@@ -50,13 +53,14 @@ def preprocess(
     """Resample a CT volume to the model's spacing and window its HU onto [0, 1].
 
     Args:
-        volume: (z, y, x), any real dtype, in HU.
+        volume: (z, y, x), any real dtype, in HU; numpy or cupy.
         geometry: the volume's geometry (x, y, z order; see the module's docstring).
         target_spacing_xyz: the model's voxel size in mm, (x, y, z).
         hu_window: ``(a_min, a_max)``: ``a_min`` maps to 0, ``a_max`` to 1, values outside clip.
 
     Returns:
-        ``(array, geometry)``: a new C-contiguous float32 (z, y, x) array with values in
+        ``(array, geometry)``: a new C-contiguous float32 (z, y, x) array (numpy or cupy, as
+        ``volume``) with values in
         [0, 1], linearly interpolated on the grid described in the module's docstring, and
         that grid's geometry (the input's origin and direction, the target spacing) as lists
         of floats.
@@ -67,9 +71,8 @@ def preprocess(
             not three finite positive numbers; ``hu_window`` is not two finite numbers, the
             first below the second.
     """
-    from scipy import ndimage
-
     volume = _check_volume(volume)
+    ndimage, xp = ndimage_for(volume), array_module(volume)
     spacing, origin, direction = _check_geometry(geometry, "geometry")
     target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
     a_min, a_max = _hu_window(hu_window)
@@ -83,11 +86,12 @@ def preprocess(
     source = volume.astype(np.uint8) if volume.dtype == np.bool_ else volume
     matrix, offset = _pull_transform((spacing, origin, direction), (target, origin, direction))
     out = ndimage.affine_transform(
-        source, matrix, offset, output_shape=tuple(shape_xyz[::-1]), output=np.float32, order=1, mode="nearest"
+        source, xp.asarray(matrix), xp.asarray(offset), output_shape=tuple(shape_xyz[::-1]), output=np.float32,
+        order=1, mode="nearest",
     )
     out -= np.float32(a_min)
     out /= np.float32(a_max - a_min)
-    np.clip(out, 0.0, 1.0, out=out)
+    out.clip(0.0, 1.0, out=out)
     return out, resampled_geometry
 
 
@@ -108,22 +112,21 @@ def postprocess(
     label survives the round trip to within one resampled voxel of its boundary, not better.
 
     Args:
-        logits: (C, z, y, x) on the resampled grid, any real dtype; C ≤ 256.
+        logits: (C, z, y, x) on the resampled grid, any real dtype; C ≤ 256; numpy or cupy.
         resampled_geometry: the geometry :func:`preprocess` returned.
         original_shape_zyx: the input volume's shape.
         original_geometry: the input volume's geometry.
 
     Returns:
-        A new C-contiguous uint8 array of shape ``original_shape_zyx``: the channel index per voxel.
+        A new C-contiguous uint8 array of shape ``original_shape_zyx`` (numpy or cupy, as
+        ``logits``): the channel index per voxel.
 
     Raises:
         InvalidParameter: ``logits`` is not a non-empty 4D real array with 1 to 256 channels;
             a geometry is malformed; ``original_shape_zyx`` is not three positive ints.
     """
-    from scipy import ndimage
-
-    if not isinstance(logits, np.ndarray) or logits.ndim != 4 or logits.dtype.kind not in "buif" or 0 in logits.shape:
-        if isinstance(logits, np.ndarray):
+    if not _is_array(logits) or logits.ndim != 4 or logits.dtype.kind not in "buif" or 0 in logits.shape:
+        if _is_array(logits):
             what = f"shape {logits.shape}, dtype {logits.dtype}"
         else:
             what = type(logits).__name__
@@ -140,10 +143,11 @@ def postprocess(
     resampled = _check_geometry(resampled_geometry, "resampled_geometry")
     original = _check_geometry(original_geometry, "original_geometry")
 
-    labels = np.argmax(logits, axis=0).astype(np.uint8)
+    ndimage, xp = ndimage_for(logits), array_module(logits)
+    labels = logits.argmax(axis=0).astype(np.uint8)
     matrix, offset = _pull_transform(resampled, original)
     return ndimage.affine_transform(
-        labels, matrix, offset, output_shape=tuple(int(n) for n in shape), output=np.uint8, order=0, mode="nearest"
+        labels, xp.asarray(matrix), xp.asarray(offset), output_shape=tuple(int(n) for n in shape), output=np.uint8, order=0, mode="nearest"
     )
 
 
@@ -156,6 +160,7 @@ def segment(
     overlap: float = 0.25,
     mode: str = "gaussian",
     progress: Progress | None = None,
+    use_gpu: bool = False,
 ) -> np.ndarray:
     """Segment a CT volume: :func:`preprocess`, sliding-window inference, :func:`postprocess`.
 
@@ -168,6 +173,8 @@ def segment(
         sw_batch_size, overlap, mode, progress: as for
             :func:`ops.sliding_window.sliding_window_inference` (the bundle itself uses
             ``overlap=0.5``; 0.25 is MONAI's default and the seed's).
+        use_gpu: run pre- and post-processing with cupy on the current device (the windows
+            still go to the predictor as numpy arrays). Needs cupy and a GPU.
 
     Returns:
         A new uint8 (z, y, x) label volume on the input's grid (its geometry is ``geometry``):
@@ -176,13 +183,16 @@ def segment(
     Raises:
         InvalidParameter: as :func:`preprocess`, :func:`postprocess` and
             :func:`ops.sliding_window.sliding_window_inference` raise it.
+        ImportError: ``use_gpu`` without cupy installed.
     """
     volume = _check_volume(volume)
-    resampled, resampled_geometry = preprocess(volume, geometry)
+    resampled, resampled_geometry = preprocess(to_device(volume) if use_gpu else volume, geometry)
     logits = sliding_window_inference(
-        resampled[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode, progress=progress
+        to_host(resampled)[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode,
+        progress=progress,
     )
-    return postprocess(logits[0], resampled_geometry, volume.shape, geometry)
+    labels = postprocess(to_device(logits[0]) if use_gpu else logits[0], resampled_geometry, volume.shape, geometry)
+    return to_host(labels)
 
 
 def request_nbytes(sw_batch_size: int, roi_size: Sequence[int] = ROI_SIZE) -> int:
@@ -211,9 +221,13 @@ def _pull_transform(
     return np.ascontiguousarray(matrix), np.ascontiguousarray(offset)
 
 
-def _check_volume(volume: Any) -> np.ndarray:
-    if not isinstance(volume, np.ndarray):
-        raise InvalidParameter(f"volume must be a numpy array, not {type(volume).__name__}")
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or is_cupy(value)
+
+
+def _check_volume(volume: Any) -> Any:
+    if not _is_array(volume):
+        raise InvalidParameter(f"volume must be a numpy or cupy array, not {type(volume).__name__}")
     if volume.ndim != 3:
         raise InvalidParameter(f"a 3D volume (z, y, x) is needed; got shape {volume.shape}")
     if volume.dtype.kind not in "buif":

@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ops.arrays import gpu_available
 from ops.render import write_segmentation_publish
 from ops.spleen import request_nbytes, segment
 from ops.volume import read_input
@@ -31,7 +32,7 @@ def infer(self: StageTask, payload: Payload) -> Payload:
     sw_batch_size = params.get("sw_batch_size", get_settings().sw_batch_size)
     with triton_predictor(ctx, params["model"], request_nbytes(sw_batch_size)) as predictor:
         labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
-                         progress=partial(self.report_progress, payload))
+                         progress=partial(self.report_progress, payload), use_gpu=gpu_available())
     return self.publish(payload, labels, "spleen_labels", ct.metadata)
 
 

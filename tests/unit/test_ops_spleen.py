@@ -239,3 +239,42 @@ def test_postprocess_refuses_bad_arguments_and_names_them(kwargs, message):
     }
     with pytest.raises(InvalidParameter, match=message):
         postprocess(**arguments)
+
+
+# --- the GPU path (runs where cupy sees a device, skips elsewhere) ------------------------
+
+
+@pytest.fixture
+def cupy():
+    from ops.arrays import gpu_available
+
+    module = pytest.importorskip("cupy")
+    if not gpu_available():
+        pytest.skip("cupy is installed but sees no GPU")
+    return module
+
+
+@pytest.mark.parametrize("geometry", [CT, LPS], ids=["oblique", "lps"])
+def test_on_a_gpu_pre_and_postprocessing_match_the_cpu(cupy, geometry):
+    rng = np.random.default_rng(7)
+    volume = rng.integers(-1000, 1000, size=(12, 30, 28)).astype(np.int16)
+    expected, expected_geometry = preprocess(volume, geometry)
+    resampled, resampled_geometry = preprocess(cupy.asarray(volume), geometry)
+    assert isinstance(resampled, cupy.ndarray) and resampled.dtype == cupy.float32
+    assert resampled_geometry == expected_geometry
+    np.testing.assert_allclose(cupy.asnumpy(resampled), expected, atol=1e-5)
+
+    logits = rng.normal(size=(2, *expected.shape)).astype(np.float32)
+    labels = postprocess(cupy.asarray(logits), expected_geometry, volume.shape, geometry)
+    assert isinstance(labels, cupy.ndarray) and labels.dtype == cupy.uint8
+    np.testing.assert_array_equal(cupy.asnumpy(labels), postprocess(logits, expected_geometry, volume.shape, geometry))
+
+
+def test_segment_on_a_gpu_returns_the_cpu_labels_as_numpy(cupy):
+    labels = np.zeros((10, 24, 20), dtype=bool)
+    labels[3:7, 6:15, 5:12] = True
+    volume = np.where(labels, 300, -900).astype(np.int16)
+    on_cpu = segment(volume, CT, threshold_predictor, roi_size=(8, 12, 12))
+    on_gpu = segment(volume, CT, threshold_predictor, roi_size=(8, 12, 12), use_gpu=True)
+    assert isinstance(on_gpu, np.ndarray)
+    np.testing.assert_array_equal(on_gpu, on_cpu)
