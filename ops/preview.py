@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ops.errors import InvalidParameter, VolumeWriteError
+from ops.overlay import blend
 
 OVERLAY_RGB = (255, 40, 40)
 OVERLAY_ALPHA = 0.45
@@ -23,11 +24,7 @@ def window_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def overlay(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """An (h, w, 3) uint8 picture of a 2D uint8 image with ``mask > 0`` tinted red."""
-    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    tint = np.array(OVERLAY_RGB, dtype=np.float32)
-    hit = mask > 0
-    rgb[hit] = (1 - OVERLAY_ALPHA) * rgb[hit] + OVERLAY_ALPHA * tint
-    return rgb.astype(np.uint8)
+    return blend(np.repeat(gray[..., None], 3, axis=2), mask > 0, OVERLAY_RGB, OVERLAY_ALPHA)
 
 
 def segmentation_preview(volume: np.ndarray, labels: np.ndarray, spacing_xyz: Sequence[float],

@@ -1,0 +1,359 @@
+"""A multi-resolution tiled TIFF (a pyramid) written tile by tile, in bounded memory.
+
+:func:`write_pyramid` takes the level-0 tiles of an RGB slide in row-major order and writes
+one TIFF that OpenSlide's generic-tiff driver and tifffile read as a pyramid:
+
+- level 0, then reduced levels each half the previous (sides rounded up, pixels the mean of
+  2×2 blocks) until both sides are at most ``min_level_size``; every level JPEG-compressed in
+  ``tile_size`` square tiles (YCbCr, chroma subsampled 2×2 unless told otherwise); the reduced
+  levels are marked ``subfiletype=1`` (reduced-resolution image), which is what OpenSlide
+  looks for to count them as levels;
+- the pixel size in the resolution tags (pixels per centimetre, each level its own), from
+  which OpenSlide 4 reports ``openslide.mpp-x``/``openslide.mpp-y``: no ImageDescription or
+  vendor metadata is needed;
+- BigTIFF when the uncompressed pyramid exceeds :data:`BIGTIFF_ABOVE_BYTES`.
+
+Memory: nothing slide-sized is held. Level-0 tiles are encoded and handed to tifffile one at
+a time, straight into the file. Each reduced level is built one strip (``tile_size`` rows)
+at a time from 2× reductions of the tiles of the level above; a finished strip is cut into
+tiles, each JPEG-encoded into a spool (an anonymous temporary file beside the output) and
+reduced once more into the next level's strip. After level 0, each reduced level is copied
+from the spool into the TIFF, already compressed. The strips together hold about
+``tile_size × width × 3`` bytes (the widths of the reduced levels sum to the slide's width),
+so memory grows with the slide's width, never with its height or area: a 40000 × 30000 slide
+with 256-pixel tiles needs about 31 MB of strips, where its first reduced level alone is
+900 MB.
+
+Needs tifffile ≥ 2025.6.1 (writing an iterator of already-encoded tiles).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import numpy as np
+
+from ops.errors import InvalidParameter, SlideWriteError
+
+log = logging.getLogger(__name__)
+
+MIN_LEVEL_SIZE = 1024  # px: reduced levels stop once both sides are at most this
+JPEG_QUALITY = 90  # libjpeg quality, 1..100
+CHROMA_SUBSAMPLING = (2, 2)  # YCbCr 4:2:0, what scanners write; (1, 1) keeps thin colour lines sharp
+TILE_MULTIPLE = 16  # JPEG MCUs at 2×2 chroma subsampling are 16 px square
+# Beyond this many uncompressed pyramid bytes the file is BigTIFF: a JPEG tile is never twice
+# its raw size, so a classic TIFF below it stays clear of its 4 GiB offset limit.
+BIGTIFF_ABOVE_BYTES = 2**31
+
+_CM_PER_UM = 1e-4
+
+
+class PyramidInfo(NamedTuple):
+    """What :func:`write_pyramid` wrote.
+
+    Attributes:
+        path: the TIFF file.
+        level_shapes: (height, width) of each level, level 0 first.
+        tile_size: side of the square tiles, in pixels, on every level.
+        mpp_yx: level-0 pixel size (y, x) in micrometres, or None when none was recorded.
+        bigtiff: whether the file is BigTIFF.
+        nbytes: size of the file in bytes.
+    """
+
+    path: Path
+    level_shapes: tuple[tuple[int, int], ...]
+    tile_size: int
+    mpp_yx: tuple[float, float] | None
+    bigtiff: bool
+    nbytes: int
+
+
+def level_shapes(shape_yx: tuple[int, int], min_level_size: int = MIN_LEVEL_SIZE) -> tuple[tuple[int, int], ...]:
+    """The (height, width) of every pyramid level, level 0 first.
+
+    Each level halves the previous one, rounding up, until both sides are at most
+    ``min_level_size``; an image already that small has level 0 only.
+    """
+    shapes = [(int(shape_yx[0]), int(shape_yx[1]))]
+    while max(shapes[-1]) > min_level_size:
+        height, width = shapes[-1]
+        shapes.append(((height + 1) // 2, (width + 1) // 2))
+    return tuple(shapes)
+
+
+def downsample_2x(rgb: np.ndarray) -> np.ndarray:
+    """Halve a (y, x, channel) uint8 image by the mean of 2×2 blocks, rounding half up.
+
+    An odd last row or column is averaged with itself (edge replicated), so the output is
+    (ceil(h / 2), ceil(w / 2), channels) and its last pixels are the mean of what the input
+    has there. Returns a new uint8 array.
+    """
+    height, width = rgb.shape[:2]
+    if height % 2 or width % 2:
+        pad = ((0, height % 2), (0, width % 2)) + ((0, 0),) * (rgb.ndim - 2)
+        rgb = np.pad(rgb, pad, mode="edge")
+    total = rgb[0::2, 0::2].astype(np.uint16)
+    total += rgb[1::2, 0::2]
+    total += rgb[0::2, 1::2]
+    total += rgb[1::2, 1::2]
+    total += 2
+    total >>= 2
+    return total.astype(np.uint8)
+
+
+class _JpegTiles:
+    """Encodes tiles the way the TIFF's tags declare them: RGB in, YCbCr JPEG out."""
+
+    def __init__(self, tile_size: int, quality: int, subsampling: tuple[int, int]) -> None:
+        self.tile_size = tile_size
+        self.quality = quality
+        self.subsampling = subsampling
+
+    def encode(self, block: np.ndarray) -> bytes:
+        """JPEG bytes of a (h ≤ tile, w ≤ tile, 3) uint8 block, padded out to a whole tile.
+
+        The padding repeats the block's last row and column rather than black, so no edge
+        between image and padding rings into the image's own pixels.
+        """
+        import imagecodecs
+
+        height, width = block.shape[:2]
+        if (height, width) != (self.tile_size, self.tile_size):
+            block = np.pad(block, ((0, self.tile_size - height), (0, self.tile_size - width), (0, 0)), mode="edge")
+        return imagecodecs.jpeg_encode(np.ascontiguousarray(block), level=self.quality, colorspace="RGB",
+                                       outcolorspace="YCBCR", subsampling=self.subsampling)
+
+    def tiff_arguments(self) -> dict:
+        """The ``TiffWriter.write`` arguments that tag tiles from :meth:`encode` correctly."""
+        return {"tile": (self.tile_size, self.tile_size), "photometric": "rgb", "compression": "jpeg",
+                "subsampling": self.subsampling}
+
+
+class _Spool:
+    """Encoded tiles of the reduced levels, appended to an anonymous file as they are made."""
+
+    def __init__(self, file: IO[bytes], levels: int) -> None:
+        self._file = file
+        self._end = 0
+        self._index: list[list[tuple[int, int]]] = [[] for _ in range(levels)]
+
+    def add(self, level: int, data: bytes) -> None:
+        """Append one tile of ``level``; tiles of a level must come in row-major order."""
+        self._file.write(data)
+        self._index[level].append((self._end, len(data)))
+        self._end += len(data)
+
+    def tiles(self, level: int) -> Iterator[bytes]:
+        """The tiles of ``level`` in the order they were added, read back one at a time."""
+        self._file.flush()
+        fd = self._file.fileno()
+        for offset, length in self._index[level]:
+            yield os.pread(fd, length, offset)
+
+
+class _ReducedLevel:
+    """A reduced level under construction, one strip of ``tile_size`` rows at a time.
+
+    The level above hands in each of its tiles (:meth:`take`) and says when a row of its
+    tiles is complete (:meth:`row_done`); two rows above make one strip here, which is then
+    encoded into the spool and handed on, tile by tile, to the next coarser level.
+    """
+
+    def __init__(self, index: int, shape: tuple[int, int], encoder: _JpegTiles, spool: _Spool,
+                 coarser: _ReducedLevel | None) -> None:
+        self.index = index
+        self.shape = shape
+        self.encoder = encoder
+        self.spool = spool
+        self.coarser = coarser
+        self.rows = math.ceil(shape[0] / encoder.tile_size)
+        self._strip = np.empty((encoder.tile_size, shape[1], 3), np.uint8)
+        self._row = 0
+
+    def take(self, block: np.ndarray, source_row: int, source_x: int) -> None:
+        """Lay the 2× reduction of a tile of the level above into the current strip.
+
+        Args:
+            block: the tile's pixels inside the image, (h, w, 3) uint8.
+            source_row: the tile's row in the level above; even rows fill the strip's top half.
+            source_x: the tile's first column in the level above, in pixels.
+        """
+        small = downsample_2x(block)
+        top = (source_row % 2) * (self.encoder.tile_size // 2)
+        left = source_x // 2
+        self._strip[top: top + small.shape[0], left: left + small.shape[1]] = small
+
+    def row_done(self, source_row: int, last: bool) -> None:
+        """Close row ``source_row`` of the level above; ``last`` when it is that level's last.
+
+        A strip is finished by an odd row above, or by the last one (an image whose rows of
+        tiles above are odd in number ends on a half-filled strip, which is all there is).
+        """
+        if source_row % 2 == 0 and not last:
+            return
+        tile = self.encoder.tile_size
+        strip = self._strip[: min(tile, self.shape[0] - self._row * tile)]
+        for left in range(0, self.shape[1], tile):
+            block = strip[:, left: left + tile]
+            self.spool.add(self.index, self.encoder.encode(block))
+            if self.coarser is not None:
+                self.coarser.take(block, self._row, left)
+        if self.coarser is not None:
+            self.coarser.row_done(self._row, last=self._row == self.rows - 1)
+        self._row += 1
+
+
+def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, int], tile_size: int) -> np.ndarray:
+    """The part inside the image of a level-0 tile from the caller, after checking it.
+
+    Raises InvalidParameter naming the tile when it is not ``(row, col, rgb)`` with the
+    expected position, or ``rgb`` is not uint8 (h, w, 3) covering ``inside`` and within a tile.
+    """
+    try:
+        row, col, rgb = item  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"tile {expected}: expected (tile_row, tile_col, rgb), got {type(item).__name__}") from None
+    if (row, col) != expected:
+        raise InvalidParameter(f"tile ({row}, {col}) out of order: expected tile {expected} (row-major order)")
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise InvalidParameter(f"tile {expected}: expected uint8 (h, w, 3) RGB, got {got}")
+    if not (inside[0] <= rgb.shape[0] <= tile_size and inside[1] <= rgb.shape[1] <= tile_size):
+        raise InvalidParameter(f"tile {expected}: {rgb.shape[:2]} does not cover the image's {inside} "
+                               f"within a {tile_size} px tile")
+    return rgb[: inside[0], : inside[1]]
+
+
+def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: _JpegTiles,
+                  coarser: _ReducedLevel | None) -> Iterator[bytes]:
+    """Encoded level-0 tiles in row-major order, each also handed to the first reduced level."""
+    tile = encoder.tile_size
+    rows, cols = math.ceil(shape[0] / tile), math.ceil(shape[1] / tile)
+    for row in range(rows):
+        for col in range(cols):
+            item = next(tiles, None)
+            if item is None:
+                raise InvalidParameter(f"tiles ended before tile ({row}, {col}) of {rows}×{cols}")
+            inside = (min(tile, shape[0] - row * tile), min(tile, shape[1] - col * tile))
+            block = _checked_tile(item, (row, col), inside, tile)
+            if coarser is not None:
+                coarser.take(block, row, col * tile)
+                if col == cols - 1:
+                    # Before the yield: after the last tile tifffile stops asking for more.
+                    coarser.row_done(row, last=row == rows - 1)
+            yield encoder.encode(block)
+
+
+def _validate(shape_yx: tuple[int, int], tile_size: int, mpp_yx: tuple[float, float] | None, quality: int,
+              min_level_size: int, subsampling: tuple[int, int]) -> None:
+    """Raise InvalidParameter naming the first argument of :func:`write_pyramid` out of range."""
+    if len(shape_yx) != 2 or any(int(n) != n or n < 1 for n in shape_yx):
+        raise InvalidParameter(f"shape_yx must be two positive whole numbers, got {shape_yx}")
+    if int(tile_size) != tile_size or tile_size < TILE_MULTIPLE or tile_size % TILE_MULTIPLE:
+        raise InvalidParameter(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
+    if mpp_yx is not None and (len(mpp_yx) != 2 or not all(math.isfinite(m) and m > 0 for m in mpp_yx)):
+        raise InvalidParameter(f"mpp_yx must be two positive micrometre sizes or None, got {mpp_yx}")
+    if not 1 <= quality <= 100:
+        raise InvalidParameter(f"quality must be within 1..100, got {quality}")
+    if min_level_size < 1:
+        raise InvalidParameter(f"min_level_size must be at least 1, got {min_level_size}")
+    if tuple(subsampling) not in {(1, 1), (2, 2)}:
+        raise InvalidParameter(f"subsampling must be (1, 1) or (2, 2), got {subsampling}")
+
+
+def _resolution(mpp_yx: tuple[float, float] | None, level0: tuple[int, int], level: tuple[int, int]) -> dict:
+    """Resolution-tag arguments of a level: pixels per centimetre, (x, y) as TIFF orders them."""
+    if mpp_yx is None:
+        return {}
+    per_cm_y = level[0] / level0[0] / (mpp_yx[0] * _CM_PER_UM)
+    per_cm_x = level[1] / level0[1] / (mpp_yx[1] * _CM_PER_UM)
+    return {"resolution": (per_cm_x, per_cm_y), "resolutionunit": "CENTIMETER"}
+
+
+def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int], ...], tiles: Iterable[object],
+                  encoder: _JpegTiles, mpp_yx: tuple[float, float] | None, bigtiff: bool) -> None:
+    """Write every level into the open file ``fh``, spooling the reduced levels in ``spool_dir``."""
+    import tempfile
+
+    import tifffile
+
+    source = iter(tiles)
+    with tempfile.TemporaryFile(dir=spool_dir, prefix=".pyramid-spool-") as spool_file:
+        spool = _Spool(spool_file, len(shapes))
+        coarser = None
+        for index in range(len(shapes) - 1, 0, -1):
+            coarser = _ReducedLevel(index, shapes[index], encoder, spool, coarser)
+        common = {"dtype": np.uint8, "metadata": None, **encoder.tiff_arguments()}
+        # Not a with-block: on failure the file is thrown away, and TiffWriter.close() would
+        # first try to finish it, raising over the error that matters.
+        tiff = tifffile.TiffWriter(fh, bigtiff=bigtiff)
+        tiff.write(_level0_tiles(source, shapes[0], encoder, coarser), shape=(*shapes[0], 3),
+                   **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
+        if next(source, None) is not None:
+            raise InvalidParameter(f"more tiles than the {shapes[0]} image holds in {encoder.tile_size} px tiles")
+        for index, shape in enumerate(shapes[1:], start=1):
+            tiff.write(spool.tiles(index), shape=(*shape, 3), subfiletype=1,
+                       **common, **_resolution(mpp_yx, shapes[0], shape))
+        tiff.close()
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
+                  tiles: Iterable[tuple[int, int, np.ndarray]], *, mpp_yx: tuple[float, float] | None = None,
+                  quality: int = JPEG_QUALITY, min_level_size: int = MIN_LEVEL_SIZE,
+                  subsampling: tuple[int, int] = CHROMA_SUBSAMPLING) -> PyramidInfo:
+    """Write an RGB slide, given tile by tile, as a multi-resolution tiled JPEG TIFF.
+
+    The file is written under a hidden temporary name beside ``path`` and renamed to ``path``
+    only once complete, so a failure leaves no partial file and nothing else is touched
+    (an existing ``path`` is replaced only on success).
+
+    Args:
+        path: the TIFF to write; its folder must exist.
+        shape_yx: (height, width) of level 0 in pixels.
+        tile_size: side of the square tiles, a positive multiple of 16.
+        tiles: level-0 tiles in row-major order (row 0 left to right, then row 1, ...), each
+            ``(tile_row, tile_col, rgb)`` with ``rgb`` a uint8 (h, w, 3) array (y, x, channel)
+            of the pixels from ``(tile_row * tile_size, tile_col * tile_size)``. Tiles at the
+            right and bottom edges may be cut to the image or be whole tiles (what lies
+            outside the image is ignored). Arrays are read, never kept or changed.
+        mpp_yx: level-0 pixel size (y, x) in micrometres, written to the resolution tags.
+        quality: JPEG quality, 1..100.
+        min_level_size: reduced levels are added until both sides are at most this.
+        subsampling: JPEG chroma subsampling, (2, 2) or (1, 1).
+
+    Returns:
+        A :class:`PyramidInfo` describing the file.
+
+    Raises:
+        InvalidParameter: an argument out of range; a tile out of order, of the wrong dtype or
+            shape, missing, or one too many (the message names the tile).
+        SlideWriteError: the file cannot be written (the message names ``path``).
+        Whatever the ``tiles`` iterable raises, unchanged (the output is cleaned up first).
+    """
+    _validate(shape_yx, tile_size, mpp_yx, quality, min_level_size, subsampling)
+    path = Path(path)
+    shapes = level_shapes(shape_yx, min_level_size)
+    bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES
+    encoder = _JpegTiles(int(tile_size), int(quality), tuple(subsampling))
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(partial, "xb") as fh:
+            _write_levels(fh, path.parent, shapes, tiles, encoder, mpp_yx, bigtiff)
+        nbytes = partial.stat().st_size
+        os.replace(partial, path)
+    except BaseException as e:
+        partial.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise SlideWriteError(f"cannot write {path}: {e}") from e
+        raise
+    info = PyramidInfo(path, shapes, int(tile_size), mpp_yx, bigtiff, nbytes)
+    log.info("pyramid %s: levels %s, %d px tiles, %d bytes", path, shapes, tile_size, info.nbytes)
+    return info

@@ -1,0 +1,274 @@
+"""ops.pyramid: the file tifffile and OpenSlide read back, bounded memory, and the failures."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ops import pyramid
+from ops.errors import InvalidParameter, SlideWriteError
+from ops.pyramid import downsample_2x, level_shapes, write_pyramid
+
+TILE = 256
+MPP_YX = (0.5, 0.25)
+# 1000 x 1300 in 256 px tiles: 4 x 6 tiles, cut at the bottom and the right; halved down to
+# both sides <= 256: 1000x1300, 500x650, 250x325, 125x163.
+SHAPE = (1000, 1300)
+SHAPES = ((1000, 1300), (500, 650), (250, 325), (125, 163))
+# JPEG at quality 90 on smooth content stays well within this mean absolute error.
+JPEG_MAE = 3.0
+
+
+def smooth_rgb(shape: tuple[int, int]) -> np.ndarray:
+    yy, xx = np.mgrid[0: shape[0], 0: shape[1]]
+    return np.stack([xx * 255 // shape[1], yy * 255 // shape[0], (xx // 3 + yy // 5) % 256], -1).astype(np.uint8)
+
+
+def tiles_of(image: np.ndarray, tile: int = TILE, whole_edges: bool = False):
+    """Row-major tiles of ``image``; with ``whole_edges`` edge tiles are whole, white outside."""
+    for row in range(math.ceil(image.shape[0] / tile)):
+        for col in range(math.ceil(image.shape[1] / tile)):
+            block = image[row * tile: (row + 1) * tile, col * tile: (col + 1) * tile]
+            if whole_edges:
+                whole = np.full((tile, tile, 3), 255, np.uint8)
+                whole[: block.shape[0], : block.shape[1]] = block
+                block = whole
+            yield row, col, block
+
+
+def reference_half(image: np.ndarray) -> np.ndarray:
+    """The 2x2 area mean in floating point, odd edges averaged with themselves."""
+    padded = np.pad(image.astype(np.float64), ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0)), mode="edge")
+    return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, 3).mean(axis=(1, 3))
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).mean())
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    image = smooth_rgb(SHAPE)
+    path = tmp_path_factory.mktemp("pyramid") / "image.tif"
+    info = write_pyramid(path, SHAPE, TILE, tiles_of(image), mpp_yx=MPP_YX, min_level_size=256)
+    return image, info
+
+
+def test_info_says_what_was_written(written):
+    _, info = written
+    assert info.level_shapes == SHAPES
+    assert (info.tile_size, info.mpp_yx, info.bigtiff) == (TILE, MPP_YX, False)
+    assert info.nbytes == info.path.stat().st_size
+    assert sorted(p.name for p in info.path.parent.iterdir()) == ["image.tif"]  # no spool or temp left
+
+
+def test_tifffile_reads_a_jpeg_pyramid(written):
+    import tifffile
+
+    _, info = written
+    with tifffile.TiffFile(info.path) as tif:
+        series = tif.series[0]
+        assert series.is_pyramidal
+        assert [level.shape for level in series.levels] == [(*s, 3) for s in SHAPES]
+        assert [int(page.subfiletype) for page in tif.pages] == [0, 1, 1, 1]
+        for page, (height, width) in zip(tif.pages, SHAPES):
+            assert (page.tilelength, page.tilewidth) == (TILE, TILE)
+            assert page.compression == tifffile.COMPRESSION.JPEG
+            assert page.photometric == tifffile.PHOTOMETRIC.YCBCR
+            assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+            x_per_cm, y_per_cm = page.resolution
+            # Each level's own pixel size: level 0's scaled by the level's downsample.
+            assert 1e4 / y_per_cm == pytest.approx(MPP_YX[0] * SHAPE[0] / height, rel=1e-6)
+            assert 1e4 / x_per_cm == pytest.approx(MPP_YX[1] * SHAPE[1] / width, rel=1e-6)
+
+
+def test_openslide_reads_levels_mpp_and_pixels(written):
+    import openslide
+
+    image, info = written
+    with openslide.OpenSlide(info.path) as slide:
+        assert slide.properties["openslide.vendor"] == "generic-tiff"
+        assert slide.level_count == 4
+        assert slide.level_dimensions == tuple((w, h) for h, w in SHAPES)
+        assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(MPP_YX[0])
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(MPP_YX[1])
+        reference = image
+        for level, (height, width) in enumerate(SHAPES):
+            read = np.asarray(slide.read_region((0, 0), level, (width, height)))[..., :3]
+            assert mae(read, reference) < JPEG_MAE, f"level {level}"
+            reference = reference_half(reference)
+
+
+def test_edge_tiles_may_be_whole_tiles(tmp_path):
+    import tifffile
+
+    image = smooth_rgb(SHAPE)
+    cut = write_pyramid(tmp_path / "cut.tif", SHAPE, TILE, tiles_of(image))
+    whole = write_pyramid(tmp_path / "whole.tif", SHAPE, TILE, tiles_of(image, whole_edges=True))
+    with tifffile.TiffFile(cut.path) as a, tifffile.TiffFile(whole.path) as b:
+        assert len(a.pages) == len(b.pages) == 2
+        for page_a, page_b in zip(a.pages, b.pages):
+            np.testing.assert_array_equal(page_a.asarray(), page_b.asarray())
+
+
+@pytest.mark.parametrize(("shape", "min_level_size", "expected"), [
+    ((1000, 1300), 1024, ((1000, 1300), (500, 650))),
+    ((1024, 1024), 1024, ((1024, 1024),)),
+    ((100, 70), 1024, ((100, 70),)),
+    ((5, 3), 1, ((5, 3), (3, 2), (2, 1), (1, 1))),
+])
+def test_level_shapes_halve_rounding_up(shape, min_level_size, expected):
+    assert level_shapes(shape, min_level_size) == expected
+
+
+def test_a_slide_smaller_than_one_tile_is_a_single_level(tmp_path):
+    import openslide
+
+    image = smooth_rgb((100, 70))
+    info = write_pyramid(tmp_path / "small.tif", (100, 70), TILE, tiles_of(image), mpp_yx=(0.25, 0.25))
+    assert info.level_shapes == ((100, 70),)
+    with openslide.OpenSlide(info.path) as slide:
+        assert (slide.level_count, slide.level_dimensions) == (1, ((70, 100),))
+        assert mae(np.asarray(slide.read_region((0, 0), 0, (70, 100)))[..., :3], image) < JPEG_MAE
+
+
+def test_downsample_is_the_2x2_mean_rounded_half_up():
+    grey = np.array([[0, 2, 7, 1, 1, 1],
+                     [4, 6, 9, 0, 0, 0]], np.uint8)
+    odd = np.array([[0, 2, 7],
+                    [4, 6, 9],
+                    [1, 1, 2]], np.uint8)
+    # 12/4 = 3, 17/4 = 4.25, 2/4 = 0.5 rounded up
+    np.testing.assert_array_equal(downsample_2x(grey[..., None])[..., 0], [[3, 4, 1]])
+    # the odd column and row count twice: (7+7+9+9)/4, (1+1+1+1)/4, (2+2+2+2)/4
+    np.testing.assert_array_equal(downsample_2x(odd[..., None])[..., 0], [[3, 8], [1, 2]])
+
+
+def test_bigtiff_past_the_threshold(tmp_path, monkeypatch):
+    import openslide
+    import tifffile
+
+    monkeypatch.setattr(pyramid, "BIGTIFF_ABOVE_BYTES", 0)
+    info = write_pyramid(tmp_path / "big.tif", SHAPE, TILE, tiles_of(smooth_rgb(SHAPE)))
+    assert info.bigtiff
+    with tifffile.TiffFile(info.path) as tif:
+        assert tif.is_bigtiff
+    with openslide.OpenSlide(info.path) as slide:
+        assert slide.level_count == 2
+
+
+def test_full_chroma_keeps_a_thin_green_line(tmp_path):
+    import tifffile
+
+    image = np.full((256, 256, 3), 128, np.uint8)
+    image[:, 101] = (0, 255, 0)  # an outline, one pixel wide
+    errors = {}
+    for subsampling in [(1, 1), (2, 2)]:
+        info = write_pyramid(tmp_path / f"{subsampling}.tif", (256, 256), TILE, tiles_of(image), subsampling=subsampling)
+        errors[subsampling] = mae(tifffile.imread(info.path)[:, 101], image[:, 101])
+    assert errors[(1, 1)] < 10 < errors[(2, 2)]
+
+
+def peak_bytes_of_a_write(path, shape: tuple[int, int]) -> int:
+    """Peak traced allocation (numpy buffers included) while writing a ``shape`` slide."""
+    import imagecodecs  # noqa: F401  loaded before tracing: a module's first import is not the writer's memory
+    import tifffile  # noqa: F401
+
+    tiles = [np.roll(smooth_rgb((TILE, TILE)), k * 37, axis=1) for k in range(4)]
+    cols = math.ceil(shape[1] / TILE)
+    # One of four prepared tiles each time: the source allocates nothing while traced.
+    source = ((r, c, tiles[(r + c) % 4]) for r in range(math.ceil(shape[0] / TILE)) for c in range(cols))
+    tracemalloc.start()
+    try:
+        write_pyramid(path, shape, TILE, source)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_slide(tmp_path):
+    width = 4096
+    square, tall = (4096, width), (16384, width)  # the tall one: 4x the pixels, 5 levels not 3
+    peaks = {shape: peak_bytes_of_a_write(tmp_path / f"{shape[0]}.tif", shape) for shape in (square, tall)}
+    for shape, peak in peaks.items():
+        # The reduced levels' strips, TILE rows each, sum to less than TILE x width x 3 bytes;
+        # beyond them the writer holds a few tiles, however many rows the slide has.
+        strips = sum(TILE * w * 3 for _, w in level_shapes(shape)[1:])
+        assert strips < TILE * width * 3
+        assert peak - strips < 1e6, f"{shape}: peak {peak}, strips {strips}"
+    assert peaks[tall] < (16384 // 2) * (width // 2) * 3 / 10  # a tenth of its first reduced level
+
+
+def test_tiles_out_of_order_fail_and_leave_nothing(tmp_path):
+    existing = tmp_path / "image.tif"
+    existing.write_bytes(b"the previous result")
+    swapped = list(tiles_of(smooth_rgb(SHAPE)))
+    swapped[7], swapped[8] = swapped[8], swapped[7]
+    with pytest.raises(InvalidParameter, match=r"tile \(1, 2\) out of order: expected tile \(1, 1\)"):
+        write_pyramid(existing, SHAPE, TILE, swapped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif"]
+    assert existing.read_bytes() == b"the previous result"
+
+
+def with_tile(tiles, index: int, replacement):
+    for i, item in enumerate(tiles):
+        yield replacement(item) if i == index else item
+
+
+@pytest.mark.parametrize(("replacement", "match"), [
+    (lambda t: (t[0], t[1], t[2].astype(np.float32)), r"tile \(1, 2\): expected uint8 \(h, w, 3\) RGB, got float32"),
+    (lambda t: (t[0], t[1], t[2][..., :1]), r"tile \(1, 2\): expected uint8 \(h, w, 3\) RGB, got uint8\(256, 256, 1\)"),
+    (lambda t: (t[0], t[1], t[2][:200]), r"tile \(1, 2\): \(200, 256\) does not cover"),
+    (lambda t: t[2], r"tile \(1, 2\): expected \(tile_row, tile_col, rgb\)"),
+])
+def test_bad_tiles_are_named(tmp_path, replacement, match):
+    with pytest.raises(InvalidParameter, match=match):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, with_tile(tiles_of(smooth_rgb(SHAPE)), 8, replacement))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("count", "match"), [(23, r"tiles ended before tile \(3, 5\) of 4×6"), (25, "more tiles")])
+def test_too_few_or_too_many_tiles(tmp_path, count, match):
+    tiles = list(tiles_of(smooth_rgb(SHAPE)))
+    tiles = tiles[:count] + [(4, 0, tiles[0][2])] * (count - len(tiles))
+    with pytest.raises(InvalidParameter, match=match):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_from_the_tile_source_passes_through(tmp_path):
+    def failing():
+        yield 0, 0, np.zeros((TILE, TILE, 3), np.uint8)
+        raise RuntimeError("inference failed")
+
+    with pytest.raises(RuntimeError, match="inference failed"):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, failing())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_paths_raise_slide_write_error(tmp_path):
+    with pytest.raises(SlideWriteError, match="no-such-folder/image.tif"):
+        write_pyramid(tmp_path / "no-such-folder" / "image.tif", SHAPE, TILE, tiles_of(smooth_rgb(SHAPE)))
+    (tmp_path / "image.tif").mkdir()  # the rename onto a folder fails after the whole write
+    with pytest.raises(SlideWriteError, match="image.tif"):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(smooth_rgb(SHAPE)))
+    assert [p.name for p in tmp_path.iterdir()] == ["image.tif"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"tile_size": 100}, "tile_size"),
+    ({"tile_size": 0}, "tile_size"),
+    ({"shape_yx": (0, 10)}, "shape_yx"),
+    ({"mpp_yx": (0.25, -1.0)}, "mpp_yx"),
+    ({"quality": 0}, "quality"),
+    ({"min_level_size": 0}, "min_level_size"),
+    ({"subsampling": (4, 1)}, "subsampling"),
+])
+def test_bad_arguments_are_refused(tmp_path, kwargs, match):
+    arguments = {"shape_yx": SHAPE, "tile_size": TILE, **kwargs}
+    with pytest.raises(InvalidParameter, match=match):
+        write_pyramid(tmp_path / "image.tif", tiles=iter(()), **arguments)
+    assert list(tmp_path.iterdir()) == []
