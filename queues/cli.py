@@ -44,13 +44,22 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="queue a job; prints its id")
     p.add_argument("pipeline", help="pipeline name (see `carina pipelines`)")
-    p.add_argument("--input", "-i", required=True, help="input file or folder (as the workers see it)")
-    p.add_argument("--output", "-o", required=True, help="output folder")
+    p.add_argument("--input", "-i", "--input-path", required=True, help="input file or folder (as the workers see it)")
+    p.add_argument("--output", "-o", "--output-path", required=True, help="output folder")
     p.add_argument("--config", help="folder with config_render.json and other job configuration")
     p.add_argument("--crop-start", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: first voxel (-1 = 0)")
     p.add_argument("--crop-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: extent (-1 = to the edge)")
     p.add_argument("--sigma-mm", type=float, help="3dblur: Gaussian sigma in millimetres (default 1.0)")
     p.add_argument("--series-uid", help="3dblur: the SeriesInstanceUID to read (default: the largest series)")
+    p.add_argument("--overlap", type=_number,
+                   help="spleen-seg: window overlap, a fraction (default 0.25); nuclei-seg: pixels of context "
+                        "read around each tile (default 0). The seed's -o: here -o is --output")
+    p.add_argument("--model", "-m", help="spleen-seg, nuclei-seg: the Triton model (default spleen_ct, nuclei_unet)")
+    p.add_argument("--tile-size", "-t", type=int, help="nuclei-seg: tile side in pixels, a multiple of 16 (default 256)")
+    p.add_argument("--num-workers", "-w", type=int,
+                   help="nuclei-seg: tile batches in parallel, hence requests in flight (default: the worker's CPUs)")
+    p.add_argument("--mask-pixel-count-limit", type=int,
+                   help="nuclei-seg: most pixels of the low-resolution tissue mask (default 1048576)")
     p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
     p.set_defaults(run=_submit)
@@ -97,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(text: str) -> int | float:
+    """An int where the text is one (pixels), else a float (fractions)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _redis():
     import redis
 
@@ -107,7 +124,9 @@ def _submit(args: argparse.Namespace) -> int:
     from queues.app import app
     from queues.pipelines import submit
 
-    params = {k: v for k in ("crop_start", "crop_size", "sigma_mm", "series_uid") if (v := getattr(args, k)) is not None}
+    options = ("crop_start", "crop_size", "sigma_mm", "series_uid", "overlap", "model", "tile_size", "num_workers",
+               "mask_pixel_count_limit")
+    params = {k: v for k in options if (v := getattr(args, k)) is not None}
     job_id = submit(app, get_settings(), args.pipeline, args.input, args.output, args.config, params)
     print(job_id, flush=True)
     if not args.wait:

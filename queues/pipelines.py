@@ -89,10 +89,50 @@ def _spleen_params(params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 64:
             raise InvalidJobRequest(f"sw_batch_size={size!r}: an integer from 1 to 64")
         checked["sw_batch_size"] = size
-    model = params.get("model", "spleen_ct")
+    checked["model"] = _model_name(params, "spleen_ct")
+    return checked
+
+
+TILE_SIZE_MULTIPLE = 16  # TIFF tiles (and JPEG blocks) come in multiples of 16
+MAX_TILE_SIZE = 4096
+DEFAULT_MASK_PIXEL_COUNT_LIMIT = 1024 * 1024  # the seed's default
+
+
+def _whole(params: dict[str, Any], key: str, default: int | None, low: int, high: int, what: str) -> int | None:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJobRequest(f"{key}={value!r}: {what}")
+    return value
+
+
+def _model_name(params: dict[str, Any], default: str) -> str:
+    model = params.get("model", default)
     if not isinstance(model, str) or not model.replace("_", "").replace("-", "").isalnum():
         raise InvalidJobRequest(f"model={model!r}: a Triton model name")
-    checked["model"] = model
+    return model
+
+
+def _nuclei_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - {"tile_size", "overlap", "model", "num_workers", "mask_pixel_count_limit"}
+    if unknown:
+        raise InvalidJobRequest(f"nuclei-seg does not take {sorted(unknown)}")
+    tile = _whole(params, "tile_size", 256, TILE_SIZE_MULTIPLE, MAX_TILE_SIZE,
+                  f"pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
+    assert tile is not None
+    if tile % TILE_SIZE_MULTIPLE:
+        raise InvalidJobRequest(f"tile_size={tile}: pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
+    checked = {
+        "tile_size": tile,
+        "overlap": _whole(params, "overlap", 0, 0, tile // 2, f"pixels of context around each tile, 0 to {tile // 2}"),
+        "model": _model_name(params, "nuclei_unet"),
+        "mask_pixel_count_limit": _whole(params, "mask_pixel_count_limit", DEFAULT_MASK_PIXEL_COUNT_LIMIT, 64 * 64,
+                                         2**28, "pixels of the tissue mask, 4096 to 2**28"),
+    }
+    workers = _whole(params, "num_workers", None, 1, 256, "parallel tile batches, 1 to 256")
+    if workers is not None:
+        checked["num_workers"] = workers
     return checked
 
 
@@ -128,6 +168,17 @@ PIPELINES: dict[str, Pipeline] = {
             ),
             description="CT (NIfTI/MetaImage/DICOM) → 96³ sliding-window UNet on Triton → label .mhd + publish folder",
             validate=_spleen_params,
+        ),
+        Pipeline(
+            name="nuclei-seg",
+            stages=(
+                Stage("carina.nuclei.find_tissue", "cpu"),
+                Stage("carina.nuclei.segment", "gpu"),
+                Stage("carina.nuclei.write_results", "io"),
+            ),
+            description="whole slide (SVS/TIFF/OpenSlide formats) → tissue tiles → UNet on Triton (Dask) → "
+                        "nuclei overlaid in a pyramidal image.tif + config.meta, config_render.json, thumbnail",
+            validate=_nuclei_params,
         ),
     )
 }

@@ -33,6 +33,7 @@ DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_TRITON_URL = "127.0.0.1:8000"
 DEFAULT_TRITON_TIMEOUT_S = 120.0
 DEFAULT_SW_BATCH_SIZE = 4
+DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 CROP_AXES = "XYZ"
 
 
@@ -63,6 +64,8 @@ class Settings:
     # /dev/shm (it falls back to binary HTTP by itself where it cannot).
     triton_shared_memory: bool = True
     sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
+    # Whole-slide tissue tiles per model request (nuclei-seg).
+    tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -86,7 +89,7 @@ class Settings:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size"):
+                     "sw_batch_size", "tile_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
 
@@ -150,6 +153,7 @@ _VARIABLES = {
     "triton_timeout_s": float,
     "triton_shared_memory": _boolean,
     "sw_batch_size": _positive_int,
+    "tile_batch_size": _positive_int,
 }
 
 

@@ -1,0 +1,77 @@
+"""workers.tiling: Dask runs batches of tiles in parallel and hands them back in row-major order."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ops.errors import InferenceServerUnavailable
+from ops.nuclei import segment_tiles
+from ops.wsi import open_slide
+from tests.unit.slides import write_slide
+from tests.unit.test_ops_nuclei import darkness
+from workers.tiling import plan_batches, segmented_tiles
+
+SHAPE = (520, 650)
+TILE = 64
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    path = write_slide(tmp_path_factory.mktemp("slide") / "slide.tif", SHAPE, tile_yx=(128, 128), levels=1,
+                       compression="zlib")
+    with open_slide(path) as opened:
+        yield opened
+
+
+def test_batches_hold_a_request_of_tissue_and_a_bounded_run_of_glass():
+    tissue = np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]], bool)
+    batches = plan_batches(tissue, batch_size=2)
+    # two tissue tiles close a batch; eight tiles (4 × batch_size) close one too
+    assert [b.tolist() for b in batches] == [[0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18],
+                                             [19]]
+    assert np.concatenate(batches).tolist() == list(range(tissue.size))
+
+
+def test_every_tile_comes_back_in_row_major_order_as_the_sequential_op_gives_it(slide):
+    rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
+    tissue = np.random.default_rng(3).random((rows, cols)) < 0.5
+    threads_seen = set()
+
+    def model(batch):
+        threads_seen.add(threading.get_ident())
+        return darkness(batch)
+
+    reports = []
+    out = list(segmented_tiles(slide, tissue, TILE, 8, model, threads=3, batch_size=4,
+                               progress=lambda done, total: reports.append((done, total))))
+    assert [(r, c) for r, c, _ in out] == [(r, c) for r in range(rows) for c in range(cols)]
+    for row, col, rgb in out:
+        [expected] = segment_tiles(slide, [(row * TILE, col * TILE)], [tissue[row, col]], TILE, 8, darkness)
+        np.testing.assert_array_equal(rgb, expected)
+    assert reports[-1] == (rows * cols, rows * cols) and reports == sorted(reports)
+    assert len(threads_seen) > 1  # batches really ran on several Dask threads
+
+
+def test_a_failing_batch_stops_the_rest_and_waits_for_those_under_way(slide):
+    tissue = np.ones((-(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)), bool)
+    calls = []
+    lock = threading.Lock()
+
+    def flaky(batch):
+        with lock:
+            calls.append(len(batch))
+            if len(calls) == 3:
+                raise InferenceServerUnavailable("Triton went away")
+        return darkness(batch)
+
+    tiles = segmented_tiles(slide, tissue, TILE, 0, flaky, threads=2, batch_size=4)
+    with pytest.raises(InferenceServerUnavailable, match="went away"):
+        for _ in tiles:
+            pass
+    seen = len(calls)
+    assert seen < tissue.size // 4  # the rest of the slide was never sent
+    threading.Event().wait(0.3)
+    assert len(calls) == seen  # nothing kept running behind the error

@@ -1,0 +1,59 @@
+"""The ``nuclei-seg`` pipeline: a whole slide → tissue tiles → UNet on Triton (Dask, in parallel)
+→ nuclei overlaid, written as a pyramidal TIFF with the Render Server's files."""
+
+from __future__ import annotations
+
+import os
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ops.nuclei import model_side, request_nbytes, tissue_tiles
+from ops.pyramid import write_pyramid
+from ops.render import write_slide_publish
+from ops.wsi import open_slide
+from queues.app import app
+from queues.settings import get_settings
+from workers.inference import triton_predictor
+from workers.stage import StageTask, fastio_context
+from workers.tiling import segmented_tiles
+
+Payload = dict[str, Any]
+OUTPUT_IMAGE = "image.tif"  # the seed's name
+
+
+@app.task(name="carina.nuclei.find_tissue", base=StageTask, bind=True)
+def find_tissue(self: StageTask, payload: Payload) -> Payload:
+    params = payload["params"]
+    with open_slide(payload["input"]) as slide:
+        tissue = tissue_tiles(slide, params["tile_size"], params["mask_pixel_count_limit"])
+        shape_yx = slide.levels[0].shape_yx
+    described = {"shape_yx": list(shape_yx), "tiles": int(tissue.size), "tissue_tiles": int(tissue.sum())}
+    return self.publish(payload, tissue, "nuclei_tissue_tiles", described)
+
+
+@app.task(name="carina.nuclei.segment", base=StageTask, bind=True)
+def segment(self: StageTask, payload: Payload) -> Payload:
+    params, ctx = payload["params"], fastio_context(payload["job"])
+    tissue = ctx.get(payload["handles"]["nuclei_tissue_tiles"])
+    tile, overlap = params["tile_size"], params["overlap"]
+    threads = params.get("num_workers") or os.cpu_count() or 1
+    batch_size = get_settings().tile_batch_size
+    output = Path(payload["output"])
+    output.mkdir(parents=True, exist_ok=True)
+    with (open_slide(payload["input"]) as slide,
+          triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
+                           threads) as predictor,
+          closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
+                                  batch_size=batch_size, progress=partial(self.report_progress, payload))) as tiles):
+        written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx)
+    return self.advance(payload, result=str(written.path))
+
+
+@app.task(name="carina.nuclei.write_results", base=StageTask, bind=True)
+def write_results(self: StageTask, payload: Payload) -> Payload:
+    described = fastio_context(payload["job"]).get(payload["handles"]["nuclei_tissue_tiles"]).metadata
+    write_slide_publish(Path(payload["output"]), OUTPUT_IMAGE, payload["config"], source=payload["input"],
+                        tiles=described["tiles"], tissue_tiles=described["tissue_tiles"], model=payload["params"]["model"])
+    return self.advance(payload, tiles=described["tiles"], tissue_tiles=described["tissue_tiles"])
