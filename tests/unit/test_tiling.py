@@ -75,3 +75,38 @@ def test_a_failing_batch_stops_the_rest_and_waits_for_those_under_way(slide):
     assert seen < tissue.size // 4  # the rest of the slide was never sent
     threading.Event().wait(0.3)
     assert len(calls) == seen  # nothing kept running behind the error
+
+
+def peak_traced_bytes(run) -> int:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_bounded_whatever_the_slide_height(tmp_path):
+    """A slide four times taller needs no more memory: nothing slide-sized is ever held.
+
+    The reader's tile cache is bounded by its own setting (64 MiB by default); it is kept
+    small here so that what is measured is everything else."""
+    from ops.pyramid import write_pyramid
+    from workers.tiling import dask_client
+
+    dask_client(2)  # started once per process, outside what is measured
+    peaks = {}
+    for height in (1536, 6144):
+        path = write_slide(tmp_path / f"{height}.tif", (height, 4096), tile_yx=(256, 256), levels=1)
+        with open_slide(path, cache_bytes=2 * 2**20) as opened:
+            tissue = np.ones((height // 256, 16), bool)
+            tiles = segmented_tiles(opened, tissue, 256, 16, darkness, threads=2, batch_size=4)
+            peaks[height] = peak_traced_bytes(
+                lambda: write_pyramid(tmp_path / f"out-{height}.tif", (height, 4096), 256, tiles))
+    slide_bytes = 6144 * 4096 * 3  # 72 MiB of RGB
+    assert peaks[6144] < slide_bytes / 3, peaks
+    assert peaks[6144] < 1.25 * peaks[1536] + 4 * 2**20, peaks
