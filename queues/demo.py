@@ -38,6 +38,8 @@ DEMO_JOBS = (
             {"sigma_mm": 1.5}, "Gaussian, sigma 1.5 mm, DICOM in and out"),
     DemoJob("spleen-seg", "abdomen.nii.gz", ("--spleen", "--shape", "64", "256", "256"),
             {}, "96³ sliding-window UNet on a local Triton"),
+    DemoJob("nuclei-seg", "slide.tif", ("--slide", "3000", "4000"),
+            {}, "H&E slide: tissue tiles → nuclei UNet on Triton (Dask) → pyramidal image.tif"),
 )
 
 
