@@ -1,0 +1,324 @@
+"""Train the small ``nuclei_unet`` model on synthetic H&E tiles and export it to ONNX.
+
+The model's interface (channel-first, the project's Predictor contract; bytes on the wire)::
+
+    INPUT__0  uint8   [N, 3, H, W]   RGB 0..255, H and W multiples of 8
+    OUTPUT__0 float32 [N, 1, H, W]   nucleus probability in [0, 1]
+
+The conversion to float, the scaling by 1/255 and the normalisation happen inside the graph,
+and so does the sigmoid. Tiles come from :func:`ops.he_samples.render_he`: most at random
+positions of tissue-only slides (``slide_shape=None``), a fifth from whole virtual slides
+(``slide_shape`` given: glass, tissue edges, holes), some with a white band where the pipeline
+pads past a slide's edge; random flips and quarter turns. Stain strength already varies per
+seed. Loss: binary cross-entropy plus soft Dice; the exported weights are an exponential moving
+average. Everything runs on the CPU and derives from ``--seed``.
+
+    python models/train_nuclei.py                 # ≈ 9 min on one core; writes models/nuclei_unet/1/model.onnx
+    python models/train_nuclei.py --epochs 1 --steps-per-epoch 20 --output /tmp/smoke.onnx
+
+Nothing is downloaded. Seeds of ``render_he``: training tiles ``seed·10000 + i`` (i < 5000),
+validation ``seed·10000 + 5000 + i``; tests use seeds ≥ 900000, which no training run touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ops.he_samples import render_he  # noqa: E402
+
+DEFAULT_OUT = ROOT / "models" / "nuclei_unet" / "1" / "model.onnx"
+CHANNELS = (8, 16, 32)  # per resolution level; two 2× poolings, so H and W multiples of 4 (8 promised)
+INPUT_NAME, OUTPUT_NAME = "INPUT__0", "OUTPUT__0"
+OPSET = 17
+MAX_ONNX_BYTES = 1024 * 1024
+TILE = 256  # the side of validation tiles and of the timing batch
+CROP = 128  # the side of training tiles: the network is fully convolutional, and nuclei are ≤ 20 px
+TRAIN_SEEDS = 5000  # training tiles come from this many slides per --seed
+SLIDE_FRACTION = 0.2  # training tiles cut from whole virtual slides (glass, tissue edges)
+SLIDE_SHAPES = ((2048, 3072), (4096, 4096), (6144, 8192))  # (H, W) of those slides
+SLIDE_SEEDS = 48  # slides per --seed (each slide's tissue threshold is cached per seed and shape)
+WHITE_BAND_FRACTION = 0.1  # tiles with a white band at one side: the pipeline pads past the slide's edge
+EMA_DECAY = 0.99
+MEAN, STD = 0.5, 0.25  # the in-graph normalisation of the [0, 1] intensities
+THRESHOLD = 0.5
+
+
+# --- data -------------------------------------------------------------------------------
+
+def random_tile(rng: np.random.Generator, base: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A training tile: ``(rgb (size, size, 3) uint8, nuclei (size, size) bool)``."""
+    if rng.uniform() < SLIDE_FRACTION:
+        k = int(rng.integers(SLIDE_SEEDS))
+        shape = SLIDE_SHAPES[k % len(SLIDE_SHAPES)]
+        y0, x0 = int(rng.integers(shape[0] - size + 1)), int(rng.integers(shape[1] - size + 1))
+        rgb, nuclei = render_he(y0, x0, size, size, seed=base + 8000 + k, slide_shape=shape)
+    else:
+        y0, x0 = (int(v) for v in rng.integers(0, 1_000_000, 2))
+        rgb, nuclei = render_he(y0, x0, size, size, seed=base + int(rng.integers(TRAIN_SEEDS)))
+    if rng.uniform() < WHITE_BAND_FRACTION:
+        width = int(rng.integers(4, size // 2))
+        band = [slice(None), slice(None)]
+        band[int(rng.integers(2))] = slice(0, width) if rng.uniform() < 0.5 else slice(size - width, size)
+        rgb[tuple(band)], nuclei[tuple(band)] = 255, False
+    turns = int(rng.integers(4))
+    rgb, nuclei = np.rot90(rgb, turns), np.rot90(nuclei, turns)
+    if rng.uniform() < 0.5:
+        rgb, nuclei = rgb[:, ::-1], nuclei[:, ::-1]
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(nuclei)
+
+
+def to_batch(tiles: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, 3, S, S) images and float (B, 1, S, S) targets."""
+    images = torch.from_numpy(np.stack([rgb for rgb, _ in tiles]).transpose(0, 3, 1, 2).copy())
+    targets = torch.from_numpy(np.stack([nuclei for _, nuclei in tiles])[:, None].astype(np.float32))
+    return images, targets
+
+
+def validation_tiles(base: int, tissue: int = 16, slides: int = 8) -> tuple[list, list]:
+    """Held-out tiles of TILE²: ``tissue`` tissue-only ones (one per seed), and ``slides``
+    from whole slides at fixed positions near their centres (tissue, edges and glass)."""
+    rng = np.random.default_rng([base, 7])
+    tissue_tiles = [render_he(*(int(v) for v in rng.integers(0, 1_000_000, 2)), TILE, TILE, seed=base + 5000 + i)
+                    for i in range(tissue)]
+    slide_tiles = []
+    for i in range(slides):
+        shape = SLIDE_SHAPES[i % len(SLIDE_SHAPES)]
+        y0, x0 = (int(rng.integers(n // 4, 3 * n // 4 - TILE)) for n in shape)
+        slide_tiles.append(render_he(y0, x0, TILE, TILE, seed=base + 5000 + tissue + i, slide_shape=shape))
+    return tissue_tiles, slide_tiles
+
+
+# --- model ------------------------------------------------------------------------------
+
+def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(out_channels),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class NucleiUNet(nn.Module):
+    """A compact 2D UNet: (N, 3, H, W) RGB 0..255 (uint8 or float) → (N, 1, H, W) logits.
+
+    One convolution per block at full resolution (where convolutions cost the most), two
+    below; max-pooling down, transposed convolutions up, skip connections by concatenation.
+    Batch norm folds into the convolutions at export; ReLU fuses into them in onnxruntime.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = CHANNELS):
+        super().__init__()
+        self.down = nn.ModuleList([conv_block(3, channels[0], 1)] + [
+            conv_block(channels[i - 1], channels[i], 2) for i in range(1, len(channels))])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(channels[i], channels[i - 1], 2, stride=2)
+                                 for i in range(1, len(channels))])
+        self.merge = nn.ModuleList([conv_block(2 * channels[i - 1], channels[i - 1], 1)
+                                    for i in range(1, len(channels))])
+        self.head = nn.Conv2d(channels[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() * (1.0 / 255.0) - MEAN) * (1.0 / STD)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        for i in range(len(self.up) - 1, -1, -1):
+            x = self.merge[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        return self.head(x)
+
+
+class WithSigmoid(nn.Module):
+    """What is exported: uint8 RGB in, probabilities out."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus the soft Dice loss over the whole batch."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+    return bce + (1 - dice)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def predict(net: nn.Module, tiles: list, batch_size: int = 8) -> np.ndarray:
+    """Probabilities (B, H, W) of ``tiles`` [(rgb, nuclei), ...]."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tiles), batch_size):
+            images, _ = to_batch(tiles[i:i + batch_size])
+            out.append(torch.sigmoid(net(images))[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def evaluate(net: nn.Module, tissue_tiles: list, slide_tiles: list) -> dict:
+    """Pixel Dice at THRESHOLD: over all tissue tiles' pixels at once, per tile, and over the
+    slide tiles; the fraction of glass pixels called nuclei."""
+    tissue_pred = predict(net, tissue_tiles) >= THRESHOLD
+    tissue_true = np.stack([n for _, n in tissue_tiles])
+    slide_pred = predict(net, slide_tiles) >= THRESHOLD
+    slide_true = np.stack([n for _, n in slide_tiles])
+    glass = np.stack([rgb.min(axis=-1) > 225 for rgb, _ in slide_tiles])
+    return {"dice": dice(tissue_pred, tissue_true),
+            "tile_dice": [dice(p, t) for p, t in zip(tissue_pred, tissue_true)],
+            "slide_dice": dice(slide_pred, slide_true),
+            "glass_positive": float(slide_pred[glass].mean()) if glass.any() else 0.0}
+
+
+# --- export -----------------------------------------------------------------------------
+
+def export_onnx(net: nn.Module, out: Path, example: np.ndarray) -> float:
+    """Write ``net`` with the sigmoid as ONNX (opset 17; N, H, W dynamic), check it with
+    onnxruntime against torch on ``example`` (uint8 (N, 3, H, W)), return the largest
+    absolute difference of the probabilities."""
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = WithSigmoid(net).eval()
+    x = torch.from_numpy(example)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=OPSET,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+    onnx.checker.check_model(onnx.load(str(out)))
+    return export_check(net, out, example)
+
+
+def export_check(net: nn.Module, path: Path, example: np.ndarray) -> float:
+    """The largest absolute difference of onnxruntime's probabilities from torch's on ``example``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    with torch.no_grad():
+        want = WithSigmoid(net).eval()(torch.from_numpy(example)).numpy()
+    if got.shape != want.shape or got.dtype != np.float32:
+        raise RuntimeError(f"onnxruntime gave {got.dtype} {got.shape}, torch {want.dtype} {want.shape}")
+    return float(np.abs(got - want).max())
+
+
+def onnx_throughput(path: Path, batch: np.ndarray, threads: int = 2, repeats: int = 10) -> tuple[float, float]:
+    """(median, best) tiles per second of onnxruntime on ``batch`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        seconds.append(time.perf_counter() - started)
+    return len(batch) / float(np.median(seconds)), len(batch) / min(seconds)
+
+
+# --- main -------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--steps-per-epoch", type=int, default=180)
+    parser.add_argument("--batch-size", type=int, default=16, help=f"tiles of {CROP}² per step")
+    parser.add_argument("--lr", type=float, default=8e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--output", "--out", dest="output", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    base = args.seed * 10_000
+    started = time.perf_counter()
+
+    tissue_val, slide_val = validation_tiles(base)
+    print(f"validation: {len(tissue_val)} tissue tiles, {len(slide_val)} slide tiles of {TILE}², "
+          f"{np.mean([n.mean() for _, n in tissue_val]):.3f} of tissue pixels are nuclei", flush=True)
+
+    net = NucleiUNet()
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"NucleiUNet {CHANNELS}: {n_params} parameters", flush=True)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
+    total_steps = args.epochs * args.steps_per_epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=total_steps,
+                                                   pct_start=0.1, final_div_factor=30)
+    ema = torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
+
+    train_started = time.perf_counter()
+    data_seconds = 0.0
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        losses = []
+        for _ in range(args.steps_per_epoch):
+            t = time.perf_counter()
+            images, targets = to_batch([random_tile(rng, base, CROP) for _ in range(args.batch_size)])
+            data_seconds += time.perf_counter() - t
+            loss = dice_bce_loss(net(images), targets)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            ema.update_parameters(net)
+            losses.append(loss.item())
+        final = ema.module.eval()
+        metrics = evaluate(final, tissue_val, slide_val)
+        print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  validation Dice {metrics['dice']:.4f} "
+              f"(slide tiles {metrics['slide_dice']:.4f}, glass called nuclei {metrics['glass_positive']:.5f})  "
+              f"{time.perf_counter() - train_started:.0f} s", flush=True)
+    train_seconds = time.perf_counter() - train_started
+
+    print(f"validation pixel Dice at {THRESHOLD}: {metrics['dice']:.4f} over {len(tissue_val)} held-out tissue "
+          f"tiles (per tile min {min(metrics['tile_dice']):.4f}, mean {np.mean(metrics['tile_dice']):.4f}); "
+          f"{metrics['slide_dice']:.4f} over {len(slide_val)} slide tiles; "
+          f"glass pixels called nuclei {metrics['glass_positive']:.5f}")
+
+    example = to_batch(tissue_val[:2])[0].numpy()
+    error = export_onnx(final, args.output, example)
+    larger = to_batch([render_he(0, 0, 320, 320, seed=base + 5999)])[0].numpy()  # another batch and side
+    error = max(error, export_check(final, args.output, larger))
+    size_bytes = args.output.stat().st_size
+    print(f"wrote {args.output}: {size_bytes / 1e3:.0f} kB, onnxruntime vs torch max |diff| {error:.2e}")
+    if error > 1e-5:
+        raise SystemExit(f"onnxruntime differs from torch by {error:.2e} > 1e-5")
+    if size_bytes >= MAX_ONNX_BYTES:
+        raise SystemExit(f"{args.output} is {size_bytes} bytes, not under {MAX_ONNX_BYTES}")
+    timing_batch = to_batch([render_he(0, 0, TILE, TILE, seed=base + 5000 + i % 16) for i in range(16)])[0].numpy()
+    median, best = onnx_throughput(args.output, timing_batch)
+    print(f"onnxruntime, 2 threads, batch 16 of {TILE}²: {median:.0f} tiles/s (median; best {best:.0f})")
+    model_py = args.output.parent / "model.py"
+    if model_py.exists():
+        compile(model_py.read_text(), str(model_py), "exec")
+    print(f"parameters {n_params}, training {train_seconds / 60:.1f} min (of which data {data_seconds / 60:.1f}), "
+          f"total {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
