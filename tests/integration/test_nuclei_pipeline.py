@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from scipy import ndimage
 from ops.he_samples import render_he
 from ops.samples import he_slide
 from queues.errors import InvalidJobRequest
-from queues.pipelines import submit, wait
+from queues.pipelines import submit
 
 from tests.integration.test_fastio_itk_pipeline import assert_no_memory_held
-from tests.integration.test_spleen_pipeline import digest, dice
+from tests.integration.test_spleen_pipeline import dice, digest
+from tests.integration.test_spleen_pipeline import run as run_job
 from tests.unit.slides import write_slide
 
 FIXTURES = Path(__file__).parents[1] / "data" / "openslide"
@@ -25,11 +27,7 @@ SHAPE = (1200, 1700)  # level 0 (y, x): 5 × 7 tiles of 256, the last row and co
 SEED = 424242
 
 
-def run(deployment, input, output, timeout_s=240, **kwargs):
-    job_id = submit(deployment.app, deployment.settings, "nuclei-seg", input, output, **kwargs)
-    status = wait(deployment.jobs(), job_id, timeout_s)
-    assert status.finished, f"job {job_id} still {status.state}\n{deployment.log_tail()}"
-    return status
+run = partial(run_job, pipeline="nuclei-seg")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +50,7 @@ def test_segments_the_nuclei_into_a_pyramid_with_the_seed_outputs(deployment, sl
     out = tmp_path / "out"
     with openslide.OpenSlide(out / "image.tif") as written, openslide.OpenSlide(slide) as source:
         assert written.level_count > 1 and written.dimensions == source.dimensions
-        assert written.properties[openslide.PROPERTY_NAME_MPP_X] == pytest.approx(0.25, rel=1e-3)
+        assert float(written.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.25, rel=1e-3)
         result = np.asarray(written.read_region((0, 0), 0, written.dimensions))[..., :3]
         original = np.asarray(source.read_region((0, 0), 0, source.dimensions))[..., :3]
 

@@ -30,8 +30,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
-def run(deployment, input, output, timeout_s=240, **kwargs):
-    job_id = submit(deployment.app, deployment.settings, "spleen-seg", input, output, **kwargs)
+def run(deployment, input, output, timeout_s=240, pipeline="spleen-seg", **kwargs):
+    """Submit a job, wait for it to finish (failing the test if it does not) and return its status."""
+    job_id = submit(deployment.app, deployment.settings, pipeline, input, output, **kwargs)
     status = wait(deployment.jobs(), job_id, timeout_s)
     assert status.finished, f"job {job_id} still {status.state}\n{deployment.log_tail()}"
     return status
