@@ -132,6 +132,27 @@ class Slide:
         self.close()
 
 
+# What OpenSlide opens by name (a DICOM slide is a folder of .dcm files: give one of them).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+
+
+def find_slide(path: str | Path) -> Path:
+    """The input slide: the file itself, or the one slide file inside a folder (the seed's /input,
+    which also holds config_render.json).
+
+    Raises:
+        SlideOpenError: the folder holds no slide file, or several.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES)
+    if len(found) != 1:
+        names = ", ".join(f.name for f in found) or f"none of {', '.join(SLIDE_SUFFIXES)}"
+        raise SlideOpenError(f"input folder {path} must hold one slide file; it holds {names}")
+    return found[0]
+
+
 def open_slide(path: str | Path, backend: str | None = None,
                cache_bytes: int = DEFAULT_CACHE_BYTES) -> Slide:
     """Open a whole-slide image with the fast tifffile reader where it applies, else OpenSlide.

@@ -131,6 +131,9 @@ def triton_environment(install: TritonInstall, base: dict[str, str] | None = Non
     libs += [str(install.libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
     env[SITE_PACKAGES_VARIABLE] = str(install.site_packages)
+    # Triton takes every folder of the repository for a model: a models/__pycache__ left by
+    # the stubs importing the shared backend would stop the server loading any.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     # A model that starts a subprocess with sys.executable gets the triton venv's Python.
     env["PATH"] = os.pathsep.join([str(install.bin), env.get("PATH", os.defpath)])
     return env

@@ -12,7 +12,7 @@ from typing import Any
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
 from ops.pyramid import write_pyramid
 from ops.render import write_slide_publish
-from ops.wsi import open_slide
+from ops.wsi import find_slide, open_slide
 from queues.app import app
 from queues.settings import get_settings
 from workers.inference import triton_predictor
@@ -25,12 +25,12 @@ OUTPUT_IMAGE = "image.tif"  # the seed's name
 
 @app.task(name="carina.nuclei.find_tissue", base=StageTask, bind=True)
 def find_tissue(self: StageTask, payload: Payload) -> Payload:
-    params = payload["params"]
-    with open_slide(payload["input"]) as slide:
+    params, path = payload["params"], find_slide(payload["input"])
+    with open_slide(path) as slide:
         tissue = tissue_tiles(slide, params["tile_size"], params["mask_pixel_count_limit"])
         shape_yx = slide.levels[0].shape_yx
     described = {"shape_yx": list(shape_yx), "tiles": int(tissue.size), "tissue_tiles": int(tissue.sum())}
-    return self.publish(payload, tissue, "nuclei_tissue_tiles", described)
+    return self.publish({**payload, "slide": str(path)}, tissue, "nuclei_tissue_tiles", described)
 
 
 @app.task(name="carina.nuclei.segment", base=StageTask, bind=True)
@@ -42,7 +42,7 @@ def segment(self: StageTask, payload: Payload) -> Payload:
     batch_size = get_settings().tile_batch_size
     output = Path(payload["output"])
     output.mkdir(parents=True, exist_ok=True)
-    with (open_slide(payload["input"]) as slide,
+    with (open_slide(payload["slide"]) as slide,
           triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
                            threads) as predictor,
           closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
@@ -54,6 +54,8 @@ def segment(self: StageTask, payload: Payload) -> Payload:
 @app.task(name="carina.nuclei.write_results", base=StageTask, bind=True)
 def write_results(self: StageTask, payload: Payload) -> Payload:
     described = fastio_context(payload["job"]).get(payload["handles"]["nuclei_tissue_tiles"]).metadata
-    write_slide_publish(Path(payload["output"]), OUTPUT_IMAGE, payload["config"], source=payload["input"],
+    # The seed's input folder holds config_render.json beside the slide.
+    config = payload["config"] or (payload["input"] if Path(payload["input"]).is_dir() else None)
+    write_slide_publish(Path(payload["output"]), OUTPUT_IMAGE, config, source=payload["slide"],
                         tiles=described["tiles"], tissue_tiles=described["tissue_tiles"], model=payload["params"]["model"])
     return self.advance(payload, tiles=described["tiles"], tissue_tiles=described["tissue_tiles"])

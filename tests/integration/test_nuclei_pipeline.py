@@ -117,3 +117,23 @@ def test_a_bad_slide_fails_with_the_reason_and_is_kept(deployment, tmp_path, nam
 def test_bad_options_are_refused_before_anything_is_queued(deployment, slide, tmp_path, params):
     with pytest.raises(InvalidJobRequest):
         submit(deployment.app, deployment.settings, "nuclei-seg", slide, tmp_path / "out", params=params)
+
+
+def test_the_seeds_input_folder_with_its_render_config(deployment, slide, tmp_path):
+    folder = tmp_path / "input"
+    folder.mkdir()
+    shutil.copyfile(slide, folder / "case-17.svs")
+    render = {"dataset": "image.tif", "view": {"mode": "slide", "level": 0}, "from": "the site"}
+    (folder / "config_render.json").write_text(json.dumps(render))
+    status = run(deployment, folder, tmp_path / "out", params={"tile_size": 512})
+    assert status.state == "done", status.error
+    assert json.loads((tmp_path / "out" / "config_render.json").read_text()) == render
+    assert json.loads((tmp_path / "out" / "config.meta").read_text())["slides"][0]["source"].endswith("case-17.svs")
+
+
+def test_a_folder_of_two_slides_fails_with_the_reason(deployment, slide, tmp_path):
+    for name in ("a.tif", "b.svs"):
+        shutil.copyfile(slide, tmp_path / name)
+    status = run(deployment, tmp_path, tmp_path / "out")
+    assert status.state == "failed" and "SlideOpenError" in status.error and "a.tif, b.svs" in status.error
+    assert (tmp_path / "a.tif").is_file() and (tmp_path / "b.svs").is_file()

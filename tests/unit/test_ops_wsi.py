@@ -425,3 +425,19 @@ def test_read_level_refuses_a_level_over_max_pixels():
             slide.read_level(0, max_pixels=250 * 300 - 1)
         with pytest.raises(InvalidParameter):
             slide.read_level(4)
+
+
+def test_find_slide_takes_a_file_or_the_one_slide_in_a_folder(tmp_path):
+    from ops.wsi import find_slide
+
+    (tmp_path / "config_render.json").write_text("{}")
+    (tmp_path / "case.SVS").write_bytes(b"")
+    assert find_slide(tmp_path) == tmp_path / "case.SVS"
+    assert find_slide(tmp_path / "case.SVS") == tmp_path / "case.SVS"
+    (tmp_path / "other.tif").write_bytes(b"")
+    with pytest.raises(SlideOpenError, match="case.SVS, other.tif"):
+        find_slide(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SlideOpenError, match="one slide file; it holds none"):
+        find_slide(empty)

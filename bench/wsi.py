@@ -1,0 +1,185 @@
+"""Whole-slide throughput: reading tiles, the nuclei model alone, and the nuclei-seg stage end to end.
+
+Generates a synthetic H&E slide (``ops.samples.he_slide``: JPEG-tiled pyramidal TIFF, 256 px
+tiles; 40000 × 30000 by default), starts the project's Triton (loopback) and measures, in the
+same run:
+
+- ``read_tiles_per_s``: 256 × 256 level-0 tiles decoded per second by ``ops.wsi`` (tifffile
+  fast path, no tile cache) with ``--threads`` threads; ``openslide_tiles_per_s``: the same
+  tiles through OpenSlide's ``read_region``, same threads;
+- ``model_tiles_per_s``: tissue tiles per second through ``nuclei_unet`` alone: batches of
+  pre-read tiles sent from ``--threads`` threads, tensors through system shared memory, as
+  the stage sends them;
+- ``e2e_tiles_per_s``: tissue tiles per second of the whole stage (``workers.tiling`` with
+  Dask: read with margins, pre-filter, infer, overlay, and every tile, glass included,
+  JPEG-encoded into the output pyramid), run in a child process whose peak RSS is
+  ``peak_rss_mb``; the same on a slide 1/16 the area gives ``peak_rss_small_mb``: memory
+  that does not grow with the slide;
+- ``client_tiles_per_s``: the same stage with a stand-in model that answers at once (zeros):
+  what the pipeline around the model costs. Here the model and the client share the same
+  CPU cores, so end to end ≈ 1 / (1/model + 1/client); with the model on its own device the
+  slower of the two sets the pace.
+
+The last line printed is one JSON object.
+
+    python bench/wsi.py                        # about 10 minutes on 2 cores
+    python bench/wsi.py --shape 6000 8000      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ops.nuclei import model_input, model_side, request_nbytes, tissue_tiles
+from ops.pyramid import write_pyramid
+from ops.samples import he_slide
+from ops.triton_client import SLOT_ALIGNMENT, TritonPredictor
+from ops.wsi import open_slide
+from queues.triton import REPO_ROOT, LocalTriton
+from spleen import posix_region  # bench/spleen.py: a POSIX shared-memory object, as FastIO makes
+
+MODEL = "nuclei_unet"
+TILE = 256
+BATCH = 16
+MASK_LIMIT = 1024 * 1024
+
+
+def read_rate(path: Path, backend: str, positions: list[tuple[int, int]], threads: int) -> float:
+    """Tiles per second reading each of ``positions`` once with ``backend``."""
+    with open_slide(path, backend=backend, cache_bytes=0) as slide, ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        for _ in pool.map(lambda p: slide.read_region(0, p[0], p[1], TILE, TILE), positions, chunksize=16):
+            pass
+        return len(positions) / (time.perf_counter() - start)
+
+
+def predictor(url: str, threads: int) -> tuple[TritonPredictor, object]:
+    region, remove = posix_region(threads * (request_nbytes(BATCH, model_side(TILE, 0)) + 2 * SLOT_ALIGNMENT))
+    return TritonPredictor(url, MODEL, timeout_s=600, concurrency=threads, shared_memory=region), remove
+
+
+def model_rate(url: str, path: Path, positions: list[tuple[int, int]], threads: int) -> float:
+    """Tissue tiles per second through the model alone, ``threads`` requests in flight."""
+    with open_slide(path) as slide:
+        tiles = np.stack([slide.read_region(0, y, x, TILE, TILE) for y, x in positions])
+    batches = [model_input(tiles[i:i + BATCH]) for i in range(0, len(tiles), BATCH)]
+    model, remove = predictor(url, threads)
+    try:
+        model(batches[0])  # load and warm
+        with ThreadPoolExecutor(threads) as pool:
+            start = time.perf_counter()
+            for _ in pool.map(model, batches):
+                pass
+            return len(tiles) / (time.perf_counter() - start)
+    finally:
+        model.close()
+        remove()
+
+
+def no_model(batch: np.ndarray) -> np.ndarray:
+    """A stand-in for the model that costs nothing: no nuclei, at once."""
+    return np.zeros((len(batch), 1, *batch.shape[2:]), np.float32)
+
+
+def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
+    """The nuclei-seg stage in this process (run as a child: its peak RSS is the figure);
+    ``url`` None runs it with :func:`no_model`."""
+    from workers.tiling import dask_client, segmented_tiles
+
+    with open_slide(path) as slide:
+        tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
+        model, remove = predictor(url, threads) if url else (no_model, lambda: None)
+        try:
+            model(model_input(np.full((1, TILE, TILE, 3), 255, np.uint8)))  # load and warm
+            dask_client(threads)  # a worker starts its cluster once, not per slide
+            start = time.perf_counter()
+            tiles = segmented_tiles(slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH)
+            write_pyramid(output, slide.levels[0].shape_yx, TILE, tiles, mpp_yx=slide.mpp_yx)
+            seconds = time.perf_counter() - start
+        finally:
+            getattr(model, "close", lambda: None)()
+            remove()
+    return {"seconds": seconds, "tissue_tiles": int(tissue.sum()), "tiles": int(tissue.size),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path) -> dict:
+    command = [sys.executable, __file__, "--e2e-child", str(path), "--threads", str(threads),
+               "--workdir", str(workdir), *(["--url", url] if url else [])]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", nargs=2, type=int, default=(30000, 40000), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--threads", type=int, default=2, help="reader threads, Dask threads, requests in flight")
+    parser.add_argument("--read-tiles", type=int, default=4000, help="tiles read by each reader")
+    parser.add_argument("--model-tiles", type=int, default=480, help="tissue tiles sent to the model alone")
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="model repository")
+    parser.add_argument("--workdir", type=Path, help="where the slides go (default: a temporary folder)")
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.e2e_child:
+        print(json.dumps(end_to_end(args.url, args.e2e_child, args.threads, args.workdir / "e2e.tif")))
+        return
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        print(json.dumps(measure(Path(tmp), tuple(args.shape), args)))
+
+
+def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    slide = he_slide(workdir / "slide.tif", shape, seed=11, tile_size=TILE)
+    small = he_slide(workdir / "small.tif", (shape[0] // 4, shape[1] // 4), seed=11, tile_size=TILE)
+    print(f"generated {shape[0]}×{shape[1]} ({slide.stat().st_size / 2**20:.0f} MiB) and a 1/16 slide "
+          f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+    rng = np.random.default_rng(0)
+    rows, cols = -(-shape[0] // TILE), -(-shape[1] // TILE)
+    picked = rng.choice(rows * cols, size=min(args.read_tiles, rows * cols), replace=False)
+    positions = [(int(i // cols) * TILE, int(i % cols) * TILE) for i in picked]
+    ours = read_rate(slide, "tifffile", positions, args.threads)
+    theirs = read_rate(slide, "openslide", positions, args.threads)
+
+    with open_slide(slide) as opened:
+        tissue = tissue_tiles(opened, TILE, MASK_LIMIT)
+    flat = np.flatnonzero(tissue)
+    chosen = rng.choice(flat, size=min(args.model_tiles, len(flat)), replace=False)
+    tissue_positions = [(int(i // cols) * TILE, int(i % cols) * TILE) for i in chosen]
+
+    with LocalTriton(args.models, models=[MODEL]) as server:
+        model = model_rate(server.url, slide, tissue_positions, args.threads)
+        e2e = child_end_to_end(server.url, slide, args.threads, workdir)
+        e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
+    client = child_end_to_end(None, slide, args.threads, workdir)
+
+    e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
+    client_rate = client["tissue_tiles"] / client["seconds"]
+    print("| figure | tiles/s |\n|---|---:|", file=sys.stderr)
+    for name, value in (("read, ops.wsi (tifffile)", ours), ("read, OpenSlide read_region", theirs),
+                        ("nuclei_unet alone", model), ("nuclei-seg stage end to end", e2e_rate),
+                        ("the stage around a stand-in model that answers at once", client_rate)):
+        print(f"| {name} | {value:.0f} |", file=sys.stderr)
+    return {
+        "shape": list(shape), "threads": args.threads, "tiles": e2e["tiles"], "tissue_tiles": e2e["tissue_tiles"],
+        "read_tiles_per_s": round(ours), "openslide_tiles_per_s": round(theirs),
+        "read_over_openslide": round(ours / theirs, 1),
+        "model_tiles_per_s": round(model, 1), "e2e_tiles_per_s": round(e2e_rate, 1),
+        "e2e_over_model": round(e2e_rate / model, 3), "e2e_s": round(e2e["seconds"], 1),
+        "client_tiles_per_s": round(client_rate, 1),
+        "peak_rss_mb": round(e2e["peak_rss_mb"]), "peak_rss_small_mb": round(e2e_small["peak_rss_mb"]),
+    }
+
+
+if __name__ == "__main__":
+    main()
