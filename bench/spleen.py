@@ -56,16 +56,21 @@ def json_request(url: str, batch: np.ndarray) -> Callable[[], None]:
 
 
 def transport_seconds(send: Callable[[], None], runs: int, stats: TritonPredictor) -> tuple[float, float]:
-    """(median wall seconds of one request, mean seconds of one request outside the model's compute)."""
+    """(median wall seconds of one request, median seconds of one request outside the model's compute).
+
+    Each request's own compute is read from the statistics around it: the model's compute
+    varies from run to run by more than the transport costs, so a mean over runs would bury
+    the difference being measured."""
     send()  # connections, first-use checks
-    walls = []
-    compute_before = stats.compute_seconds()
+    walls, outside = [], []
     for _ in range(runs):
+        compute_before = stats.compute_seconds()
         start = time.perf_counter()
         send()
-        walls.append(time.perf_counter() - start)
-    compute = (stats.compute_seconds() - compute_before) / runs
-    return statistics.median(walls), statistics.fmean(walls) - compute
+        wall = time.perf_counter() - start
+        walls.append(wall)
+        outside.append(wall - (stats.compute_seconds() - compute_before))
+    return statistics.median(walls), statistics.median(outside)
 
 
 def posix_region(nbytes: int) -> tuple[SharedRegion, Callable[[], None]]:
@@ -83,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=200, help="axial slices of the 512×512 CT")
     parser.add_argument("--sw-batch-size", type=int, default=4)
-    parser.add_argument("--transfer-runs", type=int, default=3)
+    parser.add_argument("--transfer-runs", type=int, default=7)
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="model repository")
     args = parser.parse_args()
 
