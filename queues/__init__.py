@@ -20,13 +20,15 @@ if TYPE_CHECKING:
     from queues.jobs import JobStatus, JobStore
 
 
-def submit(pipeline: str, input: str, output: str, config: str | None = None, **params: Any) -> str:
-    """Queue a job with the process's settings; returns its id. See :func:`queues.pipelines.submit`."""
+def submit(pipeline: str, input: str, output: str, config: str | None = None, priority: str = "normal",
+           **params: Any) -> str:
+    """Queue a job with the process's settings and ``priority`` (lower, normal, higher,
+    immediate); returns its id. See :func:`queues.pipelines.submit`."""
     from queues.app import app
     from queues.pipelines import submit as submit_job
     from queues.settings import get_settings
 
-    return submit_job(app, get_settings(), pipeline, input, output, config, params)
+    return submit_job(app, get_settings(), pipeline, input, output, config, params, priority=priority)
 
 
 def status(job_id: str) -> "JobStatus":

@@ -33,7 +33,7 @@ from celery import Celery
 from queues.errors import BrokerUnavailable, CarinaError, InvalidJobRequest, UnknownJob, UnknownPipeline
 from queues.jobs import DONE, FAILED, JobStore
 from queues.pipelines import PIPELINES, submit
-from queues.settings import Settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
@@ -121,10 +121,11 @@ async def post_job(request: web.Request) -> web.Response:
     in_dir = resolve_inside(root, body.pop("in_dir", None), "in_dir")
     config = body.pop("config_dir", None)
     config_dir = resolve_inside(root, config, "config_dir") if config is not None else None
+    priority = body.pop("priority", DEFAULT_PRIORITY)
     uid = uuid.uuid4().hex
     output = root.resolve() / RESULTS_DIR / uid
     await asyncio.to_thread(submit, request.app[CELERY], settings, pipeline, in_dir, output, config_dir,
-                            body, job_id=uid)
+                            body, job_id=uid, priority=priority)
     log.info("job %s: %s on %s", uid, pipeline, in_dir)
     return _json(201, uid=uid)
 
@@ -184,7 +185,8 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["job_name", "in_dir"],
                 "properties": {"job_name": {"type": "string", "enum": sorted(PIPELINES)},
-                               "in_dir": {"type": "string"}, "config_dir": {"type": "string"}},
+                               "in_dir": {"type": "string"}, "config_dir": {"type": "string"},
+                               "priority": {"type": "string", "enum": list(PRIORITIES), "default": DEFAULT_PRIORITY}},
                 "additionalProperties": True}}}},
             "responses": {
                 "201": {"description": "queued", "content": {"application/json": {"schema": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from queues.settings import Settings, get_settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings, get_settings
 
 QUEUE_KINDS = ("io", "cpu", "gpu")
 
@@ -13,6 +13,7 @@ QUEUE_KINDS = ("io", "cpu", "gpu")
 def create_app(settings: Settings) -> Celery:
     app = Celery("carina", broker=settings.redis_url, backend=settings.redis_url)
     transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5}
+    broker_transport = {**transport, "priority_steps": sorted(PRIORITIES.values())}
     app.conf.update(
         # JSON only: an ndarray (or anything pickled) in a message fails at send time.
         task_serializer="json",
@@ -24,7 +25,8 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
+        task_default_priority=PRIORITIES[DEFAULT_PRIORITY],
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         task_default_queue="cpu",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from queues.errors import CarinaError
-from queues.settings import get_settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="nuclei-seg: tile batches in parallel, hence requests in flight (default: the worker's CPUs)")
     p.add_argument("--mask-pixel-count-limit", type=int,
                    help="nuclei-seg: most pixels of the low-resolution tissue mask (default 1048576)")
+    p.add_argument("--priority", choices=list(PRIORITIES), default=DEFAULT_PRIORITY,
+                   help="Clara's job priorities: an immediate job's stages go ahead of waiting normal ones "
+                        "(default normal)")
     p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
     p.set_defaults(run=_submit)
@@ -127,7 +130,8 @@ def _submit(args: argparse.Namespace) -> int:
     options = ("crop_start", "crop_size", "sigma_mm", "series_uid", "overlap", "model", "tile_size", "num_workers",
                "mask_pixel_count_limit")
     params = {k: v for k in options if (v := getattr(args, k)) is not None}
-    job_id = submit(app, get_settings(), args.pipeline, args.input, args.output, args.config, params)
+    job_id = submit(app, get_settings(), args.pipeline, args.input, args.output, args.config, params,
+                    priority=args.priority)
     print(job_id, flush=True)
     if not args.wait:
         return 0
@@ -161,6 +165,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status.to_dict(), indent=2))
         return 0
     print(f"job:      {status.job_id}\npipeline: {status.pipeline}\nstate:    {status.state}")
+    if status.priority:
+        print(f"priority: {status.priority}")
     if status.stage:
         print(f"stage:    {status.stage} ({status.stage_index}/{len(status.stages)})")
     if status.progress_total:

@@ -32,6 +32,7 @@ class JobStatus:
     progress_done: int = 0
     progress_total: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    priority: str = ""
     created: float = 0.0
     updated: float = 0.0
 
@@ -55,13 +56,14 @@ class JobStore:
     def key(self, job_id: str) -> str:
         return f"{self.prefix}{job_id}"
 
-    def create(self, job_id: str, pipeline: str, stages: list[str], params: dict[str, Any]) -> None:
+    def create(self, job_id: str, pipeline: str, stages: list[str], params: dict[str, Any],
+               priority: str = "") -> None:
         now = time.time()
         with self.redis.pipeline(transaction=True) as p:
             p.hset(self.key(job_id), mapping={
                 "job_id": job_id, "pipeline": pipeline, "state": QUEUED, "stages": json.dumps(stages),
                 "stage": "", "stage_index": 0, "error": "", "output": "", "params": json.dumps(params),
-                "progress_done": 0, "progress_total": 0,
+                "priority": priority, "progress_done": 0, "progress_total": 0,
                 "created": now, "updated": now})
             p.expire(self.key(job_id), self.ttl_s)
             p.zadd(self.index, {job_id: now})
@@ -95,7 +97,7 @@ class JobStore:
             stages=json.loads(raw["stages"]), stage=raw["stage"], stage_index=int(raw["stage_index"]),
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
-            created=float(raw["created"]), updated=float(raw["updated"]))
+            priority=raw.get("priority", ""), created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(self.index, 0, limit - 1)]

@@ -20,7 +20,7 @@ from celery import Celery, chain
 
 from queues.errors import BrokerUnavailable, InvalidJobRequest, UnknownPipeline
 from queues.jobs import JobStatus, JobStore
-from queues.settings import Settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
 
 @dataclass(frozen=True)
@@ -193,8 +193,11 @@ def get_pipeline(name: str) -> Pipeline:
 
 def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
            config: str | Path | None = None, params: dict[str, Any] | None = None,
-           job_id: str | None = None, host: str | None = None) -> str:
+           job_id: str | None = None, host: str | None = None, priority: str = DEFAULT_PRIORITY) -> str:
     """Queue a job and return its id (``job_id`` if given, else a new one).
+
+    ``priority`` is one of Clara's (lower, normal, higher, immediate): every stage of the job
+    is queued with it, so an immediate job's stages go ahead of any waiting normal ones.
 
     ``host`` runs the whole job on that host (its first stage goes to the host's queue; the
     rest follow the memory): for inputs on a disk only that host sees, such as a watch folder.
@@ -207,6 +210,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         BrokerUnavailable: Redis cannot be reached; nothing was queued.
     """
     spec = get_pipeline(pipeline)
+    if priority not in PRIORITIES:
+        raise InvalidJobRequest(f"priority={priority!r}: one of {', '.join(PRIORITIES)}")
     if not str(input) or not str(output):
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
@@ -220,11 +225,12 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
     try:
         client.ping()
-        jobs.create(job_id, pipeline, [s.task for s in spec.stages], params)
+        jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority)
         first, *rest = spec.stages
         first_queue = settings.host_queue(first.queue, host) if host else first.queue
-        signatures = [app.signature(first.task, args=(payload,), queue=first_queue)]
-        signatures += [app.signature(s.task, queue=s.queue) for s in rest]
+        level = PRIORITIES[priority]
+        signatures = [app.signature(first.task, args=(payload,), queue=first_queue, priority=level)]
+        signatures += [app.signature(s.task, queue=s.queue, priority=level) for s in rest]
         chain(*signatures).apply_async(
             task_id=job_id, retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})

@@ -35,6 +35,10 @@ DEFAULT_TRITON_TIMEOUT_S = 120.0
 DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 CROP_AXES = "XYZ"
+# Clara's job priorities as Redis message priorities: the transport keeps one list per step
+# and a worker takes from the lowest step first, so 0 is the most urgent.
+PRIORITIES = {"immediate": 0, "higher": 3, "normal": 6, "lower": 9}
+DEFAULT_PRIORITY = "normal"
 
 
 @dataclass(frozen=True)
