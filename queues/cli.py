@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", "-l", default="info")
     p.set_defaults(run=_worker)
 
+    p = sub.add_parser("watch", help="watch an inbox folder: each stable file or folder dropped in starts a job")
+    p.add_argument("inbox", type=Path, help="the folder watched (done/ and failed/ are made inside it)")
+    p.add_argument("--rules", type=Path, help="JSON rules mapping entries to pipelines (default: slides → nuclei-seg, "
+                                              "CT abdomen DICOM and volumes → spleen-seg, other DICOM → 3dblur)")
+    p.add_argument("--output", type=Path, default=Path("results"),
+                   help="each job writes into OUTPUT/<entry>-<job id> (default ./results)")
+    p.add_argument("--stable-s", type=float, help="seconds an entry must stay unchanged (default CARINA_WATCH_STABLE_S, 10)")
+    p.add_argument("--poll-s", type=float, help="seconds between scans (default CARINA_WATCH_POLL_S, 5)")
+    p.add_argument("--poll", action="store_true", help="scan only, no change notifications (network filesystems)")
+    p.set_defaults(run=_watch)
+
     p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host")
     p.add_argument("--drain", action="store_true", help="also unlink the pool of free segments")
     p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
@@ -261,6 +272,20 @@ def _triton(args: argparse.Namespace) -> int:
             if server.process is not None and server.process.poll() is not None:
                 print(f"Triton exited:\n{server.log_summary()}", file=sys.stderr)
                 return EXIT_FAILED
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import logging
+
+    from queues.watch import DEFAULT_RULES, load_rules, watch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = get_settings()
+    rules = load_rules(args.rules) if args.rules else DEFAULT_RULES
+    stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
+    poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
+    watch(args.inbox.absolute(), args.output.absolute(), rules, settings, stable_s, poll_s, use_watchdog=not args.poll)
     return 0
 
 

@@ -34,6 +34,8 @@ DEFAULT_TRITON_URL = "127.0.0.1:8000"
 DEFAULT_TRITON_TIMEOUT_S = 120.0
 DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
+DEFAULT_WATCH_STABLE_S = 10.0
+DEFAULT_WATCH_POLL_S = 5.0
 CROP_AXES = "XYZ"
 # Clara's job priorities as Redis message priorities: the transport keeps one list per step
 # and a worker takes from the lowest step first, so 0 is the most urgent.
@@ -70,6 +72,9 @@ class Settings:
     sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
     # Whole-slide tissue tiles per model request (nuclei-seg).
     tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE
+    # Watch folders: an entry starts a job once unchanged this long; the inbox is scanned this often.
+    watch_stable_s: float = DEFAULT_WATCH_STABLE_S
+    watch_poll_s: float = DEFAULT_WATCH_POLL_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -93,9 +98,11 @@ class Settings:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size"):
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
+        if self.watch_stable_s < 0:
+            raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
 
     def fastio_config(self) -> FastIOConfig:
         try:
@@ -158,6 +165,8 @@ _VARIABLES = {
     "triton_shared_memory": _boolean,
     "sw_batch_size": _positive_int,
     "tile_batch_size": _positive_int,
+    "watch_stable_s": float,
+    "watch_poll_s": float,
 }
 
 

@@ -1,0 +1,408 @@
+"""``carina watch INBOX``: the watch-folder ingest daemon.
+
+A study or slide dropped into the inbox — a file, or a folder (a DICOM series, the seed's input
+folder) — starts a job once it is **stable**: nothing in it has changed for ``stable_s``
+seconds, since scanners and copies write slowly. Names that copies use while writing
+(hidden files, ``*.part``, ``*.tmp``, ``*.crdownload``) are left alone until renamed.
+
+- **Rules** map an entry to a pipeline (first match wins): by name (a glob), by kind (slide,
+  volume, dicom) and, for DICOM, by header tags (``Modality``, ``BodyPartExamined``, ...). See
+  :data:`DEFAULT_RULES` and :func:`load_rules` for the JSON file of ``--rules``.
+- **Exactly once**: an entry's job is recorded in Redis (per inbox) before it is submitted,
+  under a job id chosen first, so a daemon that restarts — or dies between the two — follows
+  the same job instead of starting another, and picks up what arrived while it was down.
+- **Nothing is lost**: inputs are never changed or deleted. When its job ends, an entry moves
+  to ``done/`` or ``failed/`` (with ``<name>.error.txt`` saying why); an entry that matches no
+  rule, or mixes kinds, goes to ``failed/`` at once with the reason.
+- Jobs run on this host (its host queues): the inbox is on this host's disk.
+- Changes are noticed through watchdog (inotify) as they happen; a scan every ``poll_s``
+  seconds is the source of truth all the same, and the only means with ``--poll`` (network
+  filesystems, where inotify sees nothing). An inbox that disappears is waited for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from queues.errors import CarinaError, ConfigError, UnknownJob
+from queues.jobs import JobStore
+from queues.pipelines import PIPELINES, submit
+from queues.settings import PRIORITIES, Settings
+
+log = logging.getLogger(__name__)
+
+DONE_DIR, FAILED_DIR = "done", "failed"
+PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", "~")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
+# Files a study folder may hold beside its images (render config, notes) that decide nothing.
+SIDECAR_SUFFIXES = (".json", ".txt", ".raw", ".zraw", ".xml")
+DICOM_TAGS = ("Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription", "Manufacturer")
+KINDS = ("slide", "volume", "dicom")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Entries this rule takes, and the job they start.
+
+    Attributes:
+        pipeline: the pipeline to run.
+        match: a glob on the entry's name, case-insensitive.
+        kind: "slide", "volume", "dicom", or None for any.
+        dicom: DICOM keyword → glob on its value (case-insensitive), all of which must hold
+            (for DICOM entries; the first file's header is read).
+        params: the pipeline's parameters; priority: lower, normal, higher or immediate.
+    """
+
+    pipeline: str
+    match: str = "*"
+    kind: str | None = None
+    dicom: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: str = "normal"
+
+    def takes(self, name: str, kind: str, tags: dict[str, str]) -> bool:
+        if not fnmatch.fnmatch(name.lower(), self.match.lower()):
+            return False
+        if self.kind is not None and kind != self.kind:
+            return False
+        return all(fnmatch.fnmatch(tags.get(key, "").lower(), pattern.lower()) for key, pattern in self.dicom.items())
+
+
+DEFAULT_RULES = (
+    Rule("nuclei-seg", kind="slide"),
+    Rule("spleen-seg", kind="dicom", dicom={"Modality": "CT", "BodyPartExamined": "*ABDOMEN*"}),
+    Rule("spleen-seg", kind="dicom", dicom={"Modality": "CT", "BodyPartExamined": "*SPLEEN*"}),
+    Rule("3dblur", kind="dicom"),
+    Rule("spleen-seg", kind="volume"),
+)
+
+
+def load_rules(path: str | Path) -> tuple[Rule, ...]:
+    """Rules from a JSON file: a list of objects with the fields of :class:`Rule`, e.g.
+    ``[{"match": "*.svs", "pipeline": "nuclei-seg", "params": {"tile_size": 512}},
+    {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur", "priority": "higher"}]``.
+
+    Raises:
+        ConfigError: unreadable or malformed, an unknown field, pipeline, kind or priority.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"rules file {path}: {e}") from e
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"rules file {path}: expected a non-empty JSON list of rules")
+    rules = []
+    for number, item in enumerate(raw, start=1):
+        where = f"rules file {path}, rule {number}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected an object")
+        unknown = set(item) - set(Rule.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
+        try:
+            rule = Rule(**item)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        if rule.pipeline not in PIPELINES:
+            raise ConfigError(f"{where}: unknown pipeline {rule.pipeline!r} ({', '.join(PIPELINES)})")
+        if rule.kind is not None and rule.kind not in KINDS:
+            raise ConfigError(f"{where}: kind {rule.kind!r} is not one of {', '.join(KINDS)}")
+        if rule.priority not in PRIORITIES:
+            raise ConfigError(f"{where}: priority {rule.priority!r} is not one of {', '.join(PRIORITIES)}")
+        if not isinstance(rule.match, str) or not isinstance(rule.dicom, dict) or not isinstance(rule.params, dict):
+            raise ConfigError(f"{where}: match is a string, dicom and params are objects")
+        rules.append(rule)
+    return tuple(rules)
+
+
+# --- what an entry is -------------------------------------------------------------------------
+
+def is_partial(name: str) -> bool:
+    """Whether a name is one that copies and downloads use while still writing (or hidden)."""
+    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+
+
+def _files(entry: Path) -> list[Path]:
+    if entry.is_file():
+        return [entry]
+    return sorted(p for p in entry.rglob("*") if p.is_file() and not any(is_partial(part) for part in
+                                                                             p.relative_to(entry).parts))
+
+
+def signature(entry: Path) -> str:
+    """A digest of every file's relative path, size and modification time: it changes while
+    anything is still being written."""
+    digest = hashlib.sha256()
+    for path in _files(entry):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(entry) if path != entry else path.name}\0{stat.st_size}\0"
+                      f"{stat.st_mtime_ns}\n".encode())
+    if entry.is_dir():
+        digest.update(b"dir")
+    return digest.hexdigest()
+
+
+def _file_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(SLIDE_SUFFIXES):
+        return "slide"
+    if name.endswith(VOLUME_SUFFIXES):
+        return "volume"
+    if name.endswith(".dcm") or _has_dicom_preamble(path):
+        return "dicom"
+    return None
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_tags(path: Path) -> dict[str, str]:
+    """The routing tags of one DICOM file's header ({} where it cannot be read: the job will
+    then fail with the reader's own reason, rather than the watcher guessing)."""
+    import pydicom  # only the watcher, and only for DICOM entries
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(DICOM_TAGS))
+    except Exception as e:  # pydicom raises many kinds on a damaged file
+        log.warning("watch: cannot read the DICOM header of %s: %s", path, e)
+        return {}
+    return {tag: str(header.get(tag, "") or "") for tag in DICOM_TAGS}
+
+
+def describe(entry: Path) -> tuple[str, dict[str, str], str]:
+    """``(kind, dicom tags, why)`` of an inbox entry: kind is slide, volume, dicom, or
+    "unknown" / "mixed" with ``why`` saying what was found."""
+    found: dict[str, list[Path]] = {}
+    others = []
+    for path in _files(entry):
+        kind = _file_kind(path)
+        if kind is not None:
+            found.setdefault(kind, []).append(path)
+        elif not path.name.lower().endswith(SIDECAR_SUFFIXES):
+            others.append(path.name)
+    if len(found) > 1:
+        counts = ", ".join(f"{len(paths)} {kind}" for kind, paths in sorted(found.items()))
+        return "mixed", {}, f"mixed content ({counts} files): drop one study or slide per entry"
+    if not found:
+        shown = ", ".join(others[:5]) or "no files"
+        return "unknown", {}, f"no slide, volume or DICOM file found ({shown})"
+    [(kind, paths)] = found.items()
+    tags = _dicom_tags(paths[0]) if kind == "dicom" else {}
+    return kind, tags, ""
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+@dataclass
+class _Seen:
+    signature: str
+    since: float
+
+
+class Watcher:
+    """Scans one inbox, starts jobs for stable entries and files them away when they end.
+
+    Args:
+        inbox: the folder watched; ``done/`` and ``failed/`` are made inside it.
+        output_root: each job writes into ``<output_root>/<entry name>-<job id>``.
+        rules: first match wins.
+        settings, app, client: where jobs are submitted and the watcher's records kept.
+        stable_s: how long an entry must stay unchanged before its job starts.
+    """
+
+    def __init__(self, inbox: Path, output_root: Path, rules: tuple[Rule, ...], settings: Settings, app: Celery,
+                 client: redis.Redis, stable_s: float) -> None:
+        self.inbox = Path(inbox).absolute()
+        self.output_root = Path(output_root).absolute()
+        self.rules = rules
+        self.settings = settings
+        self.app = app
+        self.redis = client
+        self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+        self.stable_s = stable_s
+        inbox_id = hashlib.sha256(str(self.inbox).encode()).hexdigest()[:16]
+        self.records_key = f"{settings.namespace}:watch:{settings.host_id}:{inbox_id}"
+        self._seen: dict[str, _Seen] = {}
+        self._inbox_missing = False
+
+    # one pass ----------------------------------------------------------------------------------
+    def scan(self, now: float | None = None) -> None:
+        """Follow submitted jobs, then start jobs for entries that have become stable."""
+        now = time.monotonic() if now is None else now
+        self._follow()
+        if not self.inbox.is_dir():
+            if not self._inbox_missing:
+                log.error("watch: inbox %s is gone; waiting for it to come back", self.inbox)
+                self._inbox_missing = True
+            return
+        if self._inbox_missing:
+            log.info("watch: inbox %s is back", self.inbox)
+            self._inbox_missing = False
+        records = self._records()
+        present = set()
+        for entry in sorted(self.inbox.iterdir()):
+            name = entry.name
+            if name in (DONE_DIR, FAILED_DIR) or is_partial(name) or name in records:
+                continue
+            present.add(name)
+            try:
+                current = signature(entry)
+            except OSError as e:  # vanished or unreadable between listing and stat
+                log.warning("watch: %s: %s", entry, e)
+                continue
+            seen = self._seen.get(name)
+            if seen is None or seen.signature != current:
+                self._seen[name] = _Seen(current, now)
+            elif now - seen.since >= self.stable_s:
+                del self._seen[name]
+                self._start(entry, current)
+        for name in set(self._seen) - present:
+            del self._seen[name]
+
+    def _start(self, entry: Path, current: str) -> None:
+        kind, tags, why = describe(entry)
+        # A rule may take an unknown kind by its name; mixed content is never one study.
+        rule = None if kind == "mixed" else next((r for r in self.rules if r.takes(entry.name, kind, tags)), None)
+        if rule is None:
+            reason = why or f"no rule matches {entry.name} (kind {kind}{', ' + str(tags) if tags else ''})"
+            log.error("watch: %s: %s", entry.name, reason)
+            self._file_away(entry, FAILED_DIR, reason)
+            return
+        job_id = uuid.uuid4().hex
+        record = {"job": job_id, "signature": current, "pipeline": rule.pipeline}
+        # Recorded first: a daemon that dies after submitting finds the job and follows it.
+        self.redis.hset(self.records_key, entry.name, json.dumps(record))
+        self._submit(entry, rule, job_id)
+
+    def _submit(self, entry: Path, rule: Rule, job_id: str) -> None:
+        output = self.output_root / f"{entry.name}-{job_id[:8]}"
+        try:
+            submit(self.app, self.settings, rule.pipeline, entry, output, params=dict(rule.params), job_id=job_id,
+                   host=self.settings.host_id, priority=rule.priority)
+        except CarinaError as e:
+            log.error("watch: %s: %s refused the job: %s", entry.name, rule.pipeline, e)
+            self.redis.hdel(self.records_key, entry.name)
+            self._file_away(entry, FAILED_DIR, f"{rule.pipeline} refused the job: {e}")
+            return
+        log.info("watch: %s → %s job %s (output %s)", entry.name, rule.pipeline, job_id, output)
+
+    def _follow(self) -> None:
+        for name, record in self._records().items():
+            entry = self.inbox / name
+            try:
+                status = self.jobs.get(record["job"])
+            except UnknownJob:
+                if entry.exists():  # the daemon died between recording and submitting
+                    rule = next((r for r in self.rules if r.pipeline == record["pipeline"]), None)
+                    if rule is not None:
+                        self._submit(entry, rule, record["job"])
+                        continue
+                self.redis.hdel(self.records_key, name)
+                continue
+            if not status.finished:
+                continue
+            if entry.exists():
+                if status.state == "done":
+                    self._file_away(entry, DONE_DIR, None, job=status.job_id)
+                else:
+                    self._file_away(entry, FAILED_DIR, f"{status.pipeline} job {status.job_id} failed in "
+                                    f"{status.stage}: {status.error}", job=status.job_id)
+            self.redis.hdel(self.records_key, name)
+
+    def _records(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.records_key).items()}
+
+    def _file_away(self, entry: Path, folder: str, error: str | None, job: str | None = None) -> Path:
+        """Move ``entry`` into ``done/`` or ``failed/`` (never over another: a suffix is added),
+        with ``<name>.error.txt`` beside it for a failure."""
+        target_dir = self.inbox / folder
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / entry.name
+        if target.exists() or Path(f"{target}.error.txt").exists():
+            target = target_dir / f"{entry.name}.{job[:8] if job else uuid.uuid4().hex[:8]}"
+        shutil.move(str(entry), str(target))
+        if error is not None:
+            Path(f"{target}.error.txt").write_text(f"{error}\n")
+        log.info("watch: %s → %s/%s", entry.name, folder, target.name)
+        return target
+
+    # the loop ----------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, poll_s: float, use_watchdog: bool = True) -> None:
+        """Scan until ``stop`` is set: every ``poll_s`` seconds, and as soon as watchdog reports
+        a change in the inbox."""
+        wake = threading.Event()
+        observer = self._observe(wake) if use_watchdog else None
+        log.info("watch: %s (%s), %d rules, stable after %.1f s", self.inbox,
+                 "watchdog + polling" if observer else f"polling every {poll_s:g} s", len(self.rules), self.stable_s)
+        try:
+            while not stop.is_set():
+                try:
+                    self.scan()
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.error("watch: Redis unreachable (%s); retrying", e)
+                except OSError as e:
+                    log.error("watch: %s", e)
+                wake.wait(min(poll_s, max(self.stable_s / 2, 0.1)) if self._seen else poll_s)
+                wake.clear()
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+    def _observe(self, wake: threading.Event) -> Any:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return None
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        observer = Observer()
+        try:
+            observer.schedule(Wake(), str(self.inbox), recursive=True)
+            observer.start()
+        except OSError as e:  # no inotify (limits, some filesystems): polling alone
+            log.warning("watch: no change notifications for %s (%s); polling", self.inbox, e)
+            return None
+        return observer
+
+
+def watch(inbox: Path, output_root: Path, rules: tuple[Rule, ...], settings: Settings, stable_s: float,
+          poll_s: float, use_watchdog: bool) -> None:
+    """Run the daemon until interrupted (``carina watch``)."""
+    from queues.app import create_app
+
+    if not inbox.is_dir():
+        raise ConfigError(f"inbox {inbox} is not a folder")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    watcher = Watcher(inbox, output_root, rules, settings, create_app(settings), client, stable_s)
+    stop = threading.Event()
+    try:
+        watcher.run(stop, poll_s, use_watchdog)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        client.close()
