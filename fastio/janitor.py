@@ -69,6 +69,7 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
     for segment in stale:
         registry.unpool(segment)
     report = JanitorReport(len(expired), ownerless, orphans, len(stale))
+    registry.record_reclaimed(report.reclaimed)
     if report.reclaimed or report.expired_jobs:
         log.info("fastio janitor on %s: %s", config.host_id, report)
     return report

@@ -143,6 +143,16 @@ class Registry:
         pairs = self.redis.zrange(self.pool_key(self.config.host_id), 0, -1, withscores=True)
         return {_text(n): int(s) for n, s in pairs}
 
+    def record_reclaimed(self, count: int) -> None:
+        """Add ``count`` segments the janitor reclaimed on this host to its running total."""
+        if count:
+            self.redis.hincrby(f"{self.config.namespace}:fastio:reclaimed", self.config.host_id, count)
+
+    def reclaimed(self) -> dict[str, int]:
+        """Segments the janitor has reclaimed, per host, since the registry began."""
+        raw = self.redis.hgetall(f"{self.config.namespace}:fastio:reclaimed")
+        return {_text(k): int(v) for k, v in raw.items()}
+
     def live(self) -> dict[str, str]:
         """Segments in use on this host: name → job id."""
         return {_text(k): _text(v) for k, v in self.redis.hgetall(self.live_key(self.config.host_id)).items()}

@@ -99,6 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", action="store_true", help="scan only, no change notifications (network filesystems)")
     p.set_defaults(run=_watch)
 
+    p = sub.add_parser("health", help="check Redis, the workers, Triton and FastIO on this host")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds each check waits (default 3)")
+    p.set_defaults(run=_health)
+
+    p = sub.add_parser("metrics", help="serve Carina's Prometheus metrics (jobs, stages, queues, FastIO)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9808, help="port (default 9808)")
+    p.add_argument("--once", action="store_true", help="print them once and exit")
+    p.set_defaults(run=_metrics)
+
+    p = sub.add_parser("flower", help="the Flower dashboard with the project's configuration")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="port (default 5555)")
+    p.set_defaults(run=_flower)
+
     p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host")
     p.add_argument("--drain", action="store_true", help="also unlink the pool of free segments")
     p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
@@ -286,6 +302,52 @@ def _watch(args: argparse.Namespace) -> int:
     stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
     poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
     watch(args.inbox.absolute(), args.output.absolute(), rules, settings, stable_s, poll_s, use_watchdog=not args.poll)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from monitoring.health import check_all
+    from queues.app import app
+
+    checks = check_all(get_settings(), app, args.timeout)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        for check in checks:
+            print(f"{'ok ' if check.ok else 'BAD'} {check.name:8} {check.detail}")
+    return 0 if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    import logging
+
+    import redis
+
+    from monitoring.metrics import dumps, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if args.once:
+        print(dumps(settings, redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)), end="")
+        return 0
+    serve(settings, args.host, args.port)
+    return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _flower(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not settings.flower_auth and args.address not in LOOPBACK:
+        raise CarinaError(f"Flower would listen on {args.address} without credentials: set CARINA_FLOWER_AUTH "
+                          "(user:password) or keep it on 127.0.0.1")
+    config = Path(__file__).resolve().parents[1] / "monitoring" / "flowerconfig.py"
+    argv = [sys.executable, "-m", "celery", "-A", "queues.app", "flower", f"--conf={config}",
+            f"--address={args.address}", f"--port={args.port}"]
+    # Credentials by environment, never on a command line that `ps` shows.
+    env = {**os.environ, **({"FLOWER_BASIC_AUTH": settings.flower_auth} if settings.flower_auth else {})}
+    os.execve(sys.executable, argv, env)
     return 0
 
 

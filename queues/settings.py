@@ -75,6 +75,8 @@ class Settings:
     # Watch folders: an entry starts a job once unchanged this long; the inbox is scanned this often.
     watch_stable_s: float = DEFAULT_WATCH_STABLE_S
     watch_poll_s: float = DEFAULT_WATCH_POLL_S
+    # Flower's basic auth, "user:password" (several comma-separated); required beyond loopback.
+    flower_auth: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -101,6 +103,8 @@ class Settings:
                      "sw_batch_size", "tile_batch_size", "watch_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
+        if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
+            raise ConfigError("CARINA_FLOWER_AUTH must be user:password pairs, comma-separated")
         if self.watch_stable_s < 0:
             raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
 
@@ -167,6 +171,7 @@ _VARIABLES = {
     "tile_batch_size": _positive_int,
     "watch_stable_s": float,
     "watch_poll_s": float,
+    "flower_auth": str,
 }
 
 

@@ -8,6 +8,7 @@ freed when its last stage succeeds or any stage fails.
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -16,11 +17,13 @@ import redis
 from celery import Task
 
 from fastio import AlreadyPublished, FastIOContext, NotLocal
+from monitoring.metrics import record_stage
 from queues.jobs import JobStore
 from queues.settings import get_settings
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 3
+_STARTED: dict[str, float] = {}  # task id → when this process started it
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +53,7 @@ class StageTask(Task):
     acks_late = True
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        _STARTED[task_id] = time.monotonic()
         payload = args[0]
         stages = self._stages(payload)
         index = stages.index(self.name) + 1 if self.name in stages else 0
@@ -95,12 +99,14 @@ class StageTask(Task):
 
     # Celery hooks -------------------------------------------------------------------------
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        self._record_duration(task_id, "success")
         if not self.request.chain:
             payload = retval if isinstance(retval, dict) else args[0]
             self._finish(payload["job"])
             job_store().done(payload["job"], payload.get("output", ""))
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        self._record_duration(task_id, "failure")
         payload = args[0] if args else {}
         job_id = payload.get("job") if isinstance(payload, dict) else None
         if not job_id:
@@ -108,6 +114,15 @@ class StageTask(Task):
         log.error("job %s failed in %s: %s", job_id, self.name, exc)
         job_store().failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
         self._finish(job_id)
+
+    def _record_duration(self, task_id: str, outcome: str) -> None:
+        started = _STARTED.pop(task_id, None)
+        if started is None:
+            return
+        try:
+            record_stage(redis_client(), get_settings().namespace, self.name, time.monotonic() - started, outcome)
+        except redis.RedisError:  # a metric lost is no reason to fail a stage
+            log.warning("could not record the duration of %s", self.name, exc_info=True)
 
     def _finish(self, job_id: str) -> None:
         try:

@@ -21,6 +21,7 @@ from fastio import (
     SegmentError,
     sweep,
 )
+from fastio.registry import Registry
 from fastio.segments import size_class
 
 
@@ -183,6 +184,8 @@ def test_janitor_reclaims_segments_of_a_job_freed_from_another_host(redis_client
     assert len(segment_files(fastio_config)) == 1  # host-b cannot unlink host-a's memory
     report = sweep(redis_client, fastio_config)
     assert report.ownerless == 1 and segment_files(fastio_config) == []
+    # counted for the metrics, per host, across sweeps
+    assert Registry(redis_client, fastio_config).reclaimed() == {fastio_config.host_id: 1}
 
 
 def test_janitor_does_not_touch_young_unregistered_segments(redis_client, fastio_config):

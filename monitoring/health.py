@@ -1,0 +1,91 @@
+"""``carina health``: is each part of a deployment there and answering?
+
+Checks Redis (broker, results, registry), the Celery workers (a broadcast ping), Triton (its
+KServe v2 readiness endpoint) and FastIO on this host (the segment folder is writable, with
+room; what is in use and pooled). Each check says what it found; none raises.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from fastio.registry import Registry
+from queues.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_redis(client: redis.Redis, settings: Settings) -> Check:
+    try:
+        info = client.info("server")
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        return Check("redis", False, f"{settings.redis_url}: {e}")
+    return Check("redis", True, f"{settings.redis_url}: redis {info.get('redis_version', '?')}")
+
+
+def check_workers(app: Celery, timeout_s: float) -> Check:
+    try:
+        replies = app.control.ping(timeout=timeout_s) or []
+    except Exception as e:  # kombu raises several kinds when the broker is away
+        return Check("workers", False, f"cannot ask the workers: {type(e).__name__}: {e}")
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return Check("workers", False, f"no worker answered within {timeout_s:g} s")
+    return Check("workers", True, f"{len(names)} answering: {', '.join(names)}")
+
+
+def check_triton(url: str, timeout_s: float) -> Check:
+    ready = f"http://{url.removeprefix('http://').rstrip('/')}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(ready, timeout=timeout_s) as response:
+            return Check("triton", response.status == 200, f"{url}: ready")
+    except urllib.error.HTTPError as e:
+        return Check("triton", False, f"{url}: not ready (HTTP {e.code})")
+    except (urllib.error.URLError, OSError) as e:
+        return Check("triton", False, f"{url}: {getattr(e, 'reason', e)}")
+
+
+def check_fastio(client: redis.Redis, settings: Settings) -> Check:
+    config = settings.fastio_config()
+    folder = config.shm_dir
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        return Check("fastio", False, f"{folder} is not a writable folder")
+    free = shutil.disk_usage(folder).free
+    try:
+        registry = Registry(client, config)
+        in_use, pooled = len(registry.live()), len(registry.pooled())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return Check("fastio", False, f"{folder}: {free / 2**30:.1f} GiB free; registry unreachable (Redis)")
+    return Check("fastio", True, f"{folder}: {free / 2**30:.1f} GiB free; {in_use} segments in use, "
+                                 f"{pooled} pooled on {config.host_id}")
+
+
+def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[Check]:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        checks = [check_redis(client, settings)]
+        if checks[0].ok:
+            checks.append(check_workers(app, timeout_s))
+        else:
+            checks.append(Check("workers", False, "not asked: Redis is unreachable"))
+        checks.append(check_triton(settings.triton_url, timeout_s))
+        checks.append(check_fastio(client, settings))
+    finally:
+        client.close()
+    return checks
