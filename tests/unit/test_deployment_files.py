@@ -1,0 +1,53 @@
+"""The Procfile and docker-compose.yml describe the same services, and the compose file holds
+what FastIO and the GPU workers need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line and not line.startswith("#"))
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_both_describe_the_same_services():
+    assert set(procfile()) == set(compose()["services"])
+
+
+def test_workers_share_the_hosts_memory_and_gpu_workers_reserve_their_device():
+    services = compose()["services"]
+    for name in ("worker", "gpu-worker", "triton"):
+        assert services[name]["ipc"] == "host", name  # FastIO segments and Triton's shared memory
+    [device] = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert "--gpus" in services["gpu-worker"]["command"]
+
+
+def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
+    services = compose()["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    assert ":?" in services["api"]["environment"]["CARINA_API_TOKEN"]
+    assert ":?" in services["flower"]["environment"]["CARINA_FLOWER_AUTH"]
+
+
+def test_every_procfile_command_is_a_carina_command_that_exists():
+    import subprocess
+    import sys
+
+    for name, command in procfile().items():
+        if "carina " not in command:
+            continue
+        words = command.split("carina ", 1)[1].split()
+        out = subprocess.run([sys.executable, "-m", "queues.cli", words[0], "--help"], capture_output=True, text=True)
+        assert out.returncode == 0, (name, out.stderr)
