@@ -3,8 +3,6 @@ and its Triton python-backend wrapper (models/nuclei_unet/, trained by models/tr
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 from ops.he_samples import render_he  # noqa: E402
-from tests.unit.test_spleen_model import CountingSession, fake_pb_utils  # noqa: E402
+from tests.unit.test_spleen_model import load_triton_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "models" / "nuclei_unet"
@@ -103,16 +101,8 @@ def test_model_py_keeps_the_site_packages_lines_first_and_compiles():
 
 
 def test_model_py_casts_to_uint8_runs_several_requests_as_one_batch_and_splits_the_answers(session, monkeypatch):
-    pb = fake_pb_utils()
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    monkeypatch.setenv("CARINA_TRITON_THREADS", "2")
-    spec = importlib.util.spec_from_file_location("nuclei_unet_model", MODEL_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
-    model.initialize({})
+    model, pb = load_triton_model(MODEL_PY, monkeypatch)
     assert model.input_dtype == np.uint8
-    model.session = CountingSession(model.session)
 
     first = channels_first([render_he(0, 0, 64, 64, seed=900_020)[0]])
     second = channels_first([render_he(0, 64 * i, 64, 64, seed=900_021)[0] for i in range(2)])

@@ -120,16 +120,23 @@ class CountingSession:
         return self.session.run(names, feeds)
 
 
-def test_model_py_runs_several_requests_as_one_batch_and_splits_the_answers(session, monkeypatch):
+def load_triton_model(model_py, monkeypatch):
+    """A python-backend model.py as Triton's stub runs it (a stand-in ``triton_python_backend_utils``),
+    initialised, its session counting batches; returns ``(model, pb_utils)``."""
     pb = fake_pb_utils()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setenv("CARINA_TRITON_THREADS", "2")
-    spec = importlib.util.spec_from_file_location("spleen_ct_model", MODEL_PY)
+    spec = importlib.util.spec_from_file_location(f"{model_py.parent.parent.name}_model", model_py)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     model.initialize({})
     model.session = CountingSession(model.session)
+    return model, pb
+
+
+def test_model_py_runs_several_requests_as_one_batch_and_splits_the_answers(session, monkeypatch):
+    model, pb = load_triton_model(MODEL_PY, monkeypatch)
 
     rng = np.random.default_rng(0)
     inputs = [rng.uniform(0, 1, (n, 1, ROI, ROI, ROI)).astype(np.float32) for n in (1, 2)]
