@@ -1,0 +1,61 @@
+"""Chaos: a worker process killed with SIGKILL in the middle of a stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import psutil
+import pytest
+import redis
+
+from fastio.registry import Registry
+from ops.samples import he_slide
+from queues.app import create_app
+from queues.jobs import JobStore
+from queues.local import start_worker, stop_process_group
+from queues.pipelines import submit, wait
+from queues.settings import Settings
+
+
+
+@pytest.fixture
+def lone_worker(redis_server, project_triton, tmp_path):
+    """One worker (one pool process) on a database of its own."""
+    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/5"),
+           "CARINA_NAMESPACE": f"chaos{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
+           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url}
+    settings = Settings.from_env(env)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")
+    try:
+        yield env, settings, worker, log
+    finally:
+        stop_process_group(worker)
+        redis.Redis.from_url(settings.redis_url).flushdb()
+
+
+def test_a_pool_process_killed_mid_stage_is_replaced_and_the_stage_redelivered(lone_worker, tmp_path):
+    env, settings, worker, log = lone_worker
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=5)
+    jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
+    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
+                 params={"overlap": 16, "num_workers": 1})
+
+    deadline = time.monotonic() + 120
+    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
+        assert time.monotonic() < deadline, jobs.get(job)
+        time.sleep(0.05)
+    [child] = psutil.Process(worker.pid).children()  # the pool process running the stage
+    os.kill(child.pid, signal.SIGKILL)
+
+    status = wait(jobs, job, 300)
+    assert status.state == "done", (status, log.read_text()[-3000:])
+    assert (tmp_path / "out" / "image.tif").is_file()
+    text = log.read_text()
+    assert "signal 9" in text or "WorkerLostError" in text  # it really died mid-stage
+    assert [p.pid for p in psutil.Process(worker.pid).children()] != [child.pid]  # a new pool process took over
+    # what the killed process had allocated was the job's, and went with it
+    assert Registry(redis.Redis.from_url(settings.redis_url), settings.fastio_config()).live() == {}
