@@ -19,6 +19,8 @@ from queues.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
+from tests.integration.test_fastio_itk_pipeline import sample  # noqa: F401  (a fixture)
+
 
 
 @pytest.fixture
@@ -59,3 +61,54 @@ def test_a_pool_process_killed_mid_stage_is_replaced_and_the_stage_redelivered(l
     assert [p.pid for p in psutil.Process(worker.pid).children()] != [child.pid]  # a new pool process took over
     # what the killed process had allocated was the job's, and went with it
     assert Registry(redis.Redis.from_url(settings.redis_url), settings.fastio_config()).live() == {}
+
+
+def segment_files(config) -> set[str]:
+    return {p.name for p in config.shm_dir.iterdir() if p.name.startswith(config.segment_prefix)}
+
+
+def test_a_soak_of_200_small_jobs_loses_none(lone_worker, sample, tmp_path):  # noqa: F811
+    env, settings, worker, log = lone_worker
+    app = create_app(settings)
+    jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
+    submitted = [submit(app, settings, "fastio-itk", sample[0], tmp_path / f"out-{i}") for i in range(200)]
+    finished = [wait(jobs, job, 300) for job in submitted]
+    assert [s.state for s in finished].count("done") == 200, log.read_text()[-3000:]
+    assert all((tmp_path / f"out-{i}" / "output.mhd").is_file() for i in range(200))
+    registry = Registry(jobs.redis, settings.fastio_config())
+    assert registry.live() == {} and segment_files(settings.fastio_config()) <= set(registry.pooled())
+
+
+def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker, sample, tmp_path):  # noqa: F811
+    import dataclasses
+    import random
+
+    from fastio import sweep
+
+    env, settings, worker, log = lone_worker
+    app = create_app(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+    submitted = [submit(app, settings, "fastio-itk", sample[0], tmp_path / f"out-{i}") for i in range(24)]
+    rng = random.Random(7)
+    kills = 0
+    deadline = time.monotonic() + 300
+    while not all(jobs.get(job).finished for job in submitted):
+        assert time.monotonic() < deadline, [jobs.get(job).state for job in submitted]
+        time.sleep(rng.uniform(0.05, 0.4))
+        if kills < 8:
+            for child in psutil.Process(worker.pid).children():
+                os.kill(child.pid, signal.SIGKILL)
+                kills += 1
+    states = [jobs.get(job).state for job in submitted]
+    assert set(states) <= {"done", "failed"}, states  # none left "running"
+    failed = [jobs.get(job).error for job in submitted if jobs.get(job).state == "failed"]
+    assert all(error for error in failed)  # a failure says why
+    print(f"\n{kills} pool processes killed; jobs: {states.count('done')} done, {states.count('failed')} failed")
+    assert kills >= 3
+    # Whatever a killed process had made, the janitor reclaims: nothing leaks.
+    config = dataclasses.replace(settings.fastio_config(), orphan_grace_s=0.0)
+    sweep(client, config)
+    registry = Registry(client, config)
+    assert registry.live() == {}
+    assert segment_files(config) <= set(registry.pooled())
