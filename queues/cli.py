@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5555, help="port (default 5555)")
     p.set_defaults(run=_flower)
 
-    p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host")
+    p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host; requeue stages of lost workers")
     p.add_argument("--drain", action="store_true", help="also unlink the pool of free segments")
     p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
     p.set_defaults(run=_janitor)
@@ -353,14 +353,18 @@ def _flower(args: argparse.Namespace) -> int:
 
 def _janitor(args: argparse.Namespace) -> int:
     from fastio import drain_pool, sweep
+    from queues.app import app
+    from queues.recovery import requeue_lost_stages
 
-    config = get_settings().fastio_config()
+    settings = get_settings()
+    config = settings.fastio_config()
     client = _redis()
     while True:
         report = sweep(client, config)
         drained = drain_pool(client, config) if args.drain else 0
-        print(f"expired jobs {report.expired_jobs}, ownerless {report.ownerless}, orphans {report.orphans}"
-              + (f", drained {drained}" if args.drain else ""), flush=True)
+        lost = requeue_lost_stages(app, client, settings)
+        print(f"expired jobs {report.expired_jobs}, ownerless {report.ownerless}, orphans {report.orphans}, "
+              f"jobs of lost workers {len(lost)}" + (f", drained {drained}" if args.drain else ""), flush=True)
         if args.interval is None:
             return 0
         time.sleep(args.interval)

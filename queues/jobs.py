@@ -33,6 +33,9 @@ class JobStatus:
     progress_total: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     priority: str = ""
+    stage_task: str = ""  # the Celery task id of the stage under way
+    worker: str = ""  # the worker node running it
+    requeues: int = 0  # times a stage was put back after its worker was lost
     created: float = 0.0
     updated: float = 0.0
 
@@ -75,8 +78,21 @@ class JobStore:
             p.zrem(self.index, job_id)
             p.execute()
 
-    def stage_started(self, job_id: str, stage: str, index: int) -> None:
-        self._update(job_id, state=RUNNING, stage=stage, stage_index=index)
+    def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "") -> None:
+        self._update(job_id, state=RUNNING, stage=stage, stage_index=index, stage_task=task_id, worker=worker)
+
+    def requeued(self, job_id: str, requeues: int) -> None:
+        """The stage under way went back to its queue: its worker was lost."""
+        self._update(job_id, state=QUEUED, worker="", requeues=requeues)
+
+    def running(self) -> list[str]:
+        """Ids of the jobs whose state is running."""
+        ids = [j.decode() for j in self.redis.zrange(self.index, 0, -1)]
+        with self.redis.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hget(self.key(job_id), "state")
+            states = p.execute()
+        return [job_id for job_id, state in zip(ids, states) if state == RUNNING.encode()]
 
     def progress(self, job_id: str, done: int, total: int) -> None:
         """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
@@ -97,7 +113,8 @@ class JobStore:
             stages=json.loads(raw["stages"]), stage=raw["stage"], stage_index=int(raw["stage_index"]),
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
-            priority=raw.get("priority", ""), created=float(raw["created"]), updated=float(raw["updated"]))
+            priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
+            requeues=int(raw.get("requeues", 0)), created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(self.index, 0, limit - 1)]

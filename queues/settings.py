@@ -34,6 +34,7 @@ DEFAULT_TRITON_URL = "127.0.0.1:8000"
 DEFAULT_TRITON_TIMEOUT_S = 120.0
 DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
+DEFAULT_WORKER_HEARTBEAT_S = 10.0
 DEFAULT_WATCH_STABLE_S = 10.0
 DEFAULT_WATCH_POLL_S = 5.0
 CROP_AXES = "XYZ"
@@ -53,6 +54,8 @@ class Settings:
     fastio_pool_mb: int = DEFAULT_FASTIO_POOL_MB
     fastio_map_cache_mb: int = DEFAULT_FASTIO_MAP_CACHE_MB
     janitor_interval_s: float = DEFAULT_JANITOR_INTERVAL_S
+    # Each worker says it is alive this often; three missed beats and its stages are requeued.
+    worker_heartbeat_s: float = DEFAULT_WORKER_HEARTBEAT_S
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
@@ -100,7 +103,7 @@ class Settings:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size", "watch_poll_s"):
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -157,6 +160,7 @@ _VARIABLES = {
     "fastio_pool_mb": _positive_int,
     "fastio_map_cache_mb": _positive_int,
     "janitor_interval_s": float,
+    "worker_heartbeat_s": float,
     "visibility_timeout_s": float,
     "job_ttl_s": float,
     "data_root": Path,

@@ -1,4 +1,4 @@
-"""Worker process life cycle: warm heavy libraries before forking, run the janitor."""
+"""Worker process life cycle: warm heavy libraries before forking, beat a heartbeat, run the janitor."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import threading
 from celery import signals
 
 from fastio import sweep
+from queues.app import app
+from queues.recovery import beat, requeue_lost_stages
 from queues.settings import get_settings
 from workers.stage import redis_client
 
@@ -58,17 +60,30 @@ def warm_itk(**_: object) -> None:
 
 
 @signals.worker_ready.connect
-def start_janitor(**_: object) -> None:
-    """Sweep this host's FastIO memory periodically from the worker's main process."""
+def start_janitor(sender: object = None, **_: object) -> None:
+    """From the worker's main process: beat its heartbeat, and periodically sweep this host's
+    FastIO memory and requeue the stages of workers that were lost."""
     settings = get_settings()
+    node = getattr(sender, "hostname", "") or ""
     stop = threading.Event()
 
-    def loop() -> None:
+    def heartbeat() -> None:
+        while True:
+            try:
+                beat(redis_client(), settings.namespace, node, settings.worker_heartbeat_s)
+            except Exception:
+                log.exception("worker heartbeat failed")
+            if stop.wait(settings.worker_heartbeat_s):
+                return
+
+    def janitor() -> None:
         while not stop.wait(settings.janitor_interval_s):
             try:
                 sweep(redis_client(), settings.fastio_config())
+                requeue_lost_stages(app, redis_client(), settings)
             except Exception:
-                log.exception("fastio janitor sweep failed")
+                log.exception("janitor sweep failed")
 
-    threading.Thread(target=loop, name="carina-janitor", daemon=True).start()
+    threading.Thread(target=heartbeat, name="carina-heartbeat", daemon=True).start()
+    threading.Thread(target=janitor, name="carina-janitor", daemon=True).start()
     signals.worker_shutdown.connect(lambda **_: stop.set(), weak=False)

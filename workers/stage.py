@@ -57,7 +57,7 @@ class StageTask(Task):
         payload = args[0]
         stages = self._stages(payload)
         index = stages.index(self.name) + 1 if self.name in stages else 0
-        job_store().stage_started(payload["job"], self.name, index)
+        job_store().stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
     def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         try:

@@ -28,7 +28,7 @@ def lone_worker(redis_server, project_triton, tmp_path):
     """One worker (one pool process) on a database of its own."""
     env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/5"),
            "CARINA_NAMESPACE": f"chaos{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
-           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url}
+           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1"}
     settings = Settings.from_env(env)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")
@@ -112,3 +112,31 @@ def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker
     registry = Registry(client, config)
     assert registry.live() == {}
     assert segment_files(config) <= set(registry.pooled())
+
+
+def test_a_whole_worker_killed_mid_stage_has_its_stage_requeued_not_stuck_running(lone_worker, tmp_path):
+    env, settings, worker, log = lone_worker
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=6)
+    jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
+    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
+                 params={"overlap": 16, "num_workers": 1})
+    deadline = time.monotonic() + 120
+    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
+        assert time.monotonic() < deadline, jobs.get(job)
+        time.sleep(0.05)
+    lost = jobs.get(job).worker
+    os.killpg(worker.pid, signal.SIGKILL)  # parent and pool: nobody is left to put the message back
+    worker.wait()
+    time.sleep(1.0)
+    assert jobs.get(job).state == "running"  # what Clara 0.8.1 left for ever
+
+    # A worker starts again on the host; its janitor finds the dead one's heartbeat gone.
+    fast = {**env, "CARINA_JANITOR_INTERVAL_S": "1", "CARINA_WORKER_HEARTBEAT_S": "1"}
+    again = start_worker(fast, tmp_path / "again.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
+    try:
+        status = wait(jobs, job, 180)
+    finally:
+        stop_process_group(again)
+    assert status.state == "done", (status, (tmp_path / "again.log").read_text()[-3000:])
+    assert status.requeues == 1 and status.worker != lost
+    assert (tmp_path / "out" / "image.tif").is_file()
