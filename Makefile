@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton
+.PHONY: setup demo test bench clean triton browser
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ triton: setup
 demo: setup triton
 	$(BIN)/carina demo --output demo-output
 
-test: setup triton
+# Debian's Chromium for the browser test (headless); needs root, as CI has. Without it that one test skips.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq chromium >/dev/null; } || echo "no Chromium (needs root to install): the browser test will skip"
+
+test: setup triton browser
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

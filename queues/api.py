@@ -8,6 +8,7 @@ Contract (gaussian-blur-job-server.txt), for every pipeline::
                       → 200 {"msg": "Job has completed", "output_dir": ...} done
                       → 500 {"msg": "Job has failed", "error": ..., "stage": ...}
                       → 404 unknown uid
+    GET  /status      an HTML page of the most recent jobs, for people (refreshes itself)
 
 Refusals: 400 malformed JSON, unknown job_name or bad parameters; 401 missing or wrong
 bearer token (when ``CARINA_API_TOKEN`` is set); 403 a path outside ``CARINA_DATA_ROOT``;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import json
 import logging
 import uuid
@@ -31,7 +33,7 @@ from aiohttp import web
 from celery import Celery
 
 from queues.errors import BrokerUnavailable, CarinaError, InvalidJobRequest, UnknownJob, UnknownPipeline
-from queues.jobs import DONE, FAILED, JobStore
+from queues.jobs import DONE, FAILED, JobStatus, JobStore
 from queues.pipelines import PIPELINES, submit
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
@@ -146,6 +148,48 @@ async def query_job(request: web.Request) -> web.Response:
     return _json(202, msg="Job is running", state=status.state, stage=status.stage)
 
 
+STATUS_JOBS = 50  # the most recent jobs the status page lists
+
+
+def _status_rows(jobs: JobStore) -> list[JobStatus]:
+    rows = []
+    for job_id in jobs.recent(STATUS_JOBS):
+        try:
+            rows.append(jobs.get(job_id))
+        except UnknownJob:  # expired between the index and the record
+            continue
+    return rows
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """An HTML table of the most recent jobs (refreshing itself every 5 s), for people."""
+    try:
+        rows = await asyncio.to_thread(_status_rows, request.app[JOBS])
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise BrokerUnavailable(str(e)) from e
+    cells = []
+    for status in rows:
+        progress = f"{status.progress_done}/{status.progress_total}" if status.progress_total else ""
+        values = (status.job_id, status.pipeline, status.state, status.stage, progress, status.priority,
+                  status.error or status.output)
+        cells.append("<tr class='%s'>%s</tr>" % (html.escape(status.state),
+                                                 "".join(f"<td>{html.escape(str(v))}</td>" for v in values)))
+    page = STATUS_PAGE.format(count=len(rows), rows="\n".join(cells) or "<tr><td colspan=7>no jobs yet</td></tr>")
+    return web.Response(text=page, content_type="text/html")
+
+
+STATUS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>Carina jobs</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{padding:.3em .8em;
+border-bottom:1px solid #ddd;text-align:left}}.failed{{color:#b00}}.done{{color:#070}}</style></head>
+<body><h1>Carina: the {count} most recent jobs</h1>
+<table><tr><th>job</th><th>pipeline</th><th>state</th><th>stage</th><th>progress</th><th>priority</th>
+<th>output or error</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -160,6 +204,7 @@ def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> w
     app.router.add_post("/job", post_job)
     app.router.add_get("/query/{uid}", query_job)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/status", status_page)
     return app
 
 
