@@ -258,7 +258,7 @@ class Watcher:
         if self._inbox_missing:
             log.info("watch: inbox %s is back", self.inbox)
             self._inbox_missing = False
-        records = self._records()
+        records = self.records()
         present = set()
         for entry in sorted(self.inbox.iterdir()):
             name = entry.name
@@ -307,7 +307,7 @@ class Watcher:
         log.info("watch: %s → %s job %s (output %s)", entry.name, rule.pipeline, job_id, output)
 
     def _follow(self) -> None:
-        for name, record in self._records().items():
+        for name, record in self.records().items():
             entry = self.inbox / name
             try:
                 status = self.jobs.get(record["job"])
@@ -329,7 +329,8 @@ class Watcher:
                                     f"{status.stage}: {status.error}", job=status.job_id)
             self.redis.hdel(self.records_key, name)
 
-    def _records(self) -> dict[str, dict[str, Any]]:
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Entries with a job under way: name → {"job", "signature", "pipeline"}."""
         return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.records_key).items()}
 
     def _file_away(self, entry: Path, folder: str, error: str | None, job: str | None = None) -> Path:

@@ -56,13 +56,13 @@ def test_a_stable_drop_starts_one_job_and_is_filed_in_done(deployment, inbox):
         for _ in range(5):
             watcher.scan()
             time.sleep(0.1)
-        assert watcher._records() == {}
+        assert watcher.records() == {}
         f.write(before[len(before) // 2:])
     scan_until(watcher, lambda: (inbox / "done" / "ct.nii.gz").exists())
     assert (inbox / "done" / "ct.nii.gz").read_bytes() == before
     [result] = (inbox.parent / "results").iterdir()
     assert result.name.startswith("ct.nii.gz-") and (result / "output.mhd").is_file()
-    assert watcher._records() == {}
+    assert watcher.records() == {}
 
 
 def test_names_still_being_copied_wait_until_renamed(deployment, inbox):
@@ -71,7 +71,7 @@ def test_names_still_being_copied_wait_until_renamed(deployment, inbox):
     for _ in range(8):
         watcher.scan()
         time.sleep(0.1)
-    assert watcher._records() == {} and not (inbox / "done").exists()
+    assert watcher.records() == {} and not (inbox / "done").exists()
     (inbox / "big.nii.gz.part").rename(inbox / "big.nii.gz")
     scan_until(watcher, lambda: (inbox / "done" / "big.nii.gz").exists())
 
@@ -80,7 +80,7 @@ def test_a_restarted_watcher_follows_its_job_and_picks_up_what_came_meanwhile(de
     jobs_before = set(deployment.jobs().recent(1000))
     first = make_watcher(deployment, inbox)
     volume_file(inbox / "one.nii.gz")
-    scan_until(first, lambda: first._records() != {})
+    scan_until(first, lambda: first.records() != {})
     del first  # the daemon stops with a job under way ...
     volume_file(inbox / "two.nii.gz")  # ... and something arrives while it is down
     second = make_watcher(deployment, inbox)
