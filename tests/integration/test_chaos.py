@@ -39,17 +39,22 @@ def lone_worker(redis_server, project_triton, tmp_path):
         redis.Redis.from_url(settings.redis_url).flushdb()
 
 
-def test_a_pool_process_killed_mid_stage_is_replaced_and_the_stage_redelivered(lone_worker, tmp_path):
-    env, settings, worker, log = lone_worker
-    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=5)
+def slide_job_under_inference(settings: Settings, tmp_path, seed: int) -> tuple[JobStore, str]:
+    """Submit nuclei-seg on a generated slide and return once its inference stage has tiles done."""
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=seed)
     jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
     job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
                  params={"overlap": 16, "num_workers": 1})
-
     deadline = time.monotonic() + 120
     while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
         assert time.monotonic() < deadline, jobs.get(job)
         time.sleep(0.05)
+    return jobs, job
+
+
+def test_a_pool_process_killed_mid_stage_is_replaced_and_the_stage_redelivered(lone_worker, tmp_path):
+    env, settings, worker, log = lone_worker
+    jobs, job = slide_job_under_inference(settings, tmp_path, seed=5)
     [child] = psutil.Process(worker.pid).children()  # the pool process running the stage
     os.kill(child.pid, signal.SIGKILL)
 
@@ -116,14 +121,7 @@ def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker
 
 def test_a_whole_worker_killed_mid_stage_has_its_stage_requeued_not_stuck_running(lone_worker, tmp_path):
     env, settings, worker, log = lone_worker
-    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=6)
-    jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
-    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
-                 params={"overlap": 16, "num_workers": 1})
-    deadline = time.monotonic() + 120
-    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
-        assert time.monotonic() < deadline, jobs.get(job)
-        time.sleep(0.05)
+    jobs, job = slide_job_under_inference(settings, tmp_path, seed=6)
     lost = jobs.get(job).worker
     os.killpg(worker.pid, signal.SIGKILL)  # parent and pool: nobody is left to put the message back
     worker.wait()
