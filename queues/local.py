@@ -92,9 +92,11 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
 
 @dataclass
 class LocalRedis:
-    """A throw-away redis-server on 127.0.0.1: no persistence, stopped by :meth:`stop`."""
+    """A throw-away redis-server on 127.0.0.1, stopped by :meth:`stop`; ``persistent`` keeps an
+    append-only file (fsync'd each write) in its folder, so :meth:`restart` loses nothing."""
 
     port: int = field(default_factory=free_port)
+    persistent: bool = False
     process: subprocess.Popen | None = None
     workdir: Path | None = None
 
@@ -103,9 +105,10 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> "LocalRedis":
-        self.workdir = Path(tempfile.mkdtemp(prefix="carina-redis-"))
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="carina-redis-"))
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+               "--save", "", *persistence, "--dir", str(self.workdir),
                "--logfile", str(self.workdir / "redis.log")]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
@@ -124,6 +127,18 @@ class LocalRedis:
                 client.close()
 
     def stop(self) -> None:
+        self._terminate()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server as an operator would (SIGTERM), stay down ``down_s``, start it again
+        on the same port and folder."""
+        self._terminate()
+        time.sleep(down_s)
+        self.start()
+
+    def _terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -131,8 +146,6 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRedis":
         return self.start()

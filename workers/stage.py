@@ -15,21 +15,29 @@ from typing import Any
 import numpy as np
 import redis
 from celery import Task
+from celery.exceptions import Ignore
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from fastio import AlreadyPublished, FastIOContext, NotLocal
 from monitoring.metrics import record_stage
+from queues.errors import UnknownJob
 from queues.jobs import JobStore
 from queues.settings import get_settings
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 3
+REDIS_RETRIES, REDIS_BACKOFF_CAP_S = 10, 4.0
 _STARTED: dict[str, float] = {}  # task id → when this process started it
 
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    """This worker process's connection pool (created after fork, on first use)."""
-    return redis.Redis.from_url(get_settings().redis_url)
+    """This worker process's connection pool (created after fork, on first use). Commands are
+    retried with backoff through about half a minute of Redis being away (a restart)."""
+    return redis.Redis.from_url(get_settings().redis_url,
+                                retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), REDIS_RETRIES),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 def job_store() -> JobStore:
@@ -60,6 +68,11 @@ class StageTask(Task):
         job_store().stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
     def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.request.called_directly and self._job_already_finished(payload["job"]):
+            # A stale redelivery (a message whose acknowledgement was lost with a Redis
+            # restart comes back after the visibility timeout): the job ended long ago.
+            log.warning("job %s has ended; %s redelivered late, dropped", payload["job"], self.name)
+            raise Ignore()
         try:
             return super().__call__(payload, *args, **kwargs)
         except NotLocal as e:
@@ -87,10 +100,14 @@ class StageTask(Task):
         return self.advance(payload, handles={**payload["handles"], name: name})
 
     def report_progress(self, payload: dict[str, Any], done: int, total: int) -> None:
-        """Units done in this stage: in the job record (``carina status``) and the task state (Flower)."""
-        job_store().progress(payload["job"], done, total)
-        if not self.request.called_directly:
-            self.update_state(state="PROGRESS", meta={"job": payload["job"], "done": done, "total": total})
+        """Units done in this stage: in the job record (``carina status``) and the task state
+        (Flower). Best effort: a report lost while Redis is away does not stop the work."""
+        try:
+            job_store().progress(payload["job"], done, total)
+            if not self.request.called_directly:
+                self.update_state(state="PROGRESS", meta={"job": payload["job"], "done": done, "total": total})
+        except redis.RedisError as e:
+            log.warning("job %s: progress %d/%d not recorded: %s", payload["job"], done, total, e)
 
     def advance(self, payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
         """The payload for the next stage, with this stage recorded in its trace."""
@@ -114,6 +131,13 @@ class StageTask(Task):
         log.error("job %s failed in %s: %s", job_id, self.name, exc)
         job_store().failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
         self._finish(job_id)
+
+    @staticmethod
+    def _job_already_finished(job_id: str) -> bool:
+        try:
+            return job_store().get(job_id).finished
+        except UnknownJob:  # expired, or a stage run outside the job store: let it run
+            return False
 
     def _record_duration(self, task_id: str, outcome: str) -> None:
         started = _STARTED.pop(task_id, None)

@@ -138,3 +138,38 @@ def test_a_whole_worker_killed_mid_stage_has_its_stage_requeued_not_stuck_runnin
     assert status.state == "done", (status, (tmp_path / "again.log").read_text()[-3000:])
     assert status.requeues == 1 and status.worker != lost
     assert (tmp_path / "out" / "image.tif").is_file()
+
+
+def test_a_redis_restart_during_a_job_loses_nothing(project_triton, tmp_path):
+    from queues.local import LocalRedis
+
+    server = LocalRedis(persistent=True).start()
+    env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": f"rr{uuid.uuid4().hex[:6]}",
+           "CARINA_SHM_DIR": "/dev/shm", "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url}
+    settings = Settings.from_env(env)
+    worker = start_worker(env, tmp_path / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
+    try:
+        jobs, job = slide_job_under_inference(settings, tmp_path, seed=8)
+        server.restart(down_s=2.0)  # broker, results and registry all away for two seconds
+        status = wait(jobs, job, 300)
+        assert status.state == "done", (status, (tmp_path / "worker.log").read_text()[-3000:])
+        assert (tmp_path / "out" / "image.tif").is_file()
+        assert Registry(jobs.redis, settings.fastio_config()).live() == {}
+        assert "Connection to broker lost" in (tmp_path / "worker.log").read_text()  # the restart was felt
+    finally:
+        stop_process_group(worker)
+        server.stop()
+
+
+def test_a_stage_delivered_after_its_job_ended_is_dropped(deployment, sample, tmp_path):  # noqa: F811
+    job = submit(deployment.app, deployment.settings, "fastio-itk", sample[0], tmp_path / "out")
+    assert wait(deployment.jobs(), job, 60).state == "done"
+    # What a lost acknowledgement brings back hours later: the job's first stage, again.
+    stale = {"job": job, "pipeline": "fastio-itk", "input": str(sample[0]), "output": str(tmp_path / "again"),
+             "config": None, "params": {}, "handles": {}, "trace": []}
+    deployment.app.send_task("carina.fastio_itk.read_volume", args=(stale,), queue="io")
+    deadline = time.monotonic() + 30
+    while "redelivered late, dropped" not in deployment.log_tail():
+        assert time.monotonic() < deadline, deployment.log_tail()
+        time.sleep(0.2)
+    assert deployment.jobs().get(job).state == "done" and not (tmp_path / "again").exists()
