@@ -89,11 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_worker)
 
     p = sub.add_parser("watch", help="watch an inbox folder: each stable file or folder dropped in starts a job")
-    p.add_argument("inbox", type=Path, help="the folder watched (done/ and failed/ are made inside it)")
+    p.add_argument("inbox", type=Path, nargs="?",
+                   help="the folder watched, done/ and failed/ made inside it (default CARINA_WATCH_INBOX, ./inbox)")
     p.add_argument("--rules", type=Path, help="JSON rules mapping entries to pipelines (default: slides → nuclei-seg, "
                                               "CT abdomen DICOM and volumes → spleen-seg, other DICOM → 3dblur)")
-    p.add_argument("--output", type=Path, default=Path("results"),
-                   help="each job writes into OUTPUT/<entry>-<job id> (default ./results)")
+    p.add_argument("--output", type=Path,
+                   help="each job writes into OUTPUT/<entry>-<job id> (default CARINA_WATCH_OUTPUT, ./results)")
     p.add_argument("--stable-s", type=float, help="seconds an entry must stay unchanged (default CARINA_WATCH_STABLE_S, 10)")
     p.add_argument("--poll-s", type=float, help="seconds between scans (default CARINA_WATCH_POLL_S, 5)")
     p.add_argument("--poll", action="store_true", help="scan only, no change notifications (network filesystems)")
@@ -106,13 +107,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="serve Carina's Prometheus metrics (jobs, stages, queues, FastIO)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9808, help="port (default 9808)")
+    p.add_argument("--port", type=int, help="port (default CARINA_METRICS_PORT, 9808)")
     p.add_argument("--once", action="store_true", help="print them once and exit")
     p.set_defaults(run=_metrics)
 
     p = sub.add_parser("flower", help="the Flower dashboard with the project's configuration")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5555, help="port (default 5555)")
+    p.add_argument("--port", type=int, help="port (default CARINA_FLOWER_PORT, 5555)")
     p.set_defaults(run=_flower)
 
     p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host; requeue stages of lost workers")
@@ -125,8 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default CARINA_API_PORT, 8080)")
     p.set_defaults(run=_api)
 
+    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port (loopback, no persistence)")
+    p.set_defaults(run=_redis_server)
+
     p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; CARINA_TRITON_URL points at it)")
+    p.add_argument("--port", type=int, help="HTTP port (default: the port of CARINA_TRITON_URL, 8000)")
     p.add_argument("--models", type=Path, help="model repository (default: the project's models/)")
     p.set_defaults(run=_triton)
 
@@ -273,6 +277,17 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_server(args: argparse.Namespace) -> int:
+    from urllib.parse import urlparse
+
+    from queues.local import redis_server_binary
+
+    port = urlparse(get_settings().redis_url).port or 6379
+    binary = redis_server_binary()
+    os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    return 0  # not reached
+
+
 def _triton(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -282,7 +297,8 @@ def _triton(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalTriton(model_repository=args.models or REPO_ROOT / "models", http_port=args.port) as server:
+    port = args.port or int(get_settings().triton_url.rsplit(":", 1)[1])
+    with LocalTriton(model_repository=args.models or REPO_ROOT / "models", http_port=port) as server:
         print(f"Triton ready at {server.url} (log: {server.log}); Ctrl-C stops it", flush=True)
         while not stop.wait(1.0):
             if server.process is not None and server.process.poll() is not None:
@@ -301,7 +317,10 @@ def _watch(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules) if args.rules else DEFAULT_RULES
     stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
     poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
-    watch(args.inbox.absolute(), args.output.absolute(), rules, settings, stable_s, poll_s, use_watchdog=not args.poll)
+    inbox = (args.inbox or settings.watch_inbox).absolute()
+    inbox.mkdir(parents=True, exist_ok=True)
+    output = (args.output or settings.watch_output).absolute()
+    watch(inbox, output, rules, settings, stable_s, poll_s, use_watchdog=not args.poll)
     return 0
 
 
@@ -330,7 +349,7 @@ def _metrics(args: argparse.Namespace) -> int:
     if args.once:
         print(dumps(settings, redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)), end="")
         return 0
-    serve(settings, args.host, args.port)
+    serve(settings, args.host, args.port or settings.metrics_port)
     return 0
 
 
@@ -344,7 +363,7 @@ def _flower(args: argparse.Namespace) -> int:
                           "(user:password) or keep it on 127.0.0.1")
     config = Path(__file__).resolve().parents[1] / "monitoring" / "flowerconfig.py"
     argv = [sys.executable, "-m", "celery", "-A", "queues.app", "flower", f"--conf={config}",
-            f"--address={args.address}", f"--port={args.port}"]
+            f"--address={args.address}", f"--port={args.port or settings.flower_port}"]
     # Credentials by environment, never on a command line that `ps` shows.
     env = {**os.environ, **({"FLOWER_BASIC_AUTH": settings.flower_auth} if settings.flower_auth else {})}
     os.execve(sys.executable, argv, env)

@@ -1,17 +1,18 @@
 """``carina demo``: the product tour on generated data.
 
-A private redis-server, Triton, a worker, Flower and the watch-folder daemon; every pipeline
-submitted as an app would, plus one study dropped into the watch folder; a results table with
-the Flower URL and the PNG previews; then everything is stopped.
+Every service of the ``Procfile`` — redis-server, Triton, a cpu and a gpu worker, the HTTP API,
+the watch-folder daemon, Flower, the metrics exporter — started by honcho on free loopback
+ports; every pipeline submitted as an app would, plus one study dropped into the watch folder;
+a results table with the URLs and the PNG previews; then everything is stopped.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,14 @@ import redis
 from fastio import drain_pool
 from queues.app import create_app
 from queues.jobs import JobStatus, JobStore
-from queues.local import LocalRedis, free_port, start_worker, stop_process_group
+from queues.errors import ServiceError
+from queues.local import free_port
 from queues.pipelines import submit, wait
 from queues.settings import Settings
-from queues.triton import REPO_ROOT, LocalTriton
-from queues.watch import DEFAULT_RULES, Watcher
+from queues.triton import REPO_ROOT
 
 JOB_TIMEOUT_S = 300
+READY_TIMEOUT_S = 300  # the first start of Triton loads both models
 DROPPED = "dropped-abdomen.nii.gz"  # a copy of the spleen-seg sample, dropped into the inbox
 
 
@@ -60,45 +62,41 @@ def run_demo(out: Path) -> bool:
         subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(out / "input" / job.sample),
                         *job.sample_args], check=True, stdout=subprocess.DEVNULL)
     print(f"generated samples in {out / 'input'}")
+    inbox = out / "inbox"
+    for folder in (inbox, out / "result-watch"):  # a fresh tour each time
+        shutil.rmtree(folder, ignore_errors=True)
+    ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
+    env = {**os.environ, "CARINA_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+           "CARINA_TRITON_URL": f"127.0.0.1:{ports['triton']}", "CARINA_API_PORT": str(ports["api"]),
+           "CARINA_FLOWER_PORT": str(ports["flower"]), "CARINA_METRICS_PORT": str(ports["metrics"]),
+           "CARINA_NAMESPACE": "carina-demo", "CARINA_WATCH_INBOX": str(inbox),
+           "CARINA_WATCH_OUTPUT": str(out / "result-watch"), "CARINA_WATCH_STABLE_S": "1",
+           "CARINA_WATCH_POLL_S": "0.5", "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": "",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    settings = Settings.from_env(env)
     results: list[tuple[DemoJob, JobStatus]] = []
-    with LocalRedis() as server, LocalTriton(REPO_ROOT / "models") as triton:
-        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "carina-demo",
-               "CARINA_TRITON_URL": triton.url}
-        settings = Settings.from_env(env)
-        client = redis.Redis.from_url(server.url)
-        print(f"redis at {server.url}, Triton at {triton.url}")
-        worker = start_worker(env, out / "worker.log", "io,cpu,gpu", concurrency=2)
-        flower_port = free_port()
-        flower = start_flower(env, flower_port, out / "flower.log")
-        inbox = out / "inbox"
-        for folder in (inbox, out / "result-watch"):  # a fresh tour each time
-            shutil.rmtree(folder, ignore_errors=True)
-        inbox.mkdir(parents=True)
+    services = start_procfile(env, out / "services.log")
+    try:
+        client = wait_until_ready(settings, services, out / "services.log")
+        print(f"services of the Procfile up (log: {out / 'services.log'}):\n"
+              f"  Flower   http://127.0.0.1:{ports['flower']}/tasks\n"
+              f"  jobs     http://127.0.0.1:{ports['api']}/status\n"
+              f"  metrics  http://127.0.0.1:{ports['metrics']}/metrics")
         app = create_app(settings)
-        stop_watching = threading.Event()
-        watcher = Watcher(inbox, out / "result-watch", DEFAULT_RULES, settings, app, client, stable_s=1.0)
-        watching = threading.Thread(target=watcher.run, args=(stop_watching, 0.5), daemon=True)
-        watching.start()
-        print(f"Flower at http://127.0.0.1:{flower_port}/tasks (until the demo ends); watching {inbox}")
-        try:
-            jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
-            submitted = [(job, submit(app, settings, job.pipeline, out / "input" / job.sample,
-                                      out / f"result-{job.pipeline}", params=job.params)) for job in DEMO_JOBS]
-            shutil.copyfile(out / "input" / "abdomen.nii.gz", inbox / DROPPED)
-            print(f"dropped {DROPPED} into {inbox}")
-            for job, job_id in submitted:
-                print(f"{job.pipeline} job {job_id}: {job.what}")
-                results.append((job, wait(jobs, job_id, JOB_TIMEOUT_S,
-                                          on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))))
-            results.append((DemoJob("spleen-seg", DROPPED, (), what="from the watch folder"),
-                            wait_for_drop(watcher, inbox / DROPPED, jobs)))
-        finally:
-            stop_watching.set()
-            watching.join(timeout=10)
-            stop_process_group(flower)
-            stop_process_group(worker, grace_s=30)
-            drain_pool(client, settings.fastio_config())
-            client.close()
+        jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+        submitted = [(job, submit(app, settings, job.pipeline, out / "input" / job.sample,
+                                  out / f"result-{job.pipeline}", params=job.params)) for job in DEMO_JOBS]
+        shutil.copyfile(out / "input" / "abdomen.nii.gz", inbox / DROPPED)
+        print(f"dropped {DROPPED} into {inbox}")
+        for job, job_id in submitted:
+            print(f"{job.pipeline} job {job_id}: {job.what}")
+            results.append((job, wait(jobs, job_id, JOB_TIMEOUT_S,
+                                      on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))))
+        results.append((DemoJob("spleen-seg", DROPPED, (), what="from the watch folder"),
+                        wait_for_drop(inbox / DROPPED, out / "result-watch", jobs)))
+        drain_pool(client, settings.fastio_config())
+    finally:
+        stop_procfile(services)
     print(f"\n{'pipeline':12} {'state':8} output")
     for job, status in results:
         print(f"{job.pipeline:12} {status.state:8} {status.output or status.error or 'timed out'}")
@@ -110,30 +108,61 @@ def run_demo(out: Path) -> bool:
                 print(f"{'':22}… and {len(files) - 4} more files")
     previews = sorted(out.glob("result-*/**/*.png"))
     print("\npreviews:\n" + "\n".join(f"  {p}" for p in previews))
-    ok = all(status.state == "done" for _, status in results)
+    ok = len(results) == len(DEMO_JOBS) + 1 and all(status.state == "done" for _, status in results)
     if not ok:
-        print(f"worker log: {out / 'worker.log'}")
+        print(f"services log: {out / 'services.log'}")
     return ok
 
 
-def start_flower(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """``carina flower`` on 127.0.0.1:``port`` (no credentials: loopback only), logging to ``log``."""
+def start_procfile(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``honcho start`` on the project's Procfile, in its own process group, logging to ``log``."""
+    honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
     with open(log, "w") as stream:
-        return subprocess.Popen([sys.executable, "-m", "queues.cli", "flower", "--port", str(port)],
-                                env={**env, "CARINA_FLOWER_AUTH": ""}, stdout=stream, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen([honcho, "start", "-f", str(REPO_ROOT / "Procfile"), "-d", str(REPO_ROOT)],
+                                env=env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for_drop(watcher: Watcher, entry: Path, jobs: JobStore) -> JobStatus:
-    """The status of the job the watcher started for ``entry``, once it has ended."""
+def wait_until_ready(settings: Settings, services: subprocess.Popen, log: Path) -> redis.Redis:
+    """Wait until ``carina health`` finds Redis, both workers and Triton; returns a Redis client.
+
+    Raises:
+        ServiceError: a service exited, or not everything was up within READY_TIMEOUT_S.
+    """
+    from monitoring.health import check_all
+
+    app = create_app(settings)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        checks = check_all(settings, app, timeout_s=1.0)
+        workers = next(c for c in checks if c.name == "workers")
+        if all(c.ok for c in checks) and workers.detail.count("@") >= 2:
+            return redis.Redis.from_url(settings.redis_url)
+        if services.poll() is not None or time.monotonic() > deadline:
+            raise ServiceError("the Procfile's services did not come up: "
+                               + "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
+                               + f"\n{log.read_text()[-3000:]}")
+        time.sleep(1.0)
+
+
+def stop_procfile(services: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM honcho (it stops every service and waits for them); SIGKILL the group after ``grace_s``."""
+    if services.poll() is None:
+        services.send_signal(signal.SIGTERM)
+        try:
+            services.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(services.pid, signal.SIGKILL)
+            services.wait()
+
+
+def wait_for_drop(entry: Path, output_root: Path, jobs: JobStore) -> JobStatus:
+    """The status of the job the watch folder ran for ``entry``, once it has been filed away."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    job_id = None
-    while job_id is None and time.monotonic() < deadline:
-        job_id = watcher.records().get(entry.name, {}).get("job")
+    while entry.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    if job_id is None:
-        return JobStatus(job_id="", pipeline="?", state="failed", stages=[], error="the watcher started no job")
-    status = wait(jobs, job_id, max(1.0, deadline - time.monotonic()))
-    while entry.exists() and time.monotonic() < deadline:  # filed into done/ or failed/
-        time.sleep(0.2)
-    return status
+    for job_id in jobs.recent(50):
+        status = jobs.get(job_id)
+        if status.output.startswith(str(output_root / entry.name)):
+            return status
+    return JobStatus(job_id="", pipeline="?", state="failed", stages=[],
+                     error=f"the watch folder ran no job for {entry.name} within {JOB_TIMEOUT_S} s")

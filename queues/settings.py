@@ -78,8 +78,12 @@ class Settings:
     # Watch folders: an entry starts a job once unchanged this long; the inbox is scanned this often.
     watch_stable_s: float = DEFAULT_WATCH_STABLE_S
     watch_poll_s: float = DEFAULT_WATCH_POLL_S
+    watch_inbox: Path = Path("inbox")
+    watch_output: Path = Path("results")
     # Flower's basic auth, "user:password" (several comma-separated); required beyond loopback.
     flower_auth: str = ""
+    flower_port: int = 5555
+    metrics_port: int = 9808
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -176,6 +180,10 @@ _VARIABLES = {
     "watch_stable_s": float,
     "watch_poll_s": float,
     "flower_auth": str,
+    "flower_port": _positive_int,
+    "metrics_port": _positive_int,
+    "watch_inbox": Path,
+    "watch_output": Path,
 }
 
 
