@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser
+.PHONY: setup demo test bench clean triton browser compose
 
 setup: $(STAMP)
 
@@ -28,7 +28,14 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq chromium >/dev/null; } || echo "no Chromium (needs root to install): the browser test will skip"
 
-test: setup triton browser
+# A Compose client to validate docker-compose.yml (`docker compose` where the plugin is there,
+# else Debian's docker-compose); no Docker engine is needed. Needs root to install.
+compose:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || \
+		echo "no Compose client (needs root to install): the compose validation test will skip"
+
+test: setup triton browser compose
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -51,3 +51,32 @@ def test_every_procfile_command_is_a_carina_command_that_exists():
         words = command.split("carina ", 1)[1].split()
         out = subprocess.run([sys.executable, "-m", "queues.cli", words[0], "--help"], capture_output=True, text=True)
         assert out.returncode == 0, (name, out.stderr)
+
+
+def compose_client() -> list[str] | None:
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_a_compose_client_accepts_the_file_and_demands_the_secrets(tmp_path):
+    import os
+    import subprocess
+
+    import pytest
+
+    client = compose_client()
+    if client is None:
+        pytest.skip("no Compose client: `make compose` installs one (root)")
+    command = [*client, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
+    secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret"}
+    ok = subprocess.run(command, env={**os.environ, **secrets}, capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bare = {k: v for k, v in os.environ.items() if k not in secrets}
+    refused = subprocess.run(command, env=bare, capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode != 0 and "CARINA_API_TOKEN" in refused.stderr
