@@ -2,8 +2,8 @@
 
 Task names are the pipeline stages (``carina.<pipeline>.<stage>``); the columns below put the
 stage, its state and the worker (whose node name ends in ``@<host id>``) first. A running
-stage that counts its work (windows, tiles) shows ``PROGRESS`` with ``{"done", "total"}`` in
-its result. ``carina flower`` adds basic auth from ``CARINA_FLOWER_AUTH`` (user:password) and
+stage that counts its work (windows, tiles) shows ``PROGRESS`` with ``{"job", "stage", "done",
+"total", "percent"}`` in its result. ``carina flower`` adds basic auth from ``CARINA_FLOWER_AUTH`` (user:password) and
 refuses to listen beyond loopback without it. Flower serves its own Prometheus metrics at
 ``/metrics``; ``carina metrics`` serves Carina's (jobs, stages, queues, FastIO).
 """

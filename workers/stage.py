@@ -105,7 +105,8 @@ class StageTask(Task):
         try:
             job_store().progress(payload["job"], done, total)
             if not self.request.called_directly:
-                self.update_state(state="PROGRESS", meta={"job": payload["job"], "done": done, "total": total})
+                self.update_state(state="PROGRESS", meta={"job": payload["job"], "stage": self.name, "done": done,
+                                                          "total": total, "percent": round(100 * done / total, 1)})
         except redis.RedisError as e:
             log.warning("job %s: progress %d/%d not recorded: %s", payload["job"], done, total, e)
 

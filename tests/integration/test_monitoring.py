@@ -134,3 +134,24 @@ def test_flower_needs_credentials_beyond_loopback_and_checks_them(deployment, tm
         assert http_get(f"http://127.0.0.1:{port}/workers", timeout_s=10, headers=wrong)[0] == 401
     finally:
         stop_process_group(flower)
+
+
+def test_a_counting_stage_shows_its_progress_to_flower(deployment, tmp_path):
+    from ops.samples import he_slide
+
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=9)
+    job = submit(deployment.app, deployment.settings, "nuclei-seg", slide, tmp_path / "out",
+                 params={"overlap": 16, "num_workers": 1})
+    jobs, seen = deployment.jobs(), None
+    deadline = time.monotonic() + 120
+    while seen is None:
+        status = jobs.get(job)
+        assert time.monotonic() < deadline and not status.finished, status
+        if status.stage == "carina.nuclei.segment" and status.progress_done:
+            result = deployment.app.AsyncResult(status.stage_task)  # what Flower shows for the task
+            if result.state == "PROGRESS":
+                seen = result.info
+        time.sleep(0.05)
+    assert seen["job"] == job and seen["stage"] == "carina.nuclei.segment"
+    assert 0 < seen["done"] <= seen["total"] and seen["percent"] == round(100 * seen["done"] / seen["total"], 1)
+    assert wait(jobs, job, 120).state == "done"
