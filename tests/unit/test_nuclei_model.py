@@ -91,15 +91,6 @@ def test_the_config_declares_the_interface_and_dynamic_batching():
         assert expected in config
 
 
-def test_model_py_keeps_the_site_packages_lines_first_and_compiles():
-    text = MODEL_PY.read_text()
-    assert text.splitlines()[:2] == [
-        "import os, sys",
-        'sys.path[:0] = [p for p in os.environ.get("CARINA_TRITON_SITE_PACKAGES", "").split(os.pathsep) if p]',
-    ]
-    compile(text, str(MODEL_PY), "exec")
-
-
 def test_model_py_casts_to_uint8_runs_several_requests_as_one_batch_and_splits_the_answers(session, monkeypatch):
     model, pb = load_triton_model(MODEL_PY, monkeypatch)
     assert model.input_dtype == np.uint8

@@ -73,13 +73,15 @@ def test_a_batch_of_two_finds_the_spleen_in_unseen_phantoms(session):
         assert dice(prediction, target) >= 0.7
 
 
-def test_model_py_keeps_the_site_packages_lines_first_and_compiles():
-    text = MODEL_PY.read_text()
+@pytest.mark.parametrize("model_py", sorted(MODEL_PY.parents[2].glob("*/1/model.py")),
+                         ids=lambda path: path.parents[1].name)
+def test_every_model_py_keeps_the_site_packages_lines_first_and_compiles(model_py):
+    text = model_py.read_text()
     assert text.splitlines()[:2] == [
         "import os, sys",
         'sys.path[:0] = [p for p in os.environ.get("CARINA_TRITON_SITE_PACKAGES", "").split(os.pathsep) if p]',
     ]
-    compile(text, str(MODEL_PY), "exec")
+    compile(text, str(model_py), "exec")
 
 
 def fake_pb_utils() -> types.ModuleType:
