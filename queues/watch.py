@@ -136,9 +136,28 @@ def is_partial(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
 
 
+def companions(entry: Path) -> list[Path]:
+    """The files beside a MetaImage header (``.mhd``) that hold its pixels and so belong to the
+    same drop: its ``ElementDataFile`` and ``<stem>.raw``/``<stem>.zraw``, whether or not they
+    have arrived yet (a header is often copied before its data)."""
+    if not entry.is_file() or entry.suffix.lower() != ".mhd":
+        return []
+    names = {f"{entry.stem}.raw", f"{entry.stem}.zraw"}
+    try:
+        header = entry.read_text(errors="replace")[:65536]
+    except OSError:
+        header = ""
+    for line in header.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile" and value.strip() and "/" not in value and "%" not in value:
+            names.add(value.strip())
+    names.discard("LOCAL")
+    return [entry.parent / name for name in sorted(names)]
+
+
 def _files(entry: Path) -> list[Path]:
     if entry.is_file():
-        return [entry]
+        return [entry, *(c for c in companions(entry) if c.is_file())]
     return sorted(p for p in entry.rglob("*") if p.is_file() and not any(is_partial(part) for part in
                                                                              p.relative_to(entry).parts))
 
@@ -149,7 +168,7 @@ def signature(entry: Path) -> str:
     digest = hashlib.sha256()
     for path in _files(entry):
         stat = path.stat()
-        digest.update(f"{path.relative_to(entry) if path != entry else path.name}\0{stat.st_size}\0"
+        digest.update(f"{path.relative_to(entry) if entry.is_dir() else path.name}\0{stat.st_size}\0"
                       f"{stat.st_mtime_ns}\n".encode())
     if entry.is_dir():
         digest.update(b"dir")
@@ -260,9 +279,11 @@ class Watcher:
             self._inbox_missing = False
         records = self.records()
         present = set()
-        for entry in sorted(self.inbox.iterdir()):
+        entries = sorted(self.inbox.iterdir())
+        belonging = {c.name for entry in entries for c in companions(entry)}  # a header's data files
+        for entry in entries:
             name = entry.name
-            if name in (DONE_DIR, FAILED_DIR) or is_partial(name) or name in records:
+            if name in (DONE_DIR, FAILED_DIR) or is_partial(name) or name in records or name in belonging:
                 continue
             present.add(name)
             try:
@@ -334,14 +355,17 @@ class Watcher:
         return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.records_key).items()}
 
     def _file_away(self, entry: Path, folder: str, error: str | None, job: str | None = None) -> Path:
-        """Move ``entry`` into ``done/`` or ``failed/`` (never over another: a suffix is added),
-        with ``<name>.error.txt`` beside it for a failure."""
+        """Move ``entry`` (and its companions) into ``done/`` or ``failed/`` (never over another:
+        a suffix is added), with ``<name>.error.txt`` beside it for a failure."""
         target_dir = self.inbox / folder
         target_dir.mkdir(exist_ok=True)
-        target = target_dir / entry.name
-        if target.exists() or Path(f"{target}.error.txt").exists():
-            target = target_dir / f"{entry.name}.{job[:8] if job else uuid.uuid4().hex[:8]}"
-        shutil.move(str(entry), str(target))
+        suffix = ""
+        moving = [entry, *(c for c in companions(entry) if c.exists())]
+        if any((target_dir / p.name).exists() for p in moving) or (target_dir / f"{entry.name}.error.txt").exists():
+            suffix = f".{job[:8] if job else uuid.uuid4().hex[:8]}"
+        for path in moving:
+            shutil.move(str(path), str(target_dir / f"{path.name}{suffix}"))
+        target = target_dir / f"{entry.name}{suffix}"
         if error is not None:
             Path(f"{target}.error.txt").write_text(f"{error}\n")
         log.info("watch: %s → %s/%s", entry.name, folder, target.name)

@@ -140,3 +140,15 @@ def test_an_inbox_deleted_while_watching_is_waited_for(deployment, inbox, caplog
             stop.set()
             thread.join(timeout=10)
     assert "is back" in caplog.text
+
+
+def test_a_metaimage_header_and_its_data_file_are_one_drop(deployment, inbox):
+    watcher = make_watcher(deployment, inbox)
+    volume = (np.arange(8 * 12 * 10) % 300).astype(np.int16).reshape(8, 12, 10)
+    write_volume(volume, GEOMETRY, inbox / "ct.mhd")  # ct.mhd + ct.raw, loose in the inbox
+    assert (inbox / "ct.raw").is_file()
+    scan_until(watcher, lambda: (inbox / "done" / "ct.mhd").exists())
+    assert (inbox / "done" / "ct.raw").is_file()  # moved with its header
+    assert not (inbox / "failed").exists()  # the data file was never taken for a drop of its own
+    [result] = (inbox.parent / "results").iterdir()
+    assert result.name.startswith("ct.mhd-") and (result / "output.mhd").is_file()
