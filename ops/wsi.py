@@ -193,6 +193,8 @@ class _Declined(Exception):
 
 
 def _integer(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):  # True is an int to Python, never a level or a size here
+        raise InvalidParameter(f"{name} must be an integer, got {value!r}")
     try:
         return int(value.__index__())
     except (AttributeError, TypeError):

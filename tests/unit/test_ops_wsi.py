@@ -406,6 +406,7 @@ def test_read_after_close(path):
     (-1, 0, 0, 8, 8), (4, 0, 0, 8, 8), (1.0, 0, 0, 8, 8), ("0", 0, 0, 8, 8),
     (0, 0, 0, 0, 8), (0, 0, 0, 8, 0), (0, 0, 0, -3, 8),
     (0, 1.5, 0, 8, 8), (0, 0, np.float64(2.0), 8, 8), (0, 0, 0, 8.0, 8), (0, 0, 0, 8, "8"), (0, None, 0, 8, 8),
+    (True, 0, 0, 8, 8), (0, 0, 0, np.bool_(True), 8),
 ])
 def test_bad_region_arguments(args):
     with open_slide(BOXES) as slide, pytest.raises(InvalidParameter):
