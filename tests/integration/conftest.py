@@ -73,3 +73,16 @@ def deployment(redis_server, project_triton):
         for name in deployment.segment_files():
             (deployment.settings.shm_dir / name).unlink(missing_ok=True)
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+@pytest.fixture
+def sample(tmp_path):
+    """A small (z, y, x) int16 volume written as ``in/ct.mhd``: ``(path, array)``."""
+    import numpy as np
+
+    from ops.volume import write_volume
+    from tests.integration.test_fastio_itk_pipeline import GEOMETRY
+
+    volume = (np.arange(12 * 20 * 16, dtype=np.int16) % 1000).reshape(12, 20, 16)
+    (tmp_path / "in").mkdir()
+    return write_volume(volume, GEOMETRY, tmp_path / "in" / "ct.mhd"), volume

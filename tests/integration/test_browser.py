@@ -12,7 +12,6 @@ import pytest
 from queues.local import free_port, start_api, stop_process_group
 from queues.pipelines import submit, wait
 
-from tests.integration.test_fastio_itk_pipeline import sample  # noqa: F401  (a fixture)
 from tests.integration.test_monitoring import http_get
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,7 +29,7 @@ def browse(url: str, screenshot=None, scripts_s: float = 0.0) -> str:
     return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
 
 
-def test_flower_and_the_status_page_show_the_job(deployment, sample, tmp_path):  # noqa: F811
+def test_flower_and_the_status_page_show_the_job(deployment, sample, tmp_path):
     flower_port, api_port = free_port(), free_port()
     env = {**deployment.env, "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": ""}
     with open(tmp_path / "flower.log", "w") as log:

@@ -19,7 +19,6 @@ from queues.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.integration.test_fastio_itk_pipeline import sample  # noqa: F401  (a fixture)
 
 
 
@@ -72,7 +71,7 @@ def segment_files(config) -> set[str]:
     return {p.name for p in config.shm_dir.iterdir() if p.name.startswith(config.segment_prefix)}
 
 
-def test_a_soak_of_200_small_jobs_loses_none(lone_worker, sample, tmp_path):  # noqa: F811
+def test_a_soak_of_200_small_jobs_loses_none(lone_worker, sample, tmp_path):
     env, settings, worker, log = lone_worker
     app = create_app(settings)
     jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
@@ -84,7 +83,7 @@ def test_a_soak_of_200_small_jobs_loses_none(lone_worker, sample, tmp_path):  # 
     assert registry.live() == {} and segment_files(settings.fastio_config()) <= set(registry.pooled())
 
 
-def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker, sample, tmp_path):  # noqa: F811
+def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker, sample, tmp_path):
     import dataclasses
     import random
 
@@ -161,7 +160,7 @@ def test_a_redis_restart_during_a_job_loses_nothing(project_triton, tmp_path):
         server.stop()
 
 
-def test_a_stage_delivered_after_its_job_ended_is_dropped(deployment, sample, tmp_path):  # noqa: F811
+def test_a_stage_delivered_after_its_job_ended_is_dropped(deployment, sample, tmp_path):
     job = submit(deployment.app, deployment.settings, "fastio-itk", sample[0], tmp_path / "out")
     assert wait(deployment.jobs(), job, 60).state == "done"
     # What a lost acknowledgement brings back hours later: the job's first stage, again.

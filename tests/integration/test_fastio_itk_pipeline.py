@@ -24,13 +24,6 @@ GEOMETRY = {"spacing": [0.7, 0.8, 2.5], "origin": [-50.0, 20.0, 300.0],
 JOB_TIMEOUT_S = 60
 
 
-@pytest.fixture
-def sample(tmp_path):
-    volume = (np.arange(12 * 20 * 16, dtype=np.int16) % 1000).reshape(12, 20, 16)
-    (tmp_path / "in").mkdir()
-    return write_volume(volume, GEOMETRY, tmp_path / "in" / "ct.mhd"), volume
-
-
 def digest(path: Path) -> dict[str, str]:
     """Every file of an input (a folder, or the folder around a file) by content."""
     folder = path if path.is_dir() else path.parent

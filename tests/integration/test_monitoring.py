@@ -12,7 +12,6 @@ import urllib.request
 import uuid
 from base64 import b64encode
 
-import pytest
 import redis
 
 from monitoring.health import check_all
@@ -22,7 +21,6 @@ from queues.local import free_port, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.integration.test_fastio_itk_pipeline import sample  # noqa: F401  (a fixture)
 
 
 def carina(*args, env, timeout=60):
@@ -35,9 +33,9 @@ def metric(text: str, name: str, **labels) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
+        for series in family.samples:
+            if series.name == name and series.labels == labels:
+                return series.value
     return None
 
 
@@ -55,7 +53,7 @@ def test_health_finds_every_part_and_names_what_is_missing(deployment):
     assert found["workers"]["detail"] == "not asked: Redis is unreachable"
 
 
-def test_metrics_count_jobs_stages_and_memory(deployment, sample, tmp_path):  # noqa: F811
+def test_metrics_count_jobs_stages_and_memory(deployment, sample, tmp_path):
     settings = deployment.settings_for("host-a")
     job = submit(deployment.app, settings, "fastio-itk", sample[0], tmp_path / "out", host="host-a")
     assert wait(deployment.jobs(), job, 60).state == "done"
@@ -70,7 +68,7 @@ def test_metrics_count_jobs_stages_and_memory(deployment, sample, tmp_path):  # 
     assert "# TYPE carina_fastio_reclaimed_total counter" in text
 
 
-def test_queue_depths_count_every_priority(redis_server, sample, tmp_path):  # noqa: F811
+def test_queue_depths_count_every_priority(redis_server, sample, tmp_path):
     env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/4"),
            "CARINA_NAMESPACE": f"m{uuid.uuid4().hex[:6]}"}
     settings = Settings.from_env(env)

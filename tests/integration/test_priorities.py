@@ -14,7 +14,6 @@ from queues.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.integration.test_fastio_itk_pipeline import sample  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def quiet_broker(redis_server, tmp_path):
     redis.Redis.from_url(settings.redis_url).flushdb()
 
 
-def test_an_immediate_job_overtakes_a_backlog_of_normal_ones(quiet_broker, sample, tmp_path):  # noqa: F811
+def test_an_immediate_job_overtakes_a_backlog_of_normal_ones(quiet_broker, sample, tmp_path):
     env, settings = quiet_broker
     app = create_app(settings)
     path, _ = sample
@@ -54,7 +53,7 @@ def test_an_immediate_job_overtakes_a_backlog_of_normal_ones(quiet_broker, sampl
     assert jobs.get(urgent).priority == "immediate"
 
 
-def test_an_unknown_priority_is_refused(quiet_broker, sample, tmp_path):  # noqa: F811
+def test_an_unknown_priority_is_refused(quiet_broker, sample, tmp_path):
     env, settings = quiet_broker
     with pytest.raises(InvalidJobRequest, match="priority"):
         submit(create_app(settings), settings, "fastio-itk", sample[0], tmp_path / "out", priority="urgent")

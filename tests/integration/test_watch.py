@@ -81,7 +81,7 @@ def test_a_restarted_watcher_follows_its_job_and_picks_up_what_came_meanwhile(de
     first = make_watcher(deployment, inbox)
     volume_file(inbox / "one.nii.gz")
     scan_until(first, lambda: first.records() != {})
-    del first  # the daemon stops with a job under way ...
+    first = None  # the daemon stops with a job under way ...
     volume_file(inbox / "two.nii.gz")  # ... and something arrives while it is down
     second = make_watcher(deployment, inbox)
     scan_until(second, lambda: {p.name for p in (inbox / "done").glob("*")} >= {"one.nii.gz", "two.nii.gz"})
