@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ import redis
 from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
+from queues.jobs import JobStore
 from queues.settings import PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
@@ -110,19 +112,9 @@ class CarinaCollector:
             reclaimed.add_metric([host], count)
         yield reclaimed
 
-    def _job_counts(self) -> dict[tuple[str, str], int]:
-        prefix = f"{self.settings.namespace}:job:"
-        ids = self.client.zrange(f"{self.settings.namespace}:jobs", 0, -1)
-        with self.client.pipeline(transaction=False) as p:
-            for job_id in ids:
-                p.hmget(prefix + job_id.decode(), "pipeline", "state")
-            rows = p.execute()
-        counts: dict[tuple[str, str], int] = {}
-        for pipeline, state in rows:
-            if pipeline is not None:  # expired since the index was read
-                key = (pipeline.decode(), state.decode())
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+    def _job_counts(self) -> Counter[tuple[str, str]]:
+        jobs = JobStore(self.client, self.settings.namespace, self.settings.job_ttl_s)
+        return Counter(jobs.pipelines_and_states().values())
 
     def _stage_histograms(self) -> dict[tuple[str, str], tuple[list[tuple[str, float]], float]]:
         raw = {k.decode(): v.decode() for k, v in self.client.hgetall(stage_key(self.settings.namespace)).items()}

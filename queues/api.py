@@ -35,7 +35,7 @@ from celery import Celery
 from queues.errors import BrokerUnavailable, CarinaError, InvalidJobRequest, UnknownJob, UnknownPipeline
 from queues.jobs import DONE, FAILED, JobStatus, JobStore
 from queues.pipelines import PIPELINES, submit
-from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
+from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
@@ -210,7 +210,7 @@ def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> w
 
 def run(settings: Settings, celery_app: Celery, host: str, port: int) -> None:
     """Serve until interrupted. Refuses to listen beyond loopback without a token."""
-    if not settings.api_token and host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.api_token and host not in LOOPBACK_HOSTS:
         raise CarinaError(f"refusing to serve on {host} without CARINA_API_TOKEN")
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     web.run_app(create_api(settings, celery_app, client), host=host, port=port, print=None)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from queues.errors import CarinaError
-from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
+from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, get_settings
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -353,12 +353,9 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _flower(args: argparse.Namespace) -> int:
     settings = get_settings()
-    if not settings.flower_auth and args.address not in LOOPBACK:
+    if not settings.flower_auth and args.address not in LOOPBACK_HOSTS:
         raise CarinaError(f"Flower would listen on {args.address} without credentials: set CARINA_FLOWER_AUTH "
                           "(user:password) or keep it on 127.0.0.1")
     config = Path(__file__).resolve().parents[1] / "monitoring" / "flowerconfig.py"

@@ -85,14 +85,20 @@ class JobStore:
         """The stage under way went back to its queue: its worker was lost."""
         self._update(job_id, state=QUEUED, worker="", requeues=requeues)
 
-    def running(self) -> list[str]:
-        """Ids of the jobs whose state is running."""
+    def pipelines_and_states(self) -> dict[str, tuple[str, str]]:
+        """Every job kept: id → (pipeline, state), read in one round trip (jobs that expire
+        meanwhile are left out)."""
         ids = [j.decode() for j in self.redis.zrange(self.index, 0, -1)]
         with self.redis.pipeline(transaction=False) as p:
             for job_id in ids:
-                p.hget(self.key(job_id), "state")
-            states = p.execute()
-        return [job_id for job_id, state in zip(ids, states) if state == RUNNING.encode()]
+                p.hmget(self.key(job_id), "pipeline", "state")
+            rows = p.execute()
+        return {job_id: (pipeline.decode(), state.decode())
+                for job_id, (pipeline, state) in zip(ids, rows) if pipeline is not None}
+
+    def running(self) -> list[str]:
+        """Ids of the jobs whose state is running."""
+        return [job_id for job_id, (_, state) in self.pipelines_and_states().items() if state == RUNNING]
 
     def progress(self, job_id: str, done: int, total: int) -> None:
         """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""

@@ -118,11 +118,10 @@ def _nuclei_params(params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - {"tile_size", "overlap", "model", "num_workers", "mask_pixel_count_limit"}
     if unknown:
         raise InvalidJobRequest(f"nuclei-seg does not take {sorted(unknown)}")
-    tile = _whole(params, "tile_size", 256, TILE_SIZE_MULTIPLE, MAX_TILE_SIZE,
-                  f"pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
-    assert tile is not None
-    if tile % TILE_SIZE_MULTIPLE:
-        raise InvalidJobRequest(f"tile_size={tile}: pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
+    tile = params.get("tile_size", 256)
+    if (isinstance(tile, bool) or not isinstance(tile, int) or not TILE_SIZE_MULTIPLE <= tile <= MAX_TILE_SIZE
+            or tile % TILE_SIZE_MULTIPLE):
+        raise InvalidJobRequest(f"tile_size={tile!r}: pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
     checked = {
         "tile_size": tile,
         "overlap": _whole(params, "overlap", 0, 0, tile // 2, f"pixels of context around each tile, 0 to {tile // 2}"),

@@ -28,6 +28,8 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
 DEFAULT_JOB_TTL_S = 7 * 24 * 3600
 DEFAULT_DATA_ROOT = "."
 DEFAULT_API_HOST = "127.0.0.1"
+# Addresses a service may listen on without credentials: nobody off this host reaches them.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_API_PORT = 8080
 DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_TRITON_URL = "127.0.0.1:8000"
