@@ -69,18 +69,31 @@ class StageTask(Task):
 
     def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         if not self.request.called_directly and self._job_already_finished(payload["job"]):
-            # A stale redelivery (a message whose acknowledgement was lost with a Redis
-            # restart comes back after the visibility timeout): the job ended long ago.
+            # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
+            # comes back after the visibility timeout, or the last stage's process died between
+            # recording the job done and Celery storing its success. The job has ended; free
+            # what a lost process may have left of its memory, and run nothing.
             log.warning("job %s has ended; %s redelivered late, dropped", payload["job"], self.name)
+            _STARTED.pop(self.request.id, None)
+            self._finish(payload["job"])
             raise Ignore()
         try:
-            return super().__call__(payload, *args, **kwargs)
+            result = super().__call__(payload, *args, **kwargs)
         except NotLocal as e:
             if self.request.retries >= MAX_REROUTES or self.request.called_directly:
                 raise
             queue = get_settings().host_queue(queue_kind(self._queue()), e.holder)
             log.warning("job %s: %s re-routed to %s (%s)", payload["job"], self.name, queue, e)
             raise self.retry(exc=e, queue=queue, countdown=0, max_retries=MAX_REROUTES)
+        if not self.request.called_directly and not self.request.chain:
+            # The last stage ends its job here, before Celery stores the stage's success: a
+            # process lost after that store (in on_success) would leave the job running for ever,
+            # as the stage is then not redelivered. Lost before it, the stage is redelivered and
+            # dropped above. Memory first, so that a job seen done holds none.
+            ended = result if isinstance(result, dict) else payload
+            self._finish(ended["job"])
+            job_store().done(ended["job"], ended.get("output", ""))
+        return result
 
     # helpers for task bodies ------------------------------------------------------------
     def publish(self, payload: dict[str, Any], array: np.ndarray, name: str,
@@ -118,10 +131,6 @@ class StageTask(Task):
     # Celery hooks -------------------------------------------------------------------------
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         self._record_duration(task_id, "success")
-        if not self.request.chain:
-            payload = retval if isinstance(retval, dict) else args[0]
-            self._finish(payload["job"])
-            job_store().done(payload["job"], payload.get("output", ""))
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         self._record_duration(task_id, "failure")
