@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastio import drain_pool
-from queues.local import LocalRedis, free_port, start_api, start_worker, stop_process_group
+from carina.local import LocalRedis, free_port, start_api, start_worker, stop_process_group
 from queues.settings import Settings
 
 TOKEN = "bench-token"

@@ -39,7 +39,7 @@ import numpy as np
 import redis
 
 from fastio import FastIOConfig, FastIOContext
-from queues.local import LocalRedis
+from carina.local import LocalRedis
 
 
 def checksum(array: np.ndarray) -> int:

@@ -35,7 +35,7 @@ from ops.samples import spleen_phantom
 from ops.sliding_window import sliding_window_inference
 from ops.spleen import ROI_SIZE, postprocess, preprocess, request_nbytes
 from ops.triton_client import DEFAULT_CONCURRENCY, SharedRegion, TritonPredictor
-from queues.triton import REPO_ROOT, LocalTriton
+from carina.triton import MODEL_REPOSITORY, LocalTriton
 
 MODEL = "spleen_ct"
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200, help="axial slices of the 512×512 CT")
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--transfer-runs", type=int, default=7)
-    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="model repository")
+    parser.add_argument("--models", type=Path, default=MODEL_REPOSITORY, help="model repository")
     args = parser.parse_args()
 
     spacing = (0.8, 0.8, 1.5)

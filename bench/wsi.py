@@ -45,7 +45,7 @@ from ops.pyramid import write_pyramid
 from ops.samples import he_slide
 from ops.triton_client import SLOT_ALIGNMENT, TritonPredictor
 from ops.wsi import open_slide
-from queues.triton import REPO_ROOT, LocalTriton
+from carina.triton import MODEL_REPOSITORY, LocalTriton
 from spleen import posix_region  # bench/spleen.py: a POSIX shared-memory object, as FastIO makes
 
 MODEL = "nuclei_unet"
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="reader threads, Dask threads, requests in flight")
     parser.add_argument("--read-tiles", type=int, default=4000, help="tiles read by each reader")
     parser.add_argument("--model-tiles", type=int, default=480, help="tissue tiles sent to the model alone")
-    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="model repository")
+    parser.add_argument("--models", type=Path, default=MODEL_REPOSITORY, help="model repository")
     parser.add_argument("--workdir", type=Path, help="where the slides go (default: a temporary folder)")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--e2e-child", type=Path, help=argparse.SUPPRESS)

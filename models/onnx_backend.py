@@ -1,7 +1,7 @@
 """The shared body of the project's Triton python-backend models: an ONNX file run with onnxruntime.
 
 Each model's ``<name>/1/model.py`` keeps its two first lines (they put the Triton venv's
-site-packages on ``sys.path`` before anything imports numpy: see queues/triton.py), then puts
+site-packages on ``sys.path`` before anything imports numpy: see carina/triton.py), then puts
 this directory (the model repository's root) on ``sys.path`` and subclasses :class:`OnnxModel`::
 
     class TritonPythonModel(OnnxModel):

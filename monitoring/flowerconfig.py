@@ -8,8 +8,9 @@ refuses to listen beyond loopback without it. Flower serves its own Prometheus m
 ``/metrics``; ``carina metrics`` serves Carina's (jobs, stages, queues, FastIO).
 """
 
+# The port is always given by `carina flower` (CARINA_FLOWER_PORT); the address stays on
+# loopback unless it is given too.
 address = "127.0.0.1"
-port = 5555
 natural_time = False
 max_tasks = 10000
 tasks_columns = "name,uuid,state,worker,received,started,runtime,args,result"

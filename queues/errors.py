@@ -7,8 +7,7 @@
      ├── UnknownPipeline      no pipeline of that name
      ├── InvalidJobRequest    a parameter of a submission is missing or malformed
      ├── BrokerUnavailable    Redis cannot be reached
-     ├── UnknownJob           no job of that id
-     └── ServiceError         a local service (redis-server, a worker) failed to start
+     └── UnknownJob           no job of that id
 """
 
 from __future__ import annotations
@@ -43,6 +42,3 @@ class UnknownJob(CarinaError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
-
-class ServiceError(CarinaError):
-    pass

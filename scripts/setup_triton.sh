@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Triton Inference Server that tests, the demo and single-host installs start
-# (queues/triton.py LocalTriton). Idempotent, no root needed; silent and fast once done.
+# (carina/triton.py LocalTriton). Idempotent, no root needed; silent and fast once done.
 #
 #   scripts/setup_triton.sh            # -> .triton-venv/ (git-ignored)
 #   PYTHON=python3.11 CARINA_TRITON_VENV=/opt/triton scripts/setup_triton.sh

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fastio import FastIOConfig
-from queues.local import LocalRedis
+from carina.local import LocalRedis
 
 pytest_plugins = ["tests.triton_fixtures"]
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from queues.triton import REPO_ROOT, SETUP_SCRIPT, LocalTriton
+from carina.triton import MODEL_REPOSITORY, SETUP_SCRIPT, LocalTriton
 
 SLOW_MODEL_S = 2.0
 
-# The first line of every python-backend model.py in the project: see queues/triton.py.
+# The first line of every python-backend model.py in the project: see carina/triton.py.
 SITE_PACKAGES_LINE = ('import os, sys; sys.path[:0] = [p for p in os.environ.get('
                       '"CARINA_TRITON_SITE_PACKAGES", "").split(os.pathsep) if p]\n')
 
@@ -96,7 +96,7 @@ def ensure_triton_installed() -> None:
 
 @pytest.fixture(scope="session")
 def triton_server():
-    """A :class:`queues.triton.LocalTriton` serving the test models; stopped after the session."""
+    """A :class:`carina.triton.LocalTriton` serving the test models; stopped after the session."""
     ensure_triton_installed()
     repository = write_test_models(Path(tempfile.mkdtemp(prefix="carina-test-models-")))
     try:
@@ -108,9 +108,9 @@ def triton_server():
 
 @pytest.fixture(scope="session")
 def project_triton():
-    """A :class:`queues.triton.LocalTriton` serving the project's model repository: ``models/``,
+    """A :class:`carina.triton.LocalTriton` serving the project's model repository: ``models/``,
     or ``CARINA_MODEL_REPOSITORY`` to run the suite against another one (a production model
     with the same interface)."""
     ensure_triton_installed()
-    with LocalTriton(Path(os.environ.get("CARINA_MODEL_REPOSITORY", REPO_ROOT / "models"))) as server:
+    with LocalTriton(Path(os.environ.get("CARINA_MODEL_REPOSITORY", MODEL_REPOSITORY))) as server:
         yield server

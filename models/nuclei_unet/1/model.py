@@ -4,7 +4,7 @@ sys.path[:0] = [p for p in os.environ.get("CARINA_TRITON_SITE_PACKAGES", "").spl
 # The nuclei_unet model for Triton's python backend: model.onnx (next to this file) run with
 # onnxruntime by the shared models/onnx_backend.py. The two lines above must stay first: the
 # backend's stub process does not see the server's virtualenv, whose site-packages the
-# launcher (queues/triton.py) exports as CARINA_TRITON_SITE_PACKAGES; they must be on
+# launcher (carina/triton.py) exports as CARINA_TRITON_SITE_PACKAGES; they must be on
 # sys.path before anything imports numpy.
 #
 # Interface (config.pbtxt): INPUT__0 uint8 [N, 3, H, W] RGB 0..255 (H, W multiples of 8) ->

@@ -4,7 +4,7 @@ sys.path[:0] = [p for p in os.environ.get("CARINA_TRITON_SITE_PACKAGES", "").spl
 # The spleen_ct model for Triton's python backend: model.onnx (next to this file) run with
 # onnxruntime by the shared models/onnx_backend.py. The two lines above must stay first: the
 # backend's stub process does not see the server's virtualenv, whose site-packages the
-# launcher (queues/triton.py) exports as CARINA_TRITON_SITE_PACKAGES; they must be on
+# launcher (carina/triton.py) exports as CARINA_TRITON_SITE_PACKAGES; they must be on
 # sys.path before anything imports numpy.
 #
 # Interface (config.pbtxt): INPUT__0 float32 [N, 1, 96, 96, 96] -> OUTPUT__0 float32

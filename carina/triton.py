@@ -37,7 +37,7 @@ machine without a GPU. What the launcher has to get right, learned the hard way:
   and ``--strict-readiness`` a model that fails to load stops the server, and ready means
   every model is ready. ``models=[...]`` switches to "explicit" and loads only those.
 
-This module is the front door's: it imports no numpy, tritonclient, ops or workers.
+It imports no numpy, tritonclient, ops or workers: the CLI loads it without imaging code.
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Self
 
-from queues.errors import ServiceError
-from queues.local import free_port
+from carina.errors import ServiceError
+from carina.local import free_port
+from queues.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRITON_VENV = REPO_ROOT / ".triton-venv"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_triton.sh"
+MODEL_REPOSITORY = REPO_ROOT / "models"
 STAMP_NAME = "carina-triton.json"
 SITE_PACKAGES_VARIABLE = "CARINA_TRITON_SITE_PACKAGES"
 SHM_DIR = Path("/dev/shm")
@@ -88,7 +90,7 @@ class TritonInstall(NamedTuple):
 
 def default_triton_venv() -> Path:
     """``CARINA_TRITON_VENV`` if set (the setup script reads it too), else ``.triton-venv``."""
-    return Path(os.environ.get("CARINA_TRITON_VENV") or DEFAULT_TRITON_VENV)
+    return get_settings().triton_venv or DEFAULT_TRITON_VENV
 
 
 def triton_install(venv: Path | None = None) -> TritonInstall:
@@ -115,11 +117,6 @@ def triton_install(venv: Path | None = None) -> TritonInstall:
         if not path.exists():
             raise ServiceError(f"the Triton install in {venv} lacks {path}: {hint}")
     return install
-
-
-def triton_binary(venv: Path | None = None) -> str:
-    """The ``tritonserver`` executable inside the triton venv. Raises ServiceError if missing."""
-    return str(triton_install(venv).tritonserver)
 
 
 def triton_environment(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from queues.errors import ServiceError
+from carina.errors import ServiceError
 
 
 def redis_server_binary() -> str:
@@ -44,7 +44,7 @@ def start_worker(env: dict[str, str], log: Path, kinds: str = "io,cpu", concurre
     """
     import sys
 
-    argv = [sys.executable, "-m", "queues.cli", "worker", "-Q", kinds]
+    argv = [sys.executable, "-m", "carina", "worker", "-Q", kinds]
     argv += ["-c", str(concurrency)] if concurrency else []
     argv += ["--host-id", host_id] if host_id else []
     with open(log, "w") as out:
@@ -64,7 +64,7 @@ def start_api(env: dict[str, str], port: int, log: Path, timeout_s: float = 30.0
     import sys
 
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "queues.cli", "api", "--port", str(port)], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "carina", "api", "--port", str(port)], env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -23,11 +23,11 @@ import redis
 from fastio import drain_pool
 from queues.app import create_app
 from queues.jobs import JobStatus, JobStore
-from queues.errors import ServiceError
-from queues.local import free_port
+from carina.errors import ServiceError
+from carina.local import free_port
 from queues.pipelines import submit, wait
 from queues.settings import Settings
-from queues.triton import REPO_ROOT
+from carina.triton import REPO_ROOT
 
 JOB_TIMEOUT_S = 300
 READY_TIMEOUT_S = 300  # the first start of Triton loads both models

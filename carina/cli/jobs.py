@@ -1,0 +1,118 @@
+"""``carina submit``, ``status`` and ``pipelines``: jobs as a user sees them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from carina.cli.common import EXIT_FAILED
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
+
+SUBMIT_OPTIONS = ("crop_start", "crop_size", "sigma_mm", "series_uid", "overlap", "model", "tile_size", "num_workers",
+                  "mask_pixel_count_limit")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="queue a job; prints its id")
+    p.add_argument("pipeline", help="pipeline name (see `carina pipelines`)")
+    p.add_argument("--input", "-i", "--input-path", required=True, help="input file or folder (as the workers see it)")
+    p.add_argument("--output", "-o", "--output-path", required=True, help="output folder")
+    p.add_argument("--config", help="folder with config_render.json and other job configuration")
+    p.add_argument("--crop-start", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: first voxel (-1 = 0)")
+    p.add_argument("--crop-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="fastio-itk: extent (-1 = to the edge)")
+    p.add_argument("--sigma-mm", type=float, help="3dblur: Gaussian sigma in millimetres (default 1.0)")
+    p.add_argument("--series-uid", help="3dblur: the SeriesInstanceUID to read (default: the largest series)")
+    p.add_argument("--overlap", type=_number,
+                   help="spleen-seg: window overlap, a fraction (default 0.25); nuclei-seg: pixels of context "
+                        "read around each tile (default 0). The seed's -o: here -o is --output")
+    p.add_argument("--model", "-m", help="spleen-seg, nuclei-seg: the Triton model (default spleen_ct, nuclei_unet)")
+    p.add_argument("--tile-size", "-t", type=int, help="nuclei-seg: tile side in pixels, a multiple of 16 (default 256)")
+    p.add_argument("--num-workers", "-w", type=int,
+                   help="nuclei-seg: tile batches in parallel, hence requests in flight (default: the worker's CPUs)")
+    p.add_argument("--mask-pixel-count-limit", type=int,
+                   help="nuclei-seg: most pixels of the low-resolution tissue mask (default 1048576)")
+    p.add_argument("--priority", choices=list(PRIORITIES), default=DEFAULT_PRIORITY,
+                   help="Clara's job priorities: an immediate job's stages go ahead of waiting normal ones "
+                        "(default normal)")
+    p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
+    p.set_defaults(run=submit)
+
+    p = sub.add_parser("status", help="state, stage and error of a job")
+    p.add_argument("job", help="job id")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(run=status)
+
+    p = sub.add_parser("pipelines", help="list the pipelines")
+    p.set_defaults(run=pipelines)
+
+
+def _number(text: str) -> int | float:
+    """An int where the text is one (pixels), else a float (fractions)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def submit(args: argparse.Namespace) -> int:
+    from queues.app import app
+    from queues.pipelines import submit as submit_job
+
+    params = {k: v for k in SUBMIT_OPTIONS if (v := getattr(args, k)) is not None}
+    job_id = submit_job(app, get_settings(), args.pipeline, args.input, args.output, args.config, params,
+                        priority=args.priority)
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    return follow(job_id, args.timeout)
+
+
+def follow(job_id: str, timeout_s: float) -> int:
+    """Print the job's changes until it ends; 0 when it is done."""
+    import queues
+
+    def show(status) -> None:
+        step = f" [{status.stage_index}/{len(status.stages)}] {status.stage}" if status.stage else ""
+        done = f" {status.progress_done}/{status.progress_total}" if status.progress_total else ""
+        print(f"{status.state}{step}{done}", file=sys.stderr, flush=True)
+
+    final = queues.wait(job_id, timeout_s, on_change=show)
+    if final.state == "done":
+        print(f"done: {final.output}", file=sys.stderr)
+        return 0
+    if final.state == "failed":
+        print(f"failed in {final.stage}: {final.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"still {final.state} after {timeout_s:.0f} s", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def status(args: argparse.Namespace) -> int:
+    import queues
+
+    record = queues.status(args.job)
+    if args.json:
+        print(json.dumps(record.to_dict(), indent=2))
+        return 0
+    print(f"job:      {record.job_id}\npipeline: {record.pipeline}\nstate:    {record.state}")
+    if record.priority:
+        print(f"priority: {record.priority}")
+    if record.stage:
+        print(f"stage:    {record.stage} ({record.stage_index}/{len(record.stages)})")
+    if record.progress_total:
+        print(f"progress: {record.progress_done}/{record.progress_total}")
+    if record.output:
+        print(f"output:   {record.output}")
+    if record.error:
+        print(f"error:    {record.error}")
+    return EXIT_FAILED if record.state == "failed" else 0
+
+
+def pipelines(args: argparse.Namespace) -> int:
+    from queues.pipelines import PIPELINES
+
+    for spec in PIPELINES.values():
+        print(f"{spec.name:12} {spec.description}")
+    return 0

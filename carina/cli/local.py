@@ -1,0 +1,61 @@
+"""``carina redis``, ``triton`` and ``demo``: local services for one host, and the tour."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from carina.cli.common import EXIT_FAILED
+from queues.settings import get_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port (loopback, no persistence)")
+    p.set_defaults(run=redis_server)
+
+    p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
+    p.add_argument("--port", type=int, help="HTTP port (default: the port of CARINA_TRITON_URL, 8000)")
+    p.add_argument("--models", type=Path, help="model repository (default: the project's models/)")
+    p.set_defaults(run=triton)
+
+    p = sub.add_parser("demo", help="run the pipelines on generated data with the Procfile's services")
+    p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
+    p.set_defaults(run=demo)
+
+
+def redis_server(args: argparse.Namespace) -> int:
+    from urllib.parse import urlparse
+
+    from carina.local import redis_server_binary
+
+    port = urlparse(get_settings().redis_url).port or 6379
+    binary = redis_server_binary()
+    os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    return 0  # not reached
+
+
+def triton(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from carina.triton import MODEL_REPOSITORY, LocalTriton
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    port = args.port or int(get_settings().triton_url.rsplit(":", 1)[1])
+    with LocalTriton(model_repository=args.models or MODEL_REPOSITORY, http_port=port) as server:
+        print(f"Triton ready at {server.url} (log: {server.log}); Ctrl-C stops it", flush=True)
+        while not stop.wait(1.0):
+            if server.process is not None and server.process.poll() is not None:
+                print(f"Triton exited:\n{server.log_summary()}", file=sys.stderr)
+                return EXIT_FAILED
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from carina.demo import run_demo
+
+    return 0 if run_demo(Path(args.output).absolute()) else EXIT_FAILED
