@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class JanitorReport:
     """What one sweep did on one host."""
 
-    expired_jobs: int = 0
+    expired_jobs: tuple[str, ...] = ()  # ids of the jobs whose lease expired, their memory freed
     ownerless: int = 0
     orphans: int = 0
     stale_pool_entries: int = 0
@@ -68,7 +68,7 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
     stale = [s for s in registry.pooled() if s not in files]
     for segment in stale:
         registry.unpool(segment)
-    report = JanitorReport(len(expired), ownerless, orphans, len(stale))
+    report = JanitorReport(tuple(expired), ownerless, orphans, len(stale))
     registry.record_reclaimed(report.reclaimed)
     if report.reclaimed or report.expired_jobs:
         log.info("fastio janitor on %s: %s", config.host_id, report)

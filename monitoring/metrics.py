@@ -28,13 +28,12 @@ from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
 from queues.jobs import JobStore
-from queues.settings import PRIORITIES, Settings
+from queues.broker import known_queues, queue_depths
+from queues.settings import Settings
 
 log = logging.getLogger(__name__)
 
 STAGE_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0)
-KOMBU_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue><sep><priority>" lists
-KOMBU_BINDINGS = "_kombu.binding."
 
 
 def stage_key(namespace: str) -> str:
@@ -91,7 +90,7 @@ class CarinaCollector:
         yield stages
 
         queues = GaugeMetricFamily("carina_queue_messages", "messages waiting per queue", labels=["queue"])
-        for queue, depth in sorted(self._queue_depths().items()):
+        for queue, depth in sorted(queue_depths(self.client, known_queues(self.client, self.settings.namespace)).items()):
             queues.add_metric([queue], depth)
         yield queues
 
@@ -114,7 +113,7 @@ class CarinaCollector:
 
     def _job_counts(self) -> Counter[tuple[str, str]]:
         jobs = JobStore(self.client, self.settings.namespace, self.settings.job_ttl_s)
-        return Counter(jobs.pipelines_and_states().values())
+        return jobs.counts()
 
     def _stage_histograms(self) -> dict[tuple[str, str], tuple[list[tuple[str, float]], float]]:
         raw = {k.decode(): v.decode() for k, v in self.client.hgetall(stage_key(self.settings.namespace)).items()}
@@ -128,16 +127,6 @@ class CarinaCollector:
             buckets.append(("+Inf", values.get("count", 0.0)))
             out[key] = (buckets, values.get("sum", 0.0))
         return out
-
-    def _queue_depths(self) -> dict[str, int]:
-        names = sorted(key.decode()[len(KOMBU_BINDINGS):] for key in self.client.scan_iter(f"{KOMBU_BINDINGS}*"))
-        with self.client.pipeline(transaction=False) as p:
-            for name in names:
-                for step in sorted(set(PRIORITIES.values())):
-                    p.llen(name if step == 0 else f"{name}{KOMBU_PRIORITY_SEP}{step}")
-            lengths = p.execute()
-        steps = len(set(PRIORITIES.values()))
-        return {name: sum(lengths[i * steps:(i + 1) * steps]) for i, name in enumerate(names)}
 
     def _fastio(self, config: FastIOConfig) -> dict[str, tuple[int, int]]:
         registry = Registry(self.client, config)

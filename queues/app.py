@@ -7,8 +7,6 @@ from celery import Celery
 
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings, get_settings
 
-QUEUE_KINDS = ("io", "cpu", "gpu")
-
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("carina", broker=settings.redis_url, backend=settings.redis_url)

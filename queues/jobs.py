@@ -1,13 +1,14 @@
 """Job records in Redis: what the front doors show (state, stage, progress, error, output).
 
-Celery tracks tasks; a job is a chain of them, so its state is kept here, written by the
-front door at submit and by the workers' stage hooks.
+Celery tracks tasks; a job is a chain of them, so its state is kept here: created by the
+front door at submit, advanced and ended by the workers' job lifecycle (``workers.lifecycle``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,16 +49,32 @@ class JobStatus:
 
 
 class JobStore:
-    """Reads and writes ``{ns}:job:{id}`` hashes; the connection is passed in."""
+    """Job records in Redis; the connection is passed in. Keys, under the namespace ``ns``:
+
+    - ``ns:job:<id>``: the record (a hash), expiring ``ttl_s`` after its creation;
+    - ``ns:jobs``: every kept job, scored by when its record expires (for ``recent``);
+    - ``ns:jobs:active``: the jobs queued or running, scored by creation;
+    - ``ns:jobs:ended:<state>:<pipeline>``: the ended jobs, scored by expiry.
+
+    The sets scored by expiry are trimmed as they are read or written, so nothing grows for
+    ever, and what periodic work reads (``active``, ``counts``) costs in proportion to the
+    jobs under way, not to every job kept. Only :mod:`workers.lifecycle` ends a job.
+    """
 
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: float) -> None:
         self.redis = client
         self.prefix = f"{namespace}:job:"
         self.index = f"{namespace}:jobs"
+        self.active_index = f"{namespace}:jobs:active"
+        self.ended_prefix = f"{namespace}:jobs:ended:"
+        self.pipelines = f"{namespace}:jobs:pipelines"
         self.ttl_s = int(ttl_s)
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}{job_id}"
+
+    def ended_key(self, state: str, pipeline: str) -> str:
+        return f"{self.ended_prefix}{state}:{pipeline}"
 
     def create(self, job_id: str, pipeline: str, stages: list[str], params: dict[str, Any],
                priority: str = "") -> None:
@@ -69,13 +86,10 @@ class JobStore:
                 "priority": priority, "progress_done": 0, "progress_total": 0,
                 "created": now, "updated": now})
             p.expire(self.key(job_id), self.ttl_s)
-            p.zadd(self.index, {job_id: now})
-            p.execute()
-
-    def delete(self, job_id: str) -> None:
-        with self.redis.pipeline(transaction=True) as p:
-            p.delete(self.key(job_id))
-            p.zrem(self.index, job_id)
+            p.zremrangebyscore(self.index, "-inf", now)
+            p.zadd(self.index, {job_id: now + self.ttl_s})
+            p.zadd(self.active_index, {job_id: now})
+            p.sadd(self.pipelines, pipeline)
             p.execute()
 
     def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "") -> None:
@@ -85,30 +99,55 @@ class JobStore:
         """The stage under way went back to its queue: its worker was lost."""
         self._update(job_id, state=QUEUED, worker="", requeues=requeues)
 
-    def pipelines_and_states(self) -> dict[str, tuple[str, str]]:
-        """Every job kept: id → (pipeline, state), read in one round trip (jobs that expire
-        meanwhile are left out)."""
-        ids = [j.decode() for j in self.redis.zrange(self.index, 0, -1)]
+    def progress(self, job_id: str, done: int, total: int) -> None:
+        """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
+        self._update(job_id, progress_done=done, progress_total=total)
+
+    def end(self, job_id: str, state: str, **fields: Any) -> bool:
+        """Record the job's final ``state`` (done or failed) with ``fields`` (output, stage,
+        error); False if it had already ended (the first end stands) or is unknown.
+        Call :func:`workers.lifecycle.end_job`, which frees the job's memory first."""
+        if state not in FINISHED:
+            raise ValueError(f"{state!r} is not a final state")
+        script = self.redis.register_script(_END_UNLESS_FINISHED)
+        now = time.time()
+        flat = [str(x) for kv in {**fields, "state": state, "updated": now}.items() for x in kv]
+        ended = script(keys=[self.key(job_id), self.active_index],
+                       args=[job_id, state, self.ended_prefix, now, *flat])
+        return bool(ended)
+
+    def active(self) -> dict[str, tuple[str, str]]:
+        """The jobs queued or running: id → (pipeline, state), in one round trip; ids whose
+        record expired meanwhile are dropped from the set."""
+        ids = [j.decode() for j in self.redis.zrange(self.active_index, 0, -1)]
         with self.redis.pipeline(transaction=False) as p:
             for job_id in ids:
                 p.hmget(self.key(job_id), "pipeline", "state")
             rows = p.execute()
+        gone = [job_id for job_id, (pipeline, _) in zip(ids, rows) if pipeline is None]
+        if gone:
+            self.redis.zrem(self.active_index, *gone)
         return {job_id: (pipeline.decode(), state.decode())
                 for job_id, (pipeline, state) in zip(ids, rows) if pipeline is not None}
 
     def running(self) -> list[str]:
         """Ids of the jobs whose state is running."""
-        return [job_id for job_id, (_, state) in self.pipelines_and_states().items() if state == RUNNING]
+        return [job_id for job_id, (_, state) in self.active().items() if state == RUNNING]
 
-    def progress(self, job_id: str, done: int, total: int) -> None:
-        """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
-        self._update(job_id, progress_done=done, progress_total=total)
-
-    def done(self, job_id: str, output: str) -> None:
-        self._update(job_id, state=DONE, output=output)
-
-    def failed(self, job_id: str, stage: str, error: str) -> None:
-        self._update(job_id, state=FAILED, stage=stage, error=error)
+    def counts(self) -> Counter[tuple[str, str]]:
+        """Jobs kept, by (pipeline, state): the active ones read one by one, the ended ones
+        counted from their sets (trimmed of the expired first)."""
+        counts = Counter(self.active().values())
+        pipelines = sorted(p.decode() for p in self.redis.smembers(self.pipelines))
+        keys = [(pipeline, state) for pipeline in pipelines for state in FINISHED]
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as p:
+            for pipeline, state in keys:
+                p.zremrangebyscore(self.ended_key(state, pipeline), "-inf", now)
+                p.zcard(self.ended_key(state, pipeline))
+            sizes = p.execute()[1::2]
+        counts.update({key: size for key, size in zip(keys, sizes) if size})
+        return counts
 
     def get(self, job_id: str) -> JobStatus:
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key(job_id)).items()}
@@ -123,6 +162,8 @@ class JobStore:
             requeues=int(raw.get("requeues", 0)), created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20) -> list[str]:
+        """Ids of the ``limit`` jobs created last (of those kept), newest first."""
+        self.redis.zremrangebyscore(self.index, "-inf", time.time())
         return [j.decode() for j in self.redis.zrevrange(self.index, 0, limit - 1)]
 
     def _update(self, job_id: str, **fields: Any) -> None:
@@ -132,9 +173,22 @@ class JobStore:
         script(keys=[self.key(job_id)], args=flat)
 
 
-_UPDATE_UNLESS_FINISHED = """
+_FINISHED_TEST = " or ".join(f"state == '{s}'" for s in FINISHED)
+_UPDATE_UNLESS_FINISHED = f"""
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'done' or state == 'failed' then return 0 end
+if not state or {_FINISHED_TEST} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+# ARGV: job id, final state, the ended sets' prefix, now, then field/value pairs. The ended
+# set's key is built here from the record's pipeline (one Redis, not a cluster).
+_END_UNLESS_FINISHED = f"""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or {_FINISHED_TEST} then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local pipeline = redis.call('HGET', KEYS[1], 'pipeline')
+local expires = tonumber(ARGV[4]) + math.max(redis.call('PTTL', KEYS[1]), 0) / 1000
+redis.call('ZADD', ARGV[3] .. ARGV[2] .. ':' .. pipeline, expires, ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """

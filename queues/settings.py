@@ -44,6 +44,8 @@ CROP_AXES = "XYZ"
 # and a worker takes from the lowest step first, so 0 is the most urgent.
 PRIORITIES = {"immediate": 0, "higher": 3, "normal": 6, "lower": 9}
 DEFAULT_PRIORITY = "normal"
+# The kinds of queue a stage runs on; each host also has its own of each (`host_queue`).
+QUEUE_KINDS = ("io", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Settings:
     flower_auth: str = ""
     flower_port: int = 5555
     metrics_port: int = 9808
+    # The virtualenv holding the local Triton server (`carina triton`; scripts/setup_triton.sh).
+    triton_venv: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -186,6 +190,7 @@ _VARIABLES = {
     "metrics_port": _positive_int,
     "watch_inbox": Path,
     "watch_output": Path,
+    "triton_venv": Path,
 }
 
 

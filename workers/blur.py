@@ -8,7 +8,8 @@ from ops.blur import gaussian_blur
 from ops.dicom import read_series as read_dicom_series
 from ops.dicom import write_series as write_dicom_series
 from queues.app import app
-from workers.stage import StageTask, fastio_context
+from workers.runtime import fastio_context
+from workers.stage import StageTask
 
 Payload = dict[str, Any]
 

@@ -8,11 +8,11 @@ import threading
 
 from celery import signals
 
-from fastio import sweep
-from queues.app import app
-from queues.recovery import beat, requeue_lost_stages
+from queues.broker import announce_queues
 from queues.settings import get_settings
-from workers.stage import redis_client
+from workers.janitor import janitor_pass
+from workers.recovery import beat
+from workers.runtime import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def start_janitor(sender: object = None, **_: object) -> None:
     FastIO memory and requeue the stages of workers that were lost."""
     settings = get_settings()
     node = getattr(sender, "hostname", "") or ""
+    announce_queues(redis_client(), settings.namespace, sender.app.amqp.queues.consume_from)
     stop = threading.Event()
 
     def heartbeat() -> None:
@@ -79,8 +80,7 @@ def start_janitor(sender: object = None, **_: object) -> None:
     def janitor() -> None:
         while not stop.wait(settings.janitor_interval_s):
             try:
-                sweep(redis_client(), settings.fastio_config())
-                requeue_lost_stages(app, redis_client(), settings)
+                janitor_pass(settings)
             except Exception:
                 log.exception("janitor sweep failed")
 

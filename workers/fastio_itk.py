@@ -12,7 +12,8 @@ from ops.volume import read_volume as read_image
 from ops.volume import write_volume as write_image
 from queues.app import app
 from queues.settings import get_settings
-from workers.stage import StageTask, fastio_context
+from workers.runtime import fastio_context
+from workers.stage import StageTask
 
 Payload = dict[str, Any]
 

@@ -16,7 +16,8 @@ from ops.wsi import find_slide, open_slide
 from queues.app import app
 from queues.settings import get_settings
 from workers.inference import triton_predictor
-from workers.stage import StageTask, fastio_context
+from workers.runtime import fastio_context
+from workers.stage import StageTask
 from workers.tiling import segmented_tiles
 
 Payload = dict[str, Any]

@@ -1,52 +1,30 @@
-"""The base of every pipeline stage: job bookkeeping, locality, cleanup.
+"""The base of every pipeline stage: Celery's hooks wired to the job lifecycle, and locality.
 
 A stage that publishes memory pins the rest of its chain to this host's queues; a stage
-that lands on a host not holding its input is re-routed to the holder; the job's memory is
-freed when its last stage succeeds or any stage fails.
+that lands on a host not holding its input is re-routed to the holder. How a job starts,
+drops a stale stage and ends is :mod:`workers.lifecycle`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import redis
 from celery import Task
 from celery.exceptions import Ignore
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from fastio import AlreadyPublished, FastIOContext, NotLocal
+from fastio import AlreadyPublished, NotLocal
 from monitoring.metrics import record_stage
-from queues.errors import UnknownJob
-from queues.jobs import JobStore
 from queues.settings import get_settings
+from workers import lifecycle
+from workers.runtime import fastio_context, job_store, redis_client
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 3
-REDIS_RETRIES, REDIS_BACKOFF_CAP_S = 10, 4.0
 _STARTED: dict[str, float] = {}  # task id → when this process started it
-
-
-@lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    """This worker process's connection pool (created after fork, on first use). Commands are
-    retried with backoff through about half a minute of Redis being away (a restart)."""
-    return redis.Redis.from_url(get_settings().redis_url,
-                                retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), REDIS_RETRIES),
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-
-
-def job_store() -> JobStore:
-    settings = get_settings()
-    return JobStore(redis_client(), settings.namespace, settings.job_ttl_s)
-
-
-def fastio_context(job_id: str) -> FastIOContext:
-    return FastIOContext(redis_client(), job_id, get_settings().fastio_config())
 
 
 def queue_kind(queue: str) -> str:
@@ -65,17 +43,17 @@ class StageTask(Task):
         payload = args[0]
         stages = self._stages(payload)
         index = stages.index(self.name) + 1 if self.name in stages else 0
-        job_store().stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
+        lifecycle.stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
     def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        if not self.request.called_directly and self._job_already_finished(payload["job"]):
+        if not self.request.called_directly and lifecycle.has_ended(payload["job"]):
             # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
             # comes back after the visibility timeout, or the last stage's process died between
-            # recording the job done and Celery storing its success. The job has ended; free
-            # what a lost process may have left of its memory, and run nothing.
+            # recording the job done and Celery storing its success. Free what a lost process
+            # may have left of its memory, and run nothing.
             log.warning("job %s has ended; %s redelivered late, dropped", payload["job"], self.name)
             _STARTED.pop(self.request.id, None)
-            self._finish(payload["job"])
+            lifecycle.free_memory(payload["job"])
             raise Ignore()
         try:
             result = super().__call__(payload, *args, **kwargs)
@@ -89,10 +67,9 @@ class StageTask(Task):
             # The last stage ends its job here, before Celery stores the stage's success: a
             # process lost after that store (in on_success) would leave the job running for ever,
             # as the stage is then not redelivered. Lost before it, the stage is redelivered and
-            # dropped above. Memory first, so that a job seen done holds none.
+            # dropped above.
             ended = result if isinstance(result, dict) else payload
-            self._finish(ended["job"])
-            job_store().done(ended["job"], ended.get("output", ""))
+            lifecycle.job_done(ended["job"], ended.get("output", ""))
         return result
 
     # helpers for task bodies ------------------------------------------------------------
@@ -138,16 +115,7 @@ class StageTask(Task):
         job_id = payload.get("job") if isinstance(payload, dict) else None
         if not job_id:
             return
-        log.error("job %s failed in %s: %s", job_id, self.name, exc)
-        job_store().failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
-        self._finish(job_id)
-
-    @staticmethod
-    def _job_already_finished(job_id: str) -> bool:
-        try:
-            return job_store().get(job_id).finished
-        except UnknownJob:  # expired, or a stage run outside the job store: let it run
-            return False
+        lifecycle.job_failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
 
     def _record_duration(self, task_id: str, outcome: str) -> None:
         started = _STARTED.pop(task_id, None)
@@ -157,12 +125,6 @@ class StageTask(Task):
             record_stage(redis_client(), get_settings().namespace, self.name, time.monotonic() - started, outcome)
         except redis.RedisError:  # a metric lost is no reason to fail a stage
             log.warning("could not record the duration of %s", self.name, exc_info=True)
-
-    def _finish(self, job_id: str) -> None:
-        try:
-            fastio_context(job_id).free_all()
-        except Exception:  # the job's outcome stands; the janitor reclaims what is left
-            log.exception("job %s: freeing FastIO memory failed", job_id)
 
     def _pin_chain_here(self) -> None:
         """Send the remaining stages to this host's queues, where the memory is."""

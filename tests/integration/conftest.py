@@ -14,7 +14,7 @@ import redis
 
 from queues.app import create_app
 from queues.jobs import JobStore
-from queues.local import start_worker, stop_process_group
+from carina.local import start_worker, stop_process_group
 from queues.settings import Settings
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from ops.dicom import read_series
 from ops.samples import ct_phantom, ct_series
 from ops.volume import read_volume, write_volume
-from queues.local import free_port, start_api, stop_process_group
+from carina.local import free_port, start_api, stop_process_group
 
 TOKEN = "s3cret-token"
 GEOMETRY = {"spacing": [1.0, 1.0, 2.0], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}

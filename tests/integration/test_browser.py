@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from queues.local import free_port, start_api, stop_process_group
+from carina.local import free_port, start_api, stop_process_group
 from queues.pipelines import submit, wait
 
 from tests.integration.test_monitoring import http_get
@@ -33,7 +33,7 @@ def test_flower_and_the_status_page_show_the_job(deployment, sample, tmp_path):
     flower_port, api_port = free_port(), free_port()
     env = {**deployment.env, "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": ""}
     with open(tmp_path / "flower.log", "w") as log:
-        flower = subprocess.Popen([sys.executable, "-m", "queues.cli", "flower", "--port", str(flower_port)],
+        flower = subprocess.Popen([sys.executable, "-m", "carina", "flower", "--port", str(flower_port)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = start_api(env, api_port, tmp_path / "api.log")
     try:

@@ -15,7 +15,7 @@ from fastio.registry import Registry
 from ops.samples import he_slide
 from queues.app import create_app
 from queues.jobs import JobStore
-from queues.local import start_worker, stop_process_group
+from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
@@ -140,7 +140,7 @@ def test_a_whole_worker_killed_mid_stage_has_its_stage_requeued_not_stuck_runnin
 
 
 def test_a_redis_restart_during_a_job_loses_nothing(project_triton, tmp_path):
-    from queues.local import LocalRedis
+    from carina.local import LocalRedis
 
     server = LocalRedis(persistent=True).start()
     env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": f"rr{uuid.uuid4().hex[:6]}",

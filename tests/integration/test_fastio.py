@@ -170,7 +170,7 @@ def test_janitor_reclaims_expired_jobs_and_orphans(redis_client, fastio_config):
 
     time.sleep(0.3)
     report = sweep(redis_client, short)
-    assert report.expired_jobs == 1 and report.orphans == 1
+    assert report.expired_jobs == ("dead-job",) and report.orphans == 1
     assert stranger.exists()
     with pytest.raises(AllocationNotFound):
         FastIOContext(redis_client, "dead-job", short).get("v")

@@ -158,7 +158,7 @@ def test_bad_input_fails_the_job_with_the_reason_and_loses_nothing(deployment, s
 
 def test_cli_submit_wait_and_status(deployment, sample, tmp_path):
     path, _ = sample
-    cli = [sys.executable, "-m", "queues.cli"]
+    cli = [sys.executable, "-m", "carina"]
     ok = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", str(tmp_path / "out"),
                                "--crop-start", "0", "0", "0", "--crop-size", "4", "4", "4", "--wait"],
                         env=deployment.env, capture_output=True, text=True, timeout=120)
@@ -205,12 +205,12 @@ def test_refusals_before_anything_is_queued(deployment, sample, tmp_path):
 
 def test_redis_down_at_submit_is_a_clear_error(sample, tmp_path):
     from queues.app import create_app
-    from queues.local import free_port
+    from carina.local import free_port
 
     settings = Settings.from_env({"CARINA_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
         submit(create_app(settings), settings, "fastio-itk", sample[0], tmp_path / "out")
-    cli = subprocess.run([sys.executable, "-m", "queues.cli", "submit", "fastio-itk", "-i", str(sample[0]), "-o", "x"],
+    cli = subprocess.run([sys.executable, "-m", "carina", "submit", "fastio-itk", "-i", str(sample[0]), "-o", "x"],
                          env={"CARINA_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and "cannot reach Redis" in cli.stderr

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from queues.local import stop_process_group
+from carina.local import stop_process_group
 
 
 def child_pids(pid: int) -> list[int]:
@@ -25,7 +25,7 @@ def test_one_pinned_worker_per_device(redis_server, tmp_path):
            "CARINA_NAMESPACE": "gputest"}
     log = tmp_path / "gpu.log"
     with open(log, "w") as out:
-        parent = subprocess.Popen([sys.executable, "-m", "queues.cli", "worker", "--gpus", "0,1"], env=env,
+        parent = subprocess.Popen([sys.executable, "-m", "carina", "worker", "--gpus", "0,1"], env=env,
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90

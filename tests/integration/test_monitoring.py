@@ -17,14 +17,14 @@ import redis
 from monitoring.health import check_all
 from monitoring.metrics import dumps
 from queues.app import create_app
-from queues.local import free_port, stop_process_group
+from carina.local import free_port, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
 
 
 def carina(*args, env, timeout=60):
-    return subprocess.run([sys.executable, "-m", "queues.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "carina", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -88,7 +88,7 @@ def test_a_scrape_while_redis_is_down_answers_and_says_so(tmp_path):
     port = free_port()
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with open(tmp_path / "metrics.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "queues.cli", "metrics", "--port", str(port)], env=env,
+        server = subprocess.Popen([sys.executable, "-m", "carina", "metrics", "--port", str(port)], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         text = http_get(f"http://127.0.0.1:{port}/metrics", timeout_s=30)[1]
@@ -120,7 +120,7 @@ def test_flower_needs_credentials_beyond_loopback_and_checks_them(deployment, tm
     port = free_port()
     env = {**deployment.env, "CARINA_FLOWER_AUTH": "radiology:s3cret"}
     with open(tmp_path / "flower.log", "w") as log:
-        flower = subprocess.Popen([sys.executable, "-m", "queues.cli", "flower", "--port", str(port)], env=env,
+        flower = subprocess.Popen([sys.executable, "-m", "carina", "flower", "--port", str(port)], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         status, _ = http_get(f"http://127.0.0.1:{port}/workers", timeout_s=60)

@@ -10,7 +10,7 @@ import pytest
 from queues.app import create_app
 from queues.errors import InvalidJobRequest
 from queues.jobs import JobStore
-from queues.local import start_worker, stop_process_group
+from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 

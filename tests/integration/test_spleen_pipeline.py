@@ -12,7 +12,7 @@ from ops.samples import ct_series, spleen_phantom
 from ops.spleen import segment
 from ops.triton_client import TritonPredictor
 from ops.volume import read_volume, write_volume
-from queues.local import free_port, start_worker, stop_process_group
+from carina.local import free_port, start_worker, stop_process_group
 from queues.pipelines import submit, wait
 
 from tests.integration.test_fastio_itk_pipeline import assert_no_memory_held

@@ -15,9 +15,9 @@ import pytest
 
 from ops.errors import InferenceServerUnavailable, InferenceTimeout, ModelNotFound, ModelShapeMismatch
 from ops.triton_client import TritonPredictor
-from queues.errors import ServiceError
-from queues.local import free_port
-from queues.triton import LocalTriton, triton_binary
+from carina.errors import ServiceError
+from carina.local import free_port
+from carina.triton import LocalTriton, triton_install
 from tests.triton_fixtures import SLOW_MODEL_S
 
 ROI = (8, 8, 8)
@@ -144,7 +144,7 @@ def test_model_that_fails_to_load_fails_the_start_with_its_error(triton_server, 
 
 def test_missing_install_says_how_to_install(tmp_path):
     with pytest.raises(ServiceError, match="setup_triton.sh"):
-        triton_binary(tmp_path)
+        triton_install(tmp_path)
 
 
 def test_slow_answer_times_out_without_retry(triton_server):

@@ -12,7 +12,7 @@ import numpy as np
 from ops.dicom import read_series
 from ops.samples import ct_phantom, ct_series
 
-CLI = [sys.executable, "-m", "queues.cli"]
+CLI = [sys.executable, "-m", "carina"]
 
 
 def test_round_trip_through_hdf5_and_json(tmp_path):

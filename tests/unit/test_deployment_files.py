@@ -49,7 +49,7 @@ def test_every_procfile_command_is_a_carina_command_that_exists():
         if "carina " not in command:
             continue
         words = command.split("carina ", 1)[1].split()
-        out = subprocess.run([sys.executable, "-m", "queues.cli", words[0], "--help"], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "carina", words[0], "--help"], capture_output=True, text=True)
         assert out.returncode == 0, (name, out.stderr)
 
 

@@ -1,0 +1,81 @@
+"""Everything Carina knows of kombu's Redis transport, in one place.
+
+Celery hides the broker behind kombu, but two jobs need to look inside: recovery (a stage
+whose whole worker died stays in kombu's ``unacked`` hash until the visibility timeout; we
+find it by task id and put it back at the front of its queue) and metrics (queue depths,
+summed over the per-priority lists kombu keeps). kombu's layout, as of kombu 5:
+
+- a queue ``q`` is the list ``q`` for priority 0 and ``q\\x06\\x16<p>`` for each other step
+  ``p`` of ``priority_steps``; publishers ``LPUSH``, consumers ``BRPOP`` (the right end is
+  the front);
+- ``unacked`` hashes delivery tag → ``[message, exchange, routing key]`` for every message
+  delivered and not yet acknowledged (``unacked_index`` scores them by delivery time).
+
+``tests/integration/test_broker.py`` holds this module to the real transport.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import redis
+from celery import Celery
+
+from queues.settings import PRIORITIES, QUEUE_KINDS
+
+UNACKED_KEY = "unacked"
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = tuple(sorted(set(PRIORITIES.values())))
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, one per priority step."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def queues_key(namespace: str) -> str:
+    """The set of queue names that workers of the deployment consume (see :func:`announce_queues`)."""
+    return f"{namespace}:queues"
+
+
+def announce_queues(client: redis.Redis, namespace: str, names: Iterable[str]) -> None:
+    """Record the queues a starting worker consumes, so that metrics find the per-host ones
+    without scanning the keyspace (a scan costs in proportion to every key, jobs included)."""
+    names = list(names)
+    if names:
+        client.sadd(queues_key(namespace), *names)
+
+
+def known_queues(client: redis.Redis, namespace: str) -> list[str]:
+    """The shared queues of every kind, and every queue a worker has announced, sorted."""
+    return sorted(set(QUEUE_KINDS) | {n.decode() for n in client.smembers(queues_key(namespace))})
+
+
+def queue_depths(client: redis.Redis, names: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each of the queues ``names``, every priority counted, in one round trip."""
+    names = list(names)
+    with client.pipeline(transaction=False) as p:
+        for name in names:
+            for key in priority_lists(name):
+                p.llen(key)
+        lengths = p.execute()
+    steps = len(PRIORITY_STEPS)
+    return {name: sum(lengths[i * steps:(i + 1) * steps]) for i, name in enumerate(names)}
+
+
+def unacked_delivery_tag(client: redis.Redis, task_id: str) -> str | None:
+    """The delivery tag under which Celery task ``task_id``'s message waits unacknowledged,
+    or None (acknowledged, restored, or never delivered)."""
+    for tag, raw in client.hscan_iter(UNACKED_KEY):
+        message = json.loads(raw)[0]
+        if message.get("headers", {}).get("id") == task_id:
+            return tag.decode()
+    return None
+
+
+def restore_unacked(app: Celery, delivery_tag: str) -> None:
+    """Move an unacknowledged message back to the front of its queue (at its priority), as
+    kombu does for a consumer that closed cleanly."""
+    with app.connection_for_write() as connection:
+        connection.default_channel.qos.restore_by_tag(delivery_tag)

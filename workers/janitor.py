@@ -1,0 +1,22 @@
+"""One janitor pass, the same from every worker's janitor thread and from ``carina janitor``."""
+
+from __future__ import annotations
+
+from fastio import JanitorReport, sweep
+from queues.app import app
+from queues.settings import Settings
+from workers.lifecycle import job_failed
+from workers.recovery import requeue_lost_stages
+from workers.runtime import redis_client
+
+
+def janitor_pass(settings: Settings) -> tuple[JanitorReport, list[str]]:
+    """Sweep this host's FastIO memory, end the jobs whose lease expired (their memory is
+    already freed) and requeue the stages of lost workers; returns the sweep's report and the
+    jobs of lost workers acted on."""
+    report = sweep(redis_client(), settings.fastio_config())
+    for job_id in report.expired_jobs:
+        job_failed(job_id, "", f"LeaseExpired: its FastIO memory was held past the {settings.fastio_lease_s:.0f} s "
+                               "lease and was reclaimed")
+    lost = requeue_lost_stages(app, redis_client(), settings)
+    return report, lost
