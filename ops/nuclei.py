@@ -21,22 +21,17 @@ Conventions: positions are (y0, x0) level-0 pixels; images (y, x, channel) uint8
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
 from ops.errors import InvalidParameter, ModelShapeMismatch
 from ops.overlay import overlay_nuclei
+from ops.protocols import Predictor
 from ops.tissue import tile_grid, tiles_with_tissue, tissue_mask, validate_tile_size
 from ops.wsi import Slide
 
 MODEL_SIDE_MULTIPLE = 8  # the UNet halves its input three times
 DEFAULT_THRESHOLD = 0.5  # probability from which a pixel is a nucleus
-
-
-class Predictor(Protocol):
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, 3, S, S)`` uint8 RGB in, ``(B, 1, S, S)`` float nucleus probabilities out."""
 
 
 def validate_overlap(overlap: int, tile_size: int) -> int:
@@ -117,7 +112,8 @@ def segment_tiles(slide: Slide, positions: Sequence[tuple[int, int]], tissue: Se
         positions: (y0, x0) of each tile, level-0 pixels.
         tissue: per tile, whether it holds tissue; only those go to the predictor.
         tile_size, overlap: see :func:`read_tiles`.
-        predictor: the model (see :class:`Predictor`), called once with every tissue tile.
+        predictor: the model (see :class:`ops.protocols.Predictor`): ``(B, 3, S, S)`` uint8 RGB in,
+            ``(B, 1, S, S)`` float nucleus probabilities out; called once with every tissue tile.
         threshold: the probability from which a pixel is a nucleus.
 
     Returns:

@@ -3,7 +3,7 @@
 A model trained on fixed-size patches (the spleen model: 96³) is run over a whole volume by
 cutting it into overlapping windows, predicting each, and blending the overlaps with a
 weight (importance) map. This module does that in numpy, with the model behind the
-:class:`Predictor` protocol, so the same code runs against Triton in production and against
+:class:`ops.protocols.Predictor` protocol, so the same code runs against Triton in production and against
 a plain function in the tests. The result equals ``monai.inferers.sliding_window_inference``
 to float32 rounding, for the arguments both take (the tests check it against MONAI 1.6.1: the
 same windows, batched the same way, the importance map bit for bit, the output to 1e-5).
@@ -37,41 +37,19 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ops.errors import InvalidParameter
+from ops.protocols import Predictor, Progress
 
 BLEND_MODES = ("constant", "gaussian")
 # torch.nn.functional.pad's names (MONAI's), each with numpy.pad's name for the same padding
 PADDING_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 IMPORTANCE_FLOOR = 1e-3  # MONAI's smallest weight: keeps the blend's denominator away from 0
 
-Progress = Callable[[int, int], None]
-
-
-class Predictor(Protocol):
-    """The model, as sliding-window inference sees it.
-
-    Contract:
-        * It is called with one batch of windows: a C-contiguous float32 array
-          ``(B, C, *roi_size)``, ``1 <= B <= sw_batch_size`` (the last batch may be smaller),
-          whose windows may come from different images of the input batch.
-        * It returns ``(B, C_out, *roi_size)``: the same ``B`` and spatial shape, any number of
-          channels ``C_out`` (the same for every call), anything ``np.asarray`` turns into real
-          numbers. The output is converted to float32; the input array is not reused, so the
-          predictor may keep or modify it.
-        * It may be a remote model (Triton) or a plain function; it is called from the
-          caller's thread, one batch at a time, in window order. Its exceptions propagate.
-        * Optionally it also has ``predict_many(batches)``: given an iterator of such batches,
-          it yields their predictions in the same order, and may consume a few batches ahead
-          (requests in flight). Sliding-window inference uses it where present; a plain
-          function needs only ``__call__``.
-    """
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def sliding_window_inference(

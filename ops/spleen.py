@@ -34,7 +34,8 @@ import numpy as np
 
 from ops.arrays import array_module, is_cupy, ndimage_for, to_device, to_host
 from ops.errors import InvalidParameter
-from ops.sliding_window import Predictor, Progress, sliding_window_inference
+from ops.protocols import Predictor, Progress
+from ops.sliding_window import sliding_window_inference
 
 TARGET_SPACING_XYZ = (1.5, 1.5, 2.0)  # mm
 HU_WINDOW = (-57.0, 164.0)  # HU mapped to 0 and 1
@@ -167,7 +168,7 @@ def segment(
     Args:
         volume: (z, y, x) in HU, any real dtype.
         geometry: its geometry (x, y, z order).
-        predictor: the model (see :class:`ops.sliding_window.Predictor`): float32 windows
+        predictor: the model (see :class:`ops.protocols.Predictor`): float32 windows
             ``(B, 1, *roi_size)`` in, ``(B, C, *roi_size)`` logits out (C = 2 for the spleen).
         roi_size: the window, (z, y, x) voxels.
         sw_batch_size, overlap, mode, progress: as for

@@ -1,4 +1,4 @@
-"""A model on a Triton Inference Server as a :class:`ops.sliding_window.Predictor`.
+"""A model on a Triton Inference Server as a :class:`ops.protocols.Predictor`.
 
 ``TritonPredictor(url, model_name)`` is called with a batch ``(B, C, *roi)`` float32 and returns
 ``(B, C_out, *roi)`` float32, through the KServe v2 HTTP protocol with binary tensors

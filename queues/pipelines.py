@@ -1,10 +1,7 @@
 """The pipeline catalogue and ``submit``: each pipeline is a Celery chain of named tasks.
 
-Every stage takes the job payload (a small JSON dict) as its first argument and returns it,
-updated, for the next one::
-
-    {"job": id, "pipeline": name, "input": path, "output": dir, "config": dir or None,
-     "params": {...}, "handles": {name: FastIO publication}, "trace": [{stage, host}]}
+Every stage takes the job payload (:class:`queues.payload.Payload`, a small JSON dict) as
+its first argument and returns it, updated, for the next one.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from celery import Celery, chain
 
 from queues.errors import BrokerUnavailable, InvalidJobRequest, UnknownPipeline
 from queues.jobs import JobStatus, JobStore
+from queues.payload import first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
 
@@ -215,11 +213,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
     job_id = job_id or uuid.uuid4().hex
-    payload = {
-        "job": job_id, "pipeline": pipeline, "input": str(Path(input).absolute()),
-        "output": str(Path(output).absolute()), "config": str(Path(config).absolute()) if config else None,
-        "params": params, "handles": {}, "trace": [],
-    }
+    payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
+                            str(Path(config).absolute()) if config else None, params)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
     try:

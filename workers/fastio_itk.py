@@ -3,40 +3,41 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 from ops.crop import crop_volume, resolve_crop
 from ops.render import volume_meta, write_render_files
 from ops.volume import find_volume
 from ops.volume import read_volume as read_image
 from ops.volume import write_volume as write_image
 from queues.app import app
+from queues.payload import Payload
 from queues.settings import get_settings
-from workers.runtime import fastio_context
 from workers.stage import StageTask
 
-Payload = dict[str, Any]
+# The seed's publication names.
+VOLUME = "fastio_itk"
+CROPPED = "fastio_itk_filtered"
+
 
 
 @app.task(name="carina.fastio_itk.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry = read_image(find_volume(payload["input"]))
-    return self.publish(payload, volume, "fastio_itk", geometry)
+    return self.publish(payload, volume, VOLUME, geometry)
 
 
 @app.task(name="carina.fastio_itk.filter_volume", base=StageTask, bind=True)
 def filter_volume(self: StageTask, payload: Payload) -> Payload:
     settings, params = get_settings(), payload["params"]
-    source = fastio_context(payload["job"]).get(payload["handles"]["fastio_itk"])
+    source = self.published(payload, VOLUME)
     region = resolve_crop(source.array.shape, params.get("crop_start", settings.crop_start),
                           params.get("crop_size", settings.crop_size))
     cropped, geometry = crop_volume(source.array, source.metadata, region)
-    return self.publish(payload, cropped, "fastio_itk_filtered", geometry)
+    return self.publish(payload, cropped, CROPPED, geometry)
 
 
 @app.task(name="carina.fastio_itk.write_volume", base=StageTask, bind=True)
 def write_volume(self: StageTask, payload: Payload) -> Payload:
-    volume = fastio_context(payload["job"]).get(payload["handles"]["fastio_itk_filtered"])
+    volume = self.published(payload, CROPPED)
     output = Path(payload["output"])
     output.mkdir(parents=True, exist_ok=True)
     written = write_image(volume.array, volume.metadata, output / "output.mhd")

@@ -7,21 +7,20 @@ import os
 from contextlib import closing
 from functools import partial
 from pathlib import Path
-from typing import Any
-
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
 from ops.pyramid import write_pyramid
 from ops.render import write_slide_publish
 from ops.wsi import find_slide, open_slide
 from queues.app import app
+from queues.payload import Payload
 from queues.settings import get_settings
 from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 from workers.tiling import segmented_tiles
 
-Payload = dict[str, Any]
 OUTPUT_IMAGE = "image.tif"  # the seed's name
+TISSUE_TILES = "nuclei_tissue_tiles"
 
 
 @app.task(name="carina.nuclei.find_tissue", base=StageTask, bind=True)
@@ -31,13 +30,13 @@ def find_tissue(self: StageTask, payload: Payload) -> Payload:
         tissue = tissue_tiles(slide, params["tile_size"], params["mask_pixel_count_limit"])
         shape_yx = slide.levels[0].shape_yx
     described = {"shape_yx": list(shape_yx), "tiles": int(tissue.size), "tissue_tiles": int(tissue.sum())}
-    return self.publish({**payload, "slide": str(path)}, tissue, "nuclei_tissue_tiles", described)
+    return self.publish(payload, tissue, TISSUE_TILES, described, slide=str(path))
 
 
 @app.task(name="carina.nuclei.segment", base=StageTask, bind=True)
 def segment(self: StageTask, payload: Payload) -> Payload:
     params, ctx = payload["params"], fastio_context(payload["job"])
-    tissue = ctx.get(payload["handles"]["nuclei_tissue_tiles"])
+    tissue = self.published(payload, TISSUE_TILES)
     tile, overlap = params["tile_size"], params["overlap"]
     threads = params.get("num_workers") or os.cpu_count() or 1
     batch_size = get_settings().tile_batch_size
@@ -54,7 +53,7 @@ def segment(self: StageTask, payload: Payload) -> Payload:
 
 @app.task(name="carina.nuclei.write_results", base=StageTask, bind=True)
 def write_results(self: StageTask, payload: Payload) -> Payload:
-    described = fastio_context(payload["job"]).get(payload["handles"]["nuclei_tissue_tiles"]).metadata
+    described = self.published(payload, TISSUE_TILES).metadata
     # The seed's input folder holds config_render.json beside the slide.
     config = payload["config"] or (payload["input"] if Path(payload["input"]).is_dir() else None)
     write_slide_publish(Path(payload["output"]), OUTPUT_IMAGE, config, source=payload["slide"],

@@ -4,43 +4,43 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
-
 from ops.arrays import gpu_available
 from ops.render import write_segmentation_publish
 from ops.spleen import request_nbytes, segment
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
+from queues.payload import Payload
 from queues.settings import get_settings
 from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 
-Payload = dict[str, Any]
+CT = "spleen_ct"
+LABELS = "spleen_labels"
+
 
 
 @app.task(name="carina.spleen.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry, name = read_input(payload["input"])
-    return self.advance(self.publish(payload, volume, "spleen_ct", geometry), study=name)
+    return self.publish(payload, volume, CT, geometry, study=name)
 
 
 @app.task(name="carina.spleen.infer", base=StageTask, bind=True)
 def infer(self: StageTask, payload: Payload) -> Payload:
     params, ctx = payload["params"], fastio_context(payload["job"])
-    ct = ctx.get(payload["handles"]["spleen_ct"])
+    ct = self.published(payload, CT)
     sw_batch_size = params.get("sw_batch_size", get_settings().sw_batch_size)
     with triton_predictor(ctx, params["model"], request_nbytes(sw_batch_size)) as predictor:
         labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
                          progress=partial(self.report_progress, payload), use_gpu=gpu_available())
-    return self.publish(payload, labels, "spleen_labels", ct.metadata)
+    return self.publish(payload, labels, LABELS, ct.metadata)
 
 
 @app.task(name="carina.spleen.write_results", base=StageTask, bind=True)
 def write_results(self: StageTask, payload: Payload) -> Payload:
-    ctx = fastio_context(payload["job"])
-    ct, labels = ctx.get(payload["handles"]["spleen_ct"]), ctx.get(payload["handles"]["spleen_labels"])
+    ct, labels = self.published(payload, CT), self.published(payload, LABELS)
     output = Path(payload["output"])
     # The seed names the label volume after the input (its downstream consumer expects it).
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")

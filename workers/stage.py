@@ -16,8 +16,9 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore
 
-from fastio import AlreadyPublished, NotLocal
+from fastio import AlreadyPublished, FastIOAllocation, NotLocal
 from monitoring.metrics import record_stage
+from queues.payload import Payload
 from queues.settings import get_settings
 from workers import lifecycle
 from workers.runtime import fastio_context, job_store, redis_client
@@ -45,7 +46,7 @@ class StageTask(Task):
         index = stages.index(self.name) + 1 if self.name in stages else 0
         lifecycle.stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
-    def __call__(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, payload: Payload, *args: Any, **kwargs: Any) -> Any:
         if not self.request.called_directly and lifecycle.has_ended(payload["job"]):
             # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
             # comes back after the visibility timeout, or the last stage's process died between
@@ -73,9 +74,15 @@ class StageTask(Task):
         return result
 
     # helpers for task bodies ------------------------------------------------------------
-    def publish(self, payload: dict[str, Any], array: np.ndarray, name: str,
-                metadata: dict[str, Any]) -> dict[str, Any]:
-        """Publish ``array`` as ``name`` for this job, pin the chain here, return the new payload.
+    def published(self, payload: Payload, name: str) -> FastIOAllocation:
+        """The allocation an earlier stage of this job published as ``name`` (zero copy).
+        Raises NotLocal where it lies on another host (the stage is then re-routed there)."""
+        return fastio_context(payload["job"]).get(payload["handles"][name])
+
+    def publish(self, payload: Payload, array: np.ndarray, name: str, metadata: dict[str, Any],
+                **changes: Any) -> Payload:
+        """Publish ``array`` as ``name`` for this job, pin the chain here, and return the
+        payload for the next stage (with ``changes``).
 
         A name this stage already published (its message was redelivered after a crash) is
         replaced: the next stage has not run yet, so no reader can have seen it.
@@ -87,9 +94,9 @@ class StageTask(Task):
             ctx.get(name).free()
             ctx.publish_array(array, name, metadata)
         self._pin_chain_here()
-        return self.advance(payload, handles={**payload["handles"], name: name})
+        return self.advance(payload, handles={**payload["handles"], name: name}, **changes)
 
-    def report_progress(self, payload: dict[str, Any], done: int, total: int) -> None:
+    def report_progress(self, payload: Payload, done: int, total: int) -> None:
         """Units done in this stage: in the job record (``carina status``) and the task state
         (Flower). Best effort: a report lost while Redis is away does not stop the work."""
         try:
@@ -100,7 +107,7 @@ class StageTask(Task):
         except redis.RedisError as e:
             log.warning("job %s: progress %d/%d not recorded: %s", payload["job"], done, total, e)
 
-    def advance(self, payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    def advance(self, payload: Payload, **changes: Any) -> Payload:
         """The payload for the next stage, with this stage recorded in its trace."""
         trace = [*payload["trace"], {"stage": self.name, "host": get_settings().host_id}]
         return {**payload, **changes, "trace": trace}
@@ -138,7 +145,7 @@ class StageTask(Task):
         return info.get("routing_key") or self.queue or "cpu"
 
     @staticmethod
-    def _stages(payload: dict[str, Any]) -> list[str]:
+    def _stages(payload: Payload) -> list[str]:
         from queues.pipelines import PIPELINES
 
         spec = PIPELINES.get(payload.get("pipeline", ""))

@@ -20,17 +20,17 @@ import atexit
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from ops.nuclei import Predictor, segment_tiles
+from ops.nuclei import segment_tiles
+from ops.protocols import Predictor, Progress
 from ops.wsi import Slide
 
-Progress = Callable[[int, int], None]
 AHEAD_PER_THREAD = 2  # batches submitted ahead of the one being written, per Dask thread
 GLASS_PER_BATCH = 4  # a batch holds at most this many times batch_size tiles in all
 

@@ -53,6 +53,8 @@ def test_segments_the_spleen_and_writes_the_seed_outputs(deployment, project_tri
     status = run(deployment, path, tmp_path / "out")
     assert status.state == "done", status.error
     assert status.progress_total > 0 and status.progress_done == status.progress_total
+    trace = deployment.app.AsyncResult(status.job_id).get(timeout=10)["trace"]
+    assert [entry["stage"] for entry in trace] == status.stages  # one entry per stage, none twice
 
     labels, geometry = read_volume(tmp_path / "out" / "patient7.mhd")  # named after the input
     assert labels.dtype == np.uint8 and labels.shape == volume.shape

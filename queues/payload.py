@@ -1,0 +1,35 @@
+"""The job payload: the small JSON document every stage takes as its first argument and
+returns, updated, for the next one. ``queues.pipelines.submit`` makes the first one."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+class TraceEntry(TypedDict):
+    stage: str  # the task name
+    host: str  # the host id of the worker that ran it
+
+
+class Payload(TypedDict):
+    job: str  # the job id
+    pipeline: str
+    input: str  # absolute path, as the workers see it
+    output: str  # absolute path of the output folder
+    config: str | None  # absolute path of the job's configuration folder
+    params: dict[str, Any]  # the pipeline's parameters, validated at submit
+    handles: dict[str, str]  # publication name → FastIO publication, added by each stage that publishes
+    trace: list[TraceEntry]  # one entry per stage run, in order
+    # Added by stages on the way:
+    study: NotRequired[str]  # spleen-seg: the input's name, which the label volume takes
+    slide: NotRequired[str]  # nuclei-seg: the slide file found in the input
+    result: NotRequired[str]  # the main file or folder written
+    files: NotRequired[int]  # 3dblur: DICOM files written
+    tiles: NotRequired[int]  # nuclei-seg: tiles in the grid
+    tissue_tiles: NotRequired[int]  # nuclei-seg: of those, tiles with tissue
+
+
+def first_payload(job_id: str, pipeline: str, input: str, output: str, config: str | None,
+                  params: dict[str, Any]) -> Payload:
+    return Payload(job=job_id, pipeline=pipeline, input=input, output=output, config=config, params=params,
+                   handles={}, trace=[])
