@@ -59,6 +59,7 @@ from typing import NamedTuple, Self
 
 from carina.errors import ServiceError
 from carina.local import free_port
+from fastio.config import POSIX_SHM_DIR
 from queues.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,6 @@ SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_triton.sh"
 MODEL_REPOSITORY = REPO_ROOT / "models"
 STAMP_NAME = "carina-triton.json"
 SITE_PACKAGES_VARIABLE = "CARINA_TRITON_SITE_PACKAGES"
-SHM_DIR = Path("/dev/shm")
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 # Seconds a stopping server waits for in-flight inferences and open HTTP connections (Triton: 30).
 DEFAULT_EXIT_TIMEOUT_S = 5
@@ -281,7 +281,7 @@ class LocalTriton:
             except (ProcessLookupError, PermissionError):
                 pass
             for region in regions:
-                (SHM_DIR / region).unlink(missing_ok=True)
+                (POSIX_SHM_DIR / region).unlink(missing_ok=True)
             self._stopped = True
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

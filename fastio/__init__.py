@@ -27,6 +27,7 @@ _EXPORTS = {
     "AllocationStateError": "fastio.errors",
     "AlreadyPublished": "fastio.errors",
     "FastIOError": "fastio.errors",
+    "InvalidArgument": "fastio.errors",
     "NotLocal": "fastio.errors",
     "SegmentError": "fastio.errors",
     "JanitorReport": "fastio.janitor",
@@ -39,7 +40,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from fastio.config import FastIOConfig
     from fastio.context import FastIOAllocation, FastIOContext
-    from fastio.errors import (AllocationNotFound, AllocationStateError, AlreadyPublished, FastIOError,
+    from fastio.errors import (AllocationNotFound, AllocationStateError, AlreadyPublished, FastIOError, InvalidArgument,
                                NotLocal, SegmentError)
     from fastio.janitor import JanitorReport, drain_pool, sweep
     from fastio.registry import Publication

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastio.errors import InvalidArgument
+
 POSIX_SHM_DIR = Path("/dev/shm")  # where shm_open names live on Linux
 DEFAULT_SHM_DIR = POSIX_SHM_DIR
 DEFAULT_NAMESPACE = "carina"
@@ -48,11 +50,11 @@ class FastIOConfig:
         for field in ("host_id", "namespace"):
             value = getattr(self, field)
             if not _SAFE.match(value):
-                raise ValueError(f"FastIOConfig.{field}={value!r}: use letters, digits, '_', '.', '-'")
+                raise InvalidArgument(f"FastIOConfig.{field}={value!r}: use letters, digits, '_', '.', '-'")
         if self.lease_s <= 0:
-            raise ValueError(f"FastIOConfig.lease_s={self.lease_s!r} must be > 0")
+            raise InvalidArgument(f"FastIOConfig.lease_s={self.lease_s!r} must be > 0")
         if self.pool_limit_bytes < 0 or self.map_cache_bytes < 0:
-            raise ValueError("FastIOConfig pool and cache limits must be >= 0")
+            raise InvalidArgument("FastIOConfig pool and cache limits must be >= 0")
         object.__setattr__(self, "shm_dir", Path(self.shm_dir))
 
     @property

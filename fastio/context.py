@@ -11,7 +11,7 @@ import numpy as np
 import redis
 
 from fastio.config import POSIX_SHM_DIR, FastIOConfig
-from fastio.errors import AllocationNotFound, AllocationStateError, NotLocal, SegmentError
+from fastio.errors import AllocationNotFound, AllocationStateError, InvalidArgument, NotLocal, SegmentError
 from fastio.registry import Publication, Registry
 from fastio.segments import SegmentStore, size_class
 
@@ -211,7 +211,7 @@ class FastIOContext:
 
 def _check_name(name: str, what: str = "name") -> None:
     if not isinstance(name, str) or not name or len(name) > 200 or any(c in name for c in "\x00/:\n"):
-        raise ValueError(f"{what} {name!r}: a non-empty string of at most 200 characters without '/', ':'")
+        raise InvalidArgument(f"{what} {name!r}: a non-empty string of at most 200 characters without '/', ':'")
 
 
 def _hostname() -> str:

@@ -7,7 +7,8 @@
      ├── NotLocal                             memory held by another host
      ├── AlreadyPublished                     a name is write-once
      ├── AllocationStateError                 misuse: no type set, freed, released, too small
-     └── SegmentError                         the shared-memory segment itself is gone or broken
+     ├── SegmentError                         the shared-memory segment itself is gone or broken
+     └── InvalidArgument (also ValueError)    a malformed configuration, name or size
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class AllocationStateError(FastIOError):
 
 class SegmentError(FastIOError):
     """A shared-memory segment is missing, truncated or not ours."""
+
+
+class InvalidArgument(FastIOError, ValueError):
+    """A configuration value, a publication name or a size that FastIO cannot take."""

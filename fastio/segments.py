@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastio.config import FastIOConfig
-from fastio.errors import SegmentError
+from fastio.errors import InvalidArgument, SegmentError
 
 PAGE = mmap.PAGESIZE
 MIN_SEGMENT_BYTES = 64 * 1024
@@ -38,7 +38,7 @@ def size_class(nbytes: int) -> int:
     wasting at most a third of a segment.
     """
     if nbytes < 0:
-        raise ValueError(f"nbytes={nbytes} must be >= 0")
+        raise InvalidArgument(f"nbytes={nbytes} must be >= 0")
     if nbytes <= MIN_SEGMENT_BYTES:
         return MIN_SEGMENT_BYTES
     power = 1 << (nbytes - 1).bit_length()

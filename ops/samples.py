@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ops.errors import InvalidParameter
+
 CT_GEOMETRY: dict[str, Any] = {
     "spacing": [0.8, 0.8, 2.5],
     "origin": [-64.0, -64.0, -100.0],
@@ -88,10 +90,10 @@ def ct_series(
     slope, intercept = (float(v) for v in rescale)
     stored = (volume.astype(np.float64) - intercept) / slope
     if not np.array_equal(stored, np.round(stored)):
-        raise ValueError(f"values are not integers under the rescale {rescale}")
+        raise InvalidParameter(f"values are not integers under the rescale {rescale}")
     low, high = (0, (1 << bits_stored) - 1) if unsigned else (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1)
     if stored.min() < low or stored.max() > high:
-        raise ValueError(f"stored values {stored.min()}..{stored.max()} do not fit {bits_stored} bits "
+        raise InvalidParameter(f"stored values {stored.min()}..{stored.max()} do not fit {bits_stored} bits "
                          f"({'unsigned' if unsigned else 'signed'})")
     pivot = high if unsigned else -1
     if monochrome1:
@@ -236,9 +238,9 @@ def spleen_phantom(
         ``(volume, label)``: int16 HU and uint8 (1 = spleen), both (z, y, x) of ``shape_zyx``.
     """
     if len(shape_zyx) != 3 or min(shape_zyx) < 1:
-        raise ValueError(f"shape_zyx must be three positive sizes, got {shape_zyx}")
+        raise InvalidParameter(f"shape_zyx must be three positive sizes, got {shape_zyx}")
     if len(spacing_xyz) != 3 or min(spacing_xyz) <= 0:
-        raise ValueError(f"spacing_xyz must be three positive sizes in mm, got {spacing_xyz}")
+        raise InvalidParameter(f"spacing_xyz must be three positive sizes in mm, got {spacing_xyz}")
     rng = np.random.default_rng(seed)
     u = rng.uniform
     nz, ny, nx = (int(n) for n in shape_zyx)

@@ -32,7 +32,8 @@ import redis
 from aiohttp import web
 from celery import Celery
 
-from queues.errors import BrokerUnavailable, CarinaError, InvalidJobRequest, UnknownJob, UnknownPipeline
+from queues.errors import (BrokerUnavailable, CarinaError, InvalidJobRequest, PathRefused, UnknownJob,
+                           UnknownPipeline)
 from queues.jobs import DONE, FAILED, JobStatus, JobStore
 from queues.pipelines import PIPELINES, submit
 from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, Settings
@@ -44,10 +45,6 @@ SETTINGS = web.AppKey("settings", Settings)
 CELERY = web.AppKey("celery", Celery)
 JOBS = web.AppKey("jobs", JobStore)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class PathRefused(CarinaError):
-    """A path in a request points outside the data root."""
 
 
 def resolve_inside(root: Path, requested: Any, field: str) -> Path:

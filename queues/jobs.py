@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from queues.errors import UnknownJob
+from queues.errors import JobStateError, UnknownJob
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
@@ -108,7 +108,7 @@ class JobStore:
         error); False if it had already ended (the first end stands) or is unknown.
         Call :func:`workers.lifecycle.end_job`, which frees the job's memory first."""
         if state not in FINISHED:
-            raise ValueError(f"{state!r} is not a final state")
+            raise JobStateError(f"{state!r} is not a final state")
         script = self.redis.register_script(_END_UNLESS_FINISHED)
         now = time.time()
         flat = [str(x) for kv in {**fields, "state": state, "updated": now}.items() for x in kv]

@@ -13,12 +13,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
-from fastio.config import FastIOConfig
+from fastio.config import POSIX_SHM_DIR, FastIOConfig
 from queues.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "carina"
-DEFAULT_SHM_DIR = "/dev/shm"
 DEFAULT_FASTIO_LEASE_S = 6 * 3600
 DEFAULT_FASTIO_POOL_MB = 4096
 DEFAULT_FASTIO_MAP_CACHE_MB = 8192
@@ -53,7 +52,7 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     host_id: str = field(default_factory=socket.gethostname)
     namespace: str = DEFAULT_NAMESPACE
-    shm_dir: Path = Path(DEFAULT_SHM_DIR)
+    shm_dir: Path = POSIX_SHM_DIR
     fastio_lease_s: float = DEFAULT_FASTIO_LEASE_S
     fastio_pool_mb: int = DEFAULT_FASTIO_POOL_MB
     fastio_map_cache_mb: int = DEFAULT_FASTIO_MAP_CACHE_MB
@@ -138,7 +137,7 @@ class Settings:
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise ValueError("must be >= 0")
+        raise ConfigError("must be >= 0")
     return value
 
 
@@ -148,7 +147,7 @@ def _boolean(text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError("expected true/false (1/0, yes/no, on/off)")
+    raise ConfigError("expected true/false (1/0, yes/no, on/off)")
 
 
 def _crop_var(env: Mapping[str, str], name: str) -> int:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 DONE_DIR, FAILED_DIR = "done", "failed"
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", "~")
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
-VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
+VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
 # Files a study folder may hold beside its images (render config, notes) that decide nothing.
 SIDECAR_SUFFIXES = (".json", ".txt", ".raw", ".zraw", ".xml")
 DICOM_TAGS = ("Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription", "Manufacturer")
@@ -136,20 +136,27 @@ def is_partial(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
 
 
+# Detached headers, with how each names its data file: (separator, keys).
+DETACHED_HEADERS = {".mhd": ("=", ("ElementDataFile",)), ".nhdr": (":", ("data file", "datafile"))}
+
+
 def companions(entry: Path) -> list[Path]:
-    """The files beside a MetaImage header (``.mhd``) that hold its pixels and so belong to the
-    same drop: its ``ElementDataFile`` and ``<stem>.raw``/``<stem>.zraw``, whether or not they
-    have arrived yet (a header is often copied before its data)."""
-    if not entry.is_file() or entry.suffix.lower() != ".mhd":
+    """The files beside a detached header (MetaImage ``.mhd``, NRRD ``.nhdr``) that hold its
+    pixels and so belong to the same drop: the data file it names and ``<stem>.raw`` (and
+    ``.zraw``, ``.raw.gz``), whether or not they have arrived yet (a header is often copied
+    before its data)."""
+    suffix = entry.suffix.lower()
+    if not entry.is_file() or suffix not in DETACHED_HEADERS:
         return []
-    names = {f"{entry.stem}.raw", f"{entry.stem}.zraw"}
+    separator, keys = DETACHED_HEADERS[suffix]
+    names = {f"{entry.stem}.raw", f"{entry.stem}.zraw", f"{entry.stem}.raw.gz"}
     try:
         header = entry.read_text(errors="replace")[:65536]
     except OSError:
         header = ""
     for line in header.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile" and value.strip() and "/" not in value and "%" not in value:
+        key, _, value = line.partition(separator)
+        if key.strip().lower() in {k.lower() for k in keys} and value.strip() and "/" not in value and "%" not in value:
             names.add(value.strip())
     names.discard("LOCAL")
     return [entry.parent / name for name in sorted(names)]
