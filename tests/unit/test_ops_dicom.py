@@ -20,6 +20,7 @@ from ops.dicom import (
     quantise,
     read_hdf5,
     read_series,
+    write_hdf5,
     write_series,
 )
 from ops.errors import (
@@ -29,6 +30,7 @@ from ops.errors import (
     InconsistentSeries,
     InvalidParameter,
     VolumeReadError,
+    VolumeWriteError,
 )
 from ops.samples import CT_GEOMETRY, ct_phantom, ct_series
 from ops.volume import geometry_of
@@ -495,3 +497,17 @@ def test_hdf5_without_the_volume_dataset_is_refused(tmp_path):
         read_hdf5(tmp_path / "bad.h5")
     with pytest.raises(VolumeReadError, match="does not exist"):
         hdf5_to_dicom(tmp_path / "missing.h5", tmp_path, tmp_path / "out")
+
+
+def test_a_failed_write_leaves_no_partial_file_and_names_the_file(tmp_path, series):
+    folder, _ = series
+    (tmp_path / "v.h5").mkdir()  # a folder where the file goes: the final rename fails
+    with pytest.raises(VolumeWriteError, match="cannot write .*v.h5"):
+        write_hdf5(VOLUME, OBLIQUE, tmp_path / "v.h5")
+    (tmp_path / "v.json").mkdir()
+    with pytest.raises(VolumeWriteError, match="cannot write .*v.json"):
+        dicom_to_hdf5(folder, tmp_path / "w.h5", tmp_path / "v.json")
+    (tmp_path / "out" / "IMG0003.dcm").mkdir(parents=True)
+    with pytest.raises(DicomWriteError, match="cannot write .*IMG0003.dcm"):
+        write_series(VOLUME, OBLIQUE, folder, tmp_path / "out", "x")
+    assert not list(tmp_path.rglob("*.partial"))
