@@ -34,7 +34,7 @@ import numpy as np
 from ops.samples import spleen_phantom
 from ops.sliding_window import sliding_window_inference
 from ops.spleen import ROI_SIZE, postprocess, preprocess, request_nbytes
-from ops.triton_client import DEFAULT_CONCURRENCY, SharedRegion, TritonPredictor
+from ops.triton import DEFAULT_CONCURRENCY, SharedRegion, TritonPredictor
 from carina.triton import MODEL_REPOSITORY, LocalTriton
 
 MODEL = "spleen_ct"

@@ -43,7 +43,7 @@ import numpy as np
 from ops.nuclei import model_input, model_side, request_nbytes, tissue_tiles
 from ops.pyramid import write_pyramid
 from ops.samples import he_slide
-from ops.triton_client import SLOT_ALIGNMENT, TritonPredictor
+from ops.triton import SLOT_ALIGNMENT, TritonPredictor
 from ops.wsi import open_slide
 from carina.triton import MODEL_REPOSITORY, LocalTriton
 from spleen import posix_region  # bench/spleen.py: a POSIX shared-memory object, as FastIO makes

@@ -18,7 +18,7 @@
      │    ├── SlideOpenError      not a slide, a format no reader opens, or a file too damaged to open
      │    ├── SlideReadError      a level, region or tile cannot be read or decoded
      │    └── SlideWriteError     the output TIFF cannot be written
-     └── InferenceError       an inference request to Triton failed (ops.triton_client); the message
+     └── InferenceError       an inference request to Triton failed (ops.triton); the message
           │                   names the server and the model
           ├── InferenceServerUnavailable  the server cannot be reached (refused, reset) or answers
           │                       502/503/504, still after the retries

@@ -8,7 +8,7 @@ parallel with Dask and streams the results into :func:`ops.pyramid.write_pyramid
    model takes (:data:`MODEL_SIDE_MULTIPLE`);
 2. :func:`model_input`: the seed's pre-filter, colour to the model's layout: RGB channels first,
    uint8 (the model scales and normalises inside its graph, so the wire carries bytes);
-3. the predictor (a :class:`Predictor`, e.g. :class:`ops.triton_client.TritonPredictor` on
+3. the predictor (a :class:`Predictor`, e.g. :class:`ops.triton.TritonPredictor` on
    ``nuclei_unet``): ``(B, 3, S, S)`` uint8 in, ``(B, 1, S, S)`` float probabilities out;
 4. :func:`segment_tiles` crops each probability map back to its tile (the margin only gave
    the model context across tile borders: a nucleus cut by a border is seen whole by both

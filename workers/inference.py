@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastio import FastIOContext
-from ops.triton_client import DEFAULT_CONCURRENCY, SLOT_ALIGNMENT, SharedRegion, TritonPredictor
+from ops.triton import DEFAULT_CONCURRENCY, SLOT_ALIGNMENT, SharedRegion, TritonPredictor
 from queues.settings import get_settings
 
 

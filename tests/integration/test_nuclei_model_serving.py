@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ops.he_samples import render_he
-from ops.triton_client import TritonPredictor
+from ops.triton import TritonPredictor
 
 ort = pytest.importorskip("onnxruntime")
 

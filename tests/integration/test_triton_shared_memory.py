@@ -12,7 +12,7 @@ import pytest
 
 from fastio import FastIOConfig, FastIOContext
 from fastio.janitor import drain_pool
-from ops.triton_client import SharedRegion, TritonPredictor
+from ops.triton import SharedRegion, TritonPredictor
 
 ROI = (8, 8, 8)
 
@@ -53,14 +53,14 @@ def test_tensors_travel_through_the_region_and_results_equal_http(triton_server,
     plain = TritonPredictor(triton_server.url, "double")
     batches = [np.random.default_rng(i).normal(size=(b, 2, *ROI)).astype(np.float32) for i, b in enumerate([1, 4, 3, 2, 4])]
     outputs = list(shared.predict_many(iter(batches)))
-    assert shared._shared_name in server_regions(triton_server.url)
+    assert shared._slots.name in server_regions(triton_server.url)
     for batch, out in zip(batches, outputs):
         np.testing.assert_array_equal(out, plain(batch))
     # The last request's input and the server's output for it lie in the region itself.
     last = batches[-1]
-    slots = [np.frombuffer(region.buffer, np.float32, last.size, s * shared._slot_bytes) for s in range(3)]
+    slots = [np.frombuffer(region.buffer, np.float32, last.size, s * shared._slots.slot_bytes) for s in range(3)]
     assert any(np.array_equal(slot, last.reshape(-1)) for slot in slots)
-    assert any(np.array_equal(np.frombuffer(region.buffer, np.float32, last.size, s * shared._slot_bytes + last.nbytes),
+    assert any(np.array_equal(np.frombuffer(region.buffer, np.float32, last.size, s * shared._slots.slot_bytes + last.nbytes),
                               2 * last.reshape(-1)) for s in range(3))
     shared.close()
     assert not any(n.startswith(f"carina-{os.getpid()}") for n in server_regions(triton_server.url))
@@ -79,7 +79,7 @@ def test_a_region_the_server_cannot_map_falls_back_to_http(triton_server, caplog
     predictor = TritonPredictor(triton_server.url, "double",
                                 shared_memory=SharedRegion(f"/carina-missing-{uuid.uuid4().hex}", memoryview(anonymous)))
     x = np.random.default_rng(1).normal(size=(2, 2, *ROI)).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="ops.triton_client"):
+    with caplog.at_level(logging.WARNING, logger="ops.triton"):
         np.testing.assert_array_equal(predictor(x), 2 * x)
     assert "tensors go over HTTP" in caplog.text
     assert not bytes(anonymous[:64]).strip(b"\0")  # nothing was written into it
@@ -94,3 +94,24 @@ def test_a_chunk_too_large_for_a_slot_goes_over_http(triton_server, posix_fastio
     assert not bytes(small.buffer[:64]).strip(b"\0")
     predictor.close()
     small.release()
+
+
+def test_a_registration_the_server_lost_falls_back_to_http(triton_server, region):
+    # As after a restart of the server: the region is gone from it, the predictor still names it.
+    import tritonclient.http as httpclient
+
+    predictor = TritonPredictor(triton_server.url, "double", shared_memory=region)
+    x = np.random.default_rng(3).normal(size=(2, 2, *ROI)).astype(np.float32)
+    np.testing.assert_array_equal(predictor(x), 2 * x)
+    name = predictor._slots.name
+    client = httpclient.InferenceServerClient(triton_server.url)
+    try:
+        client.unregister_system_shared_memory(name)
+    finally:
+        client.close()
+    np.testing.assert_array_equal(predictor(x), 2 * x)  # the server answers 404 for the region: retried over HTTP
+    assert predictor._slots.name is None
+    region.buffer[:] = bytes(len(region.buffer))
+    np.testing.assert_array_equal(predictor(x), 2 * x)
+    assert not bytes(region.buffer).strip(b"\0")  # HTTP bodies from then on
+    predictor.close()
