@@ -37,6 +37,7 @@ class JobStatus:
     stage_task: str = ""  # the Celery task id of the stage under way
     worker: str = ""  # the worker node running it
     requeues: int = 0  # times a stage was put back after its worker was lost
+    ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     created: float = 0.0
     updated: float = 0.0
 
@@ -103,12 +104,17 @@ class JobStore:
         """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
         self._update(job_id, progress_done=done, progress_total=total)
 
+    def ending(self, job_id: str, state: str, **fields: Any) -> None:
+        """Note that the job is ending as ``state`` with ``fields``, before its memory is
+        freed: whoever finds it so (a redelivered stage) completes that end."""
+        self._check_final(state)
+        self._update(job_id, ending=json.dumps({"state": state, "fields": fields}))
+
     def end(self, job_id: str, state: str, **fields: Any) -> bool:
         """Record the job's final ``state`` (done or failed) with ``fields`` (output, stage,
         error); False if it had already ended (the first end stands) or is unknown.
         Call :func:`workers.lifecycle.end_job`, which frees the job's memory first."""
-        if state not in FINISHED:
-            raise JobStateError(f"{state!r} is not a final state")
+        self._check_final(state)
         script = self.redis.register_script(_END_UNLESS_FINISHED)
         now = time.time()
         flat = [str(x) for kv in {**fields, "state": state, "updated": now}.items() for x in kv]
@@ -159,12 +165,19 @@ class JobStore:
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
-            requeues=int(raw.get("requeues", 0)), created=float(raw["created"]), updated=float(raw["updated"]))
+            requeues=int(raw.get("requeues", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            created=float(raw["created"]), updated=float(raw["updated"]))
 
-    def recent(self, limit: int = 20) -> list[str]:
-        """Ids of the ``limit`` jobs created last (of those kept), newest first."""
+    def recent(self, limit: int = 20, offset: int = 0) -> list[str]:
+        """Ids of the ``limit`` jobs created last (of those kept) after the ``offset`` newest,
+        newest first."""
         self.redis.zremrangebyscore(self.index, "-inf", time.time())
-        return [j.decode() for j in self.redis.zrevrange(self.index, 0, limit - 1)]
+        return [j.decode() for j in self.redis.zrevrange(self.index, offset, offset + limit - 1)]
+
+    @staticmethod
+    def _check_final(state: str) -> None:
+        if state not in FINISHED:
+            raise JobStateError(f"{state!r} is not a final state")
 
     def _update(self, job_id: str, **fields: Any) -> None:
         # A finished job stays finished: a late or redelivered stage must not revive it.

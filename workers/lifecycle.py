@@ -3,13 +3,14 @@
 ``queues.pipelines.submit`` records a job, then queues its chain. From there:
 
 1. each stage, as it starts, is recorded (:func:`stage_started`: stage, index, task, worker);
-2. a stage delivered after its job ended is dropped (:func:`has_ended`; a message whose
-   acknowledgement was lost comes back late), and what memory is left is freed;
-3. the job ends through :func:`end_job`, whatever the path: its last stage succeeded, a stage
+2. the job ends through :func:`end_job`, whatever the path: its last stage succeeded, a stage
    failed, its worker was lost too often or its message is gone (:mod:`workers.recovery`),
-   its FastIO lease expired (:mod:`workers.janitor`). Always in one order: **the job's memory
-   is freed, then its final state recorded**, so a job seen ended holds no memory. The first
-   end stands; later ones change nothing.
+   its FastIO lease expired (:mod:`workers.janitor`). Always in one order: **the end is
+   noted, the job's memory is freed, then its final state recorded**, so a job seen ended
+   holds no memory. The first end stands; later ones change nothing;
+3. a stage delivered after its job ended, or while it was ending, is dropped (:func:`settle`;
+   a message whose acknowledgement was lost comes back late, or the process that was ending
+   the job died): an end under way is completed, and what memory is left is freed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ def stage_started(job_id: str, stage: str, index: int, task_id: str, worker: str
     job_store().stage_started(job_id, stage, index, task_id, worker)
 
 
-def has_ended(job_id: str) -> bool:
-    """True if the job is done or failed. An unknown job (expired, or a stage run outside the
-    job store) has not ended: its stage runs."""
+def settle(job_id: str) -> bool:
+    """True if the job has ended, after freeing what memory it still holds; or if it was
+    ending, after completing that end. False otherwise: its stage runs. An unknown job
+    (expired, or a stage run outside the job store) has not ended."""
     try:
-        return job_store().get(job_id).finished
+        status = job_store().get(job_id)
     except UnknownJob:
         return False
+    if status.finished:
+        free_memory(job_id)
+        return True
+    if status.ending:
+        end_job(job_id, status.ending["state"], **status.ending["fields"])
+        return True
+    return False
 
 
 def free_memory(job_id: str) -> None:
@@ -46,8 +55,9 @@ def free_memory(job_id: str) -> None:
 
 
 def end_job(job_id: str, state: str, **fields: str) -> bool:
-    """End the job: free its memory, then record ``state`` (done or failed) with ``fields``
-    (output; or stage and error). False if it had already ended."""
+    """End the job: note the end, free its memory, then record ``state`` (done or failed)
+    with ``fields`` (output; or stage and error). False if it had already ended."""
+    job_store().ending(job_id, state, **fields)
     free_memory(job_id)
     return job_store().end(job_id, state, **fields)
 

@@ -47,14 +47,12 @@ class StageTask(Task):
         lifecycle.stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
     def __call__(self, payload: Payload, *args: Any, **kwargs: Any) -> Any:
-        if not self.request.called_directly and lifecycle.has_ended(payload["job"]):
+        if not self.request.called_directly and lifecycle.settle(payload["job"]):
             # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
-            # comes back after the visibility timeout, or the last stage's process died between
-            # recording the job done and Celery storing its success. Free what a lost process
-            # may have left of its memory, and run nothing.
+            # comes back after the visibility timeout, or the process ending the job died on the
+            # way. The job's end is completed; nothing runs.
             log.warning("job %s has ended; %s redelivered late, dropped", payload["job"], self.name)
             _STARTED.pop(self.request.id, None)
-            lifecycle.free_memory(payload["job"])
             raise Ignore()
         try:
             result = super().__call__(payload, *args, **kwargs)
