@@ -61,7 +61,7 @@ def measure(server: LocalRedis, finished: int, running: int, repeats: int) -> di
     from monitoring.metrics import dumps
     from queues.settings import get_settings
     from workers.janitor import janitor_pass
-    from workers.recovery import beat
+    from queues.presence import beat
     from workers.runtime import redis_client
 
     get_settings.cache_clear()
@@ -70,7 +70,7 @@ def measure(server: LocalRedis, finished: int, running: int, repeats: int) -> di
     client = redis.Redis.from_url(server.url)
     worker = "bench-worker@bench"
     fill(client, namespace, finished, running, worker)
-    beat(client, namespace, worker, interval_s=3600)  # the running jobs' worker is alive
+    beat(client, namespace, worker, ["cpu"], interval_s=3600)  # the running jobs' worker is alive
     result = {"janitor_ms": median_ms(lambda: janitor_pass(settings), repeats),
               "scrape_ms": median_ms(lambda: dumps(settings, client), repeats)}
     os.rmdir(shm)

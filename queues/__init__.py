@@ -46,6 +46,44 @@ def wait(job_id: str, timeout_s: float = 3600.0,
         return wait_job(jobs, job_id, timeout_s, on_change)
 
 
+def recent(limit: int = 20, state: str | None = None, pipeline: str | None = None,
+           scan_limit: int = 10_000) -> "list[JobStatus]":
+    """The ``limit`` jobs created last, newest first, of ``state`` and ``pipeline`` if given
+    (looking through at most ``scan_limit`` of the jobs kept)."""
+    from queues.errors import UnknownJob
+
+    found: list[JobStatus] = []
+    with _jobs() as jobs:
+        for offset in range(0, scan_limit, RECENT_PAGE):
+            ids = jobs.recent(RECENT_PAGE, offset)
+            for job_id in ids:
+                try:
+                    job = jobs.get(job_id)
+                except UnknownJob:  # expired meanwhile
+                    continue
+                if (state is None or job.state == state) and (pipeline is None or job.pipeline == pipeline):
+                    found.append(job)
+                    if len(found) == limit:
+                        return found
+            if len(ids) < RECENT_PAGE:
+                break
+    return found
+
+
+def unserved(job_id: str) -> list[tuple[str, str]]:
+    """The stages still ahead of the job whose queue kind no live worker reads:
+    ``[(stage task, queue kind)]`` (see :func:`queues.pipelines.unserved_stages`)."""
+    from queues.pipelines import unserved_stages
+    from queues.presence import live_queues
+    from queues.settings import get_settings
+
+    with _jobs() as jobs:
+        return unserved_stages(jobs.get(job_id), live_queues(jobs.redis, get_settings().namespace))
+
+
+RECENT_PAGE = 200
+
+
 @contextmanager
 def _jobs() -> "Iterator[JobStore]":
     import redis

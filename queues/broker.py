@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import redis
 from celery import Celery
 
+from queues.presence import seen_queues
 from queues.settings import PRIORITIES, QUEUE_KINDS
 
 UNACKED_KEY = "unacked"
@@ -34,22 +35,9 @@ def priority_lists(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
-def queues_key(namespace: str) -> str:
-    """The set of queue names that workers of the deployment consume (see :func:`announce_queues`)."""
-    return f"{namespace}:queues"
-
-
-def announce_queues(client: redis.Redis, namespace: str, names: Iterable[str]) -> None:
-    """Record the queues a starting worker consumes, so that metrics find the per-host ones
-    without scanning the keyspace (a scan costs in proportion to every key, jobs included)."""
-    names = list(names)
-    if names:
-        client.sadd(queues_key(namespace), *names)
-
-
 def known_queues(client: redis.Redis, namespace: str) -> list[str]:
-    """The shared queues of every kind, and every queue a worker has announced, sorted."""
-    return sorted(set(QUEUE_KINDS) | {n.decode() for n in client.smembers(queues_key(namespace))})
+    """The shared queues of every kind, and every queue a worker heard from lately reads, sorted."""
+    return sorted(set(QUEUE_KINDS) | seen_queues(client, namespace))
 
 
 def queue_depths(client: redis.Redis, names: Iterable[str]) -> dict[str, int]:

@@ -181,6 +181,18 @@ PIPELINES: dict[str, Pipeline] = {
 }
 
 
+def unserved_stages(status: JobStatus, live_queues: set[str]) -> list[tuple[str, str]]:
+    """The stages still ahead of a job (the one under way included) whose queue kind no live
+    worker reads, on its shared queue or any host's: ``[(stage task, queue kind)]``. Such a
+    job waits in silence until a worker of that kind starts."""
+    spec = PIPELINES.get(status.pipeline)
+    if spec is None or status.finished:
+        return []
+    ahead = spec.stages[max(status.stage_index - 1, 0):]
+    served = {queue.split(".", 1)[0] for queue in live_queues}
+    return [(stage.task, stage.queue) for stage in ahead if stage.queue not in served]
+
+
 def get_pipeline(name: str) -> Pipeline:
     try:
         return PIPELINES[name]

@@ -8,10 +8,9 @@ import threading
 
 from celery import signals
 
-from queues.broker import announce_queues
+from queues.presence import beat
 from queues.settings import get_settings
 from workers.janitor import janitor_pass
-from workers.recovery import beat
 from workers.runtime import redis_client
 
 log = logging.getLogger(__name__)
@@ -65,13 +64,13 @@ def start_janitor(sender: object = None, **_: object) -> None:
     FastIO memory and requeue the stages of workers that were lost."""
     settings = get_settings()
     node = getattr(sender, "hostname", "") or ""
-    announce_queues(redis_client(), settings.namespace, sender.app.amqp.queues.consume_from)
+    queues = list(sender.app.amqp.queues.consume_from)
     stop = threading.Event()
 
     def heartbeat() -> None:
         while True:
             try:
-                beat(redis_client(), settings.namespace, node, settings.worker_heartbeat_s)
+                beat(redis_client(), settings.namespace, node, queues, settings.worker_heartbeat_s)
             except Exception:
                 log.exception("worker heartbeat failed")
             if stop.wait(settings.worker_heartbeat_s):

@@ -5,27 +5,24 @@ puts the message back at once. When the *whole worker* dies (SIGKILL, power, OOM
 the parent), Redis keeps the message as unacknowledged until the visibility timeout, hours
 away — Clara 0.8.1's known issue of jobs stuck running. Here:
 
-- every worker's main process keeps a heartbeat key alive (:func:`beat`, TTL three beats);
+- every worker's main process beats a heartbeat (:mod:`queues.presence`);
 - a stage records its task id and its worker's node name in the job record as it starts;
 - :func:`requeue_lost_stages` (the janitor of every worker, and ``carina janitor``) finds
   running jobs whose worker has no heartbeat and whose stage has not succeeded, and moves the
   stage's message from the broker's unacknowledged set back to the front of its queue, where
   any worker of that queue takes it; after ``max_requeues`` losses in one job it ends the job
   as failed with the reason instead (a stage that kills its worker every time).
-
-Node names are unique per worker start (``carina worker`` adds a random part), so a worker
-restarted under the same host id is not mistaken for the one that died.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import redis
 from celery import Celery
 
 from queues.broker import restore_unacked, unacked_delivery_tag
+from queues.presence import is_alive
 from queues.settings import Settings
 from workers.lifecycle import job_failed
 from workers.runtime import job_store
@@ -33,16 +30,6 @@ from workers.runtime import job_store
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEUES = 3
-HEARTBEATS_PER_TTL = 3
-
-
-def heartbeat_key(namespace: str, node: str) -> str:
-    return f"{namespace}:worker:{node}"
-
-
-def beat(client: redis.Redis, namespace: str, node: str, interval_s: float) -> None:
-    """Say that worker ``node`` is alive for the next ``HEARTBEATS_PER_TTL`` intervals."""
-    client.set(heartbeat_key(namespace, node), time.time(), px=int(HEARTBEATS_PER_TTL * interval_s * 1000))
 
 
 def requeue_lost_stages(app: Celery, client: redis.Redis, settings: Settings,
@@ -52,7 +39,7 @@ def requeue_lost_stages(app: Celery, client: redis.Redis, settings: Settings,
     acted = []
     for job_id in jobs.running():
         status = jobs.get(job_id)
-        if not status.worker or client.exists(heartbeat_key(settings.namespace, status.worker)):
+        if not status.worker or is_alive(client, settings.namespace, status.worker):
             continue
         if app.AsyncResult(status.stage_task).state == "SUCCESS":
             continue  # it finished just before its worker died: the next stage is already queued

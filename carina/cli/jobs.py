@@ -1,13 +1,18 @@
-"""``carina submit``, ``status`` and ``pipelines``: jobs as a user sees them."""
+"""``carina submit``, ``status``, ``jobs`` and ``pipelines``: jobs as a user sees them."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from carina.cli.common import EXIT_FAILED
+from queues.jobs import DONE, FAILED, QUEUED, RUNNING, JobStatus
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
+
+JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
+BAR_WIDTH = 24
 
 SUBMIT_OPTIONS = ("crop_start", "crop_size", "sigma_mm", "series_uid", "overlap", "model", "tile_size", "num_workers",
                   "mask_pixel_count_limit")
@@ -44,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(run=status)
 
+    p = sub.add_parser("jobs", help="recent jobs: pipeline, state, stage, age (newest first)")
+    p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    p.add_argument("--pipeline", help="only jobs of this pipeline")
+    p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
+    p.set_defaults(run=jobs)
+
     p = sub.add_parser("pipelines", help="list the pipelines")
     p.set_defaults(run=pipelines)
 
@@ -57,6 +68,7 @@ def _number(text: str) -> int | float:
 
 
 def submit(args: argparse.Namespace) -> int:
+    import queues
     from queues.app import app
     from queues.pipelines import submit as submit_job
 
@@ -64,21 +76,36 @@ def submit(args: argparse.Namespace) -> int:
     job_id = submit_job(app, get_settings(), args.pipeline, args.input, args.output, args.config, params,
                         priority=args.priority)
     print(job_id, flush=True)
+    warn_unserved(queues.unserved(job_id))
     if not args.wait:
         return 0
     return follow(job_id, args.timeout)
 
 
+def warn_unserved(stages: list[tuple[str, str]]) -> None:
+    """One line per stage ahead that no live worker would take."""
+    for task, kind in stages:
+        print(f"warning: no live worker reads the {kind} queue: {task} will wait until one starts "
+              f"(carina worker --queues {kind})", file=sys.stderr)
+
+
 def follow(job_id: str, timeout_s: float) -> int:
-    """Print the job's changes until it ends; 0 when it is done."""
+    """Show the job until it ends (a progress bar on a terminal, else a line per change);
+    0 when it is done."""
     import queues
 
-    def show(status) -> None:
-        step = f" [{status.stage_index}/{len(status.stages)}] {status.stage}" if status.stage else ""
-        done = f" {status.progress_done}/{status.progress_total}" if status.progress_total else ""
-        print(f"{status.state}{step}{done}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    terminal = sys.stderr.isatty()
+
+    def show(record: JobStatus) -> None:
+        if terminal:
+            print(f"\r{progress_bar(record, time.monotonic() - started)}\033[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(progress_line(record), file=sys.stderr, flush=True)
 
     final = queues.wait(job_id, timeout_s, on_change=show)
+    if terminal:
+        print(file=sys.stderr)
     if final.state == "done":
         print(f"done: {final.output}", file=sys.stderr)
         return 0
@@ -87,6 +114,26 @@ def follow(job_id: str, timeout_s: float) -> int:
         return EXIT_FAILED
     print(f"still {final.state} after {timeout_s:.0f} s", file=sys.stderr)
     return EXIT_FAILED
+
+
+def progress_line(record: JobStatus) -> str:
+    """``running [2/3] carina.spleen.infer 12/32``: state, stage and units done."""
+    step = f" [{record.stage_index}/{len(record.stages)}] {record.stage}" if record.stage else ""
+    done = f" {record.progress_done}/{record.progress_total}" if record.progress_total else ""
+    return f"{record.state}{step}{done}"
+
+
+def progress_bar(record: JobStatus, elapsed_s: float, width: int = BAR_WIDTH) -> str:
+    """``[2/3] infer ███████░░░░░░░  12/32  0:41``: the stage, a bar of its units done (when
+    it counts them) and the time since the job was followed."""
+    stage = record.stage.rsplit(".", 1)[-1] if record.stage else record.state
+    step = f"[{record.stage_index}/{len(record.stages)}] " if record.stage else ""
+    bar = ""
+    if record.progress_total:
+        filled = round(width * record.progress_done / record.progress_total)
+        bar = f" {'█' * filled}{'░' * (width - filled)} {record.progress_done}/{record.progress_total}"
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    return f"{step}{stage}{bar}  {minutes}:{seconds:02d}"
 
 
 def status(args: argparse.Namespace) -> int:
@@ -107,7 +154,28 @@ def status(args: argparse.Namespace) -> int:
         print(f"output:   {record.output}")
     if record.error:
         print(f"error:    {record.error}")
+    warn_unserved(queues.unserved(args.job))
     return EXIT_FAILED if record.state == "failed" else 0
+
+
+def jobs(args: argparse.Namespace) -> int:
+    import queues
+
+    records = queues.recent(args.limit, args.state, args.pipeline)
+    now = time.time()
+    print(f"{'job':32}  {'pipeline':11} {'state':7} {'stage':26} age")
+    for record in records:
+        stage = f"{record.stage_index}/{len(record.stages)} {record.stage.rsplit('.', 1)[-1]}" if record.stage else ""
+        print(f"{record.job_id:32}  {record.pipeline:11} {record.state:7} {stage:26} {age(now - record.created)}")
+    return 0
+
+
+def age(seconds: float) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def pipelines(args: argparse.Namespace) -> int:

@@ -1,0 +1,79 @@
+"""Which workers are alive, and which queues they read.
+
+Each worker's main process beats (:func:`beat`) every ``CARINA_WORKER_HEARTBEAT_S``: one field
+of the hash ``<ns>:workers``, node name → ``{"queues": [...], "beat": time, "ttl": seconds}``.
+A worker is alive while its last beat is younger than its ttl (three beats). The front door
+reads it to warn of a job waiting on a queue nobody reads; recovery (``workers.recovery``),
+to find the stages of a worker that was lost; metrics, to find the per-host queues.
+
+Node names are unique per worker start (``carina worker`` adds a random part), so a worker
+restarted under the same host id is not mistaken for the one that died.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+HEARTBEATS_PER_TTL = 3
+FORGOTTEN_AFTER_S = 24 * 3600  # a worker silent this long leaves the hash
+
+
+@dataclass(frozen=True)
+class Worker:
+    node: str
+    queues: tuple[str, ...]
+    beat: float
+    ttl_s: float
+
+    def alive(self, now: float) -> bool:
+        return now - self.beat < self.ttl_s
+
+
+def workers_key(namespace: str) -> str:
+    return f"{namespace}:workers"
+
+
+def beat(client: redis.Redis, namespace: str, node: str, queues: Iterable[str], interval_s: float) -> None:
+    """Say that worker ``node``, reading ``queues``, is alive for the next three intervals."""
+    record = {"queues": sorted(queues), "beat": time.time(), "ttl": HEARTBEATS_PER_TTL * interval_s}
+    client.hset(workers_key(namespace), node, json.dumps(record))
+
+
+def workers(client: redis.Redis, namespace: str) -> dict[str, Worker]:
+    """Every worker heard from in the last day, alive or not, by node name; older ones are
+    dropped from the hash."""
+    now, found, forgotten = time.time(), {}, []
+    for node, raw in client.hgetall(workers_key(namespace)).items():
+        record = json.loads(raw)
+        worker = Worker(node.decode(), tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
+        if now - worker.beat > FORGOTTEN_AFTER_S:
+            forgotten.append(node)
+        else:
+            found[worker.node] = worker
+    if forgotten:
+        client.hdel(workers_key(namespace), *forgotten)
+    return found
+
+
+def is_alive(client: redis.Redis, namespace: str, node: str) -> bool:
+    raw = client.hget(workers_key(namespace), node)
+    if raw is None:
+        return False
+    record = json.loads(raw)
+    return time.time() - float(record["beat"]) < float(record["ttl"])
+
+
+def live_queues(client: redis.Redis, namespace: str) -> set[str]:
+    """The queues that at least one live worker reads."""
+    now = time.time()
+    return {q for w in workers(client, namespace).values() if w.alive(now) for q in w.queues}
+
+
+def seen_queues(client: redis.Redis, namespace: str) -> set[str]:
+    """The queues read by any worker heard from in the last day."""
+    return {q for w in workers(client, namespace).values() for q in w.queues}
