@@ -175,13 +175,6 @@ class FastIOContext:
         alloc.metadata = dict(metadata or {})
         return alloc.publish(name)
 
-    def lookup(self, name: str) -> Publication:
-        """The registry record of ``name`` without mapping it (works from any host)."""
-        record = self.registry.lookup(self.job_id, name)
-        if record is None:
-            raise AllocationNotFound(self.job_id, name)
-        return record
-
     def free_all(self) -> int:
         """Release everything the job holds on this host and forget the job; returns a count.
 

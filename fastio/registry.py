@@ -183,13 +183,7 @@ class Registry:
             text, _ = p.execute()
         return None if text is None else Publication.from_json(text)
 
-    def names(self, job_id: str) -> list[str]:
-        return sorted(_text(n) for n in self.redis.hkeys(self.pub_key(job_id)))
-
     # leases -----------------------------------------------------------------------------
-    def renew(self, job_id: str) -> None:
-        self.redis.zadd(self._leases, {job_id: time.time() + self.config.lease_s})
-
     def has_lease(self, job_id: str) -> bool:
         expiry = self.redis.zscore(self._leases, job_id)
         return expiry is not None and expiry > time.time()

@@ -141,11 +141,6 @@ class SegmentStore:
         except FileNotFoundError:
             pass
 
-    def forget(self, name: str) -> None:
-        """Drop this process's cached mapping of ``name`` (live array views keep it valid)."""
-        with self._lock:
-            self._forget(name)
-
     def list(self) -> dict[str, tuple[int, float]]:
         """This deployment's segments on this host: name → (size in bytes, ctime)."""
         found: dict[str, tuple[int, float]] = {}

@@ -14,6 +14,22 @@ from fastio import FastIOConfig
 from carina.local import LocalRedis
 
 pytest_plugins = ["tests.triton_fixtures"]
+SHM = Path("/dev/shm")
+_shm_before: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _shm_before.update(p.name for p in SHM.iterdir())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if the suite left anything in /dev/shm: FastIO segments and pools, Triton's
+    regions, test folders. Runs after every fixture has been torn down."""
+    left = sorted(p.name for p in SHM.iterdir() if p.name not in _shm_before)
+    if left:
+        session.config.get_terminal_writer().line(
+            f"the suite left {len(left)} entries in /dev/shm: {', '.join(left[:10])}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

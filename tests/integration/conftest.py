@@ -17,6 +17,8 @@ from queues.jobs import JobStore
 from carina.local import start_worker, stop_process_group
 from queues.settings import Settings
 
+from tests.helpers import remove_segments
+
 @dataclass
 class Deployment:
     """One namespace on the session's redis-server, running workers. Segments lie in /dev/shm
@@ -70,8 +72,7 @@ def deployment(redis_server, project_triton):
     finally:
         for proc in procs:
             stop_process_group(proc)
-        for name in deployment.segment_files():
-            (deployment.settings.shm_dir / name).unlink(missing_ok=True)
+        remove_segments(deployment.settings)
         shutil.rmtree(logdir, ignore_errors=True)
 
 
@@ -81,7 +82,7 @@ def sample(tmp_path):
     import numpy as np
 
     from ops.volume import write_volume
-    from tests.integration.test_fastio_itk_pipeline import GEOMETRY
+    from tests.helpers import GEOMETRY
 
     volume = (np.arange(12 * 20 * 16, dtype=np.int16) % 1000).reshape(12, 20, 16)
     (tmp_path / "in").mkdir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,15 +15,11 @@ from ops.samples import ct_phantom, ct_series
 from queues.errors import InvalidJobRequest
 from queues.pipelines import submit, wait
 
-from tests.integration.test_fastio_itk_pipeline import assert_no_memory_held
+from tests.helpers import assert_no_memory_held, digest
 
 OBLIQUE = {"spacing": [0.8, 0.7, 2.0], "origin": [-20.0, 10.0, 50.0],
            "direction": [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]}
 CT5N = Path(pydicom.data.__file__).parent / "test_files/dicomdirtests/98892001/CT5N"
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def run_blur(deployment, input: Path, output: Path, **params):

@@ -88,12 +88,18 @@ def test_3dblur_through_the_api(api, data_root):
     assert status == 400 and "sigma_mm" in reply["error"]
 
 
-def test_running_job_answers_202_with_the_seed_message(api):
-    _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"})
-    status, reply = call(f"{api}/query/{body['uid']}")
-    if status == 202:
-        assert reply["msg"] == "Job is running"
-    follow(api, body["uid"])
+def test_a_job_not_finished_answers_202_with_the_seed_message(api, deployment):
+    # No worker takes from the shared io queue for a while: the job is certainly not finished.
+    control = deployment.app.control
+    assert len(control.cancel_consumer("io", reply=True, timeout=10)) == len(deployment.logs)
+    try:
+        _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"})
+        status, reply = call(f"{api}/query/{body['uid']}")
+        assert status == 202 and reply["msg"] == "Job is running" and reply["state"] == "queued"
+    finally:
+        control.add_consumer("io", reply=True, timeout=10)
+    status, _, seen = follow(api, body["uid"])
+    assert status == 200 and seen[0] == 202
 
 
 def test_failed_job_is_a_500_with_the_reason(api):

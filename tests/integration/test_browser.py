@@ -12,7 +12,7 @@ import pytest
 from carina.local import free_port, start_api, stop_process_group
 from queues.pipelines import submit, wait
 
-from tests.integration.test_monitoring import http_get
+from tests.helpers import http_get
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `make browser` installs Debian's (root)")
@@ -38,7 +38,12 @@ def test_flower_and_the_status_page_show_the_job(deployment, sample, tmp_path):
     api = start_api(env, api_port, tmp_path / "api.log")
     try:
         assert http_get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout_s=60)[0] == 200
-        time.sleep(1.0)  # Flower subscribes to task events as it starts
+        # Flower subscribes to events after it starts serving: a worker shown online in its
+        # metrics means the events arrive, so those of the job below will too.
+        deadline = time.monotonic() + 30
+        while "flower_worker_online{" not in http_get(f"http://127.0.0.1:{flower_port}/metrics", timeout_s=10)[1]:
+            assert time.monotonic() < deadline, "Flower received no worker event"
+            time.sleep(0.2)
         job = submit(deployment.app, deployment.settings, "fastio-itk", sample[0], tmp_path / "out")
         assert wait(deployment.jobs(), job, 60).state == "done"
 

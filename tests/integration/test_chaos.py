@@ -19,7 +19,7 @@ from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-
+from tests.helpers import remove_segments
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def lone_worker(redis_server, project_triton, tmp_path):
     finally:
         stop_process_group(worker)
         redis.Redis.from_url(settings.redis_url).flushdb()
+        remove_segments(settings)
 
 
 def slide_job_under_inference(settings: Settings, tmp_path, seed: int) -> tuple[JobStore, str]:
@@ -104,11 +105,10 @@ def test_random_kills_leave_every_job_finished_and_no_segment_leaked(lone_worker
             for child in psutil.Process(worker.pid).children():
                 os.kill(child.pid, signal.SIGKILL)
                 kills += 1
-    states = [jobs.get(job).state for job in submitted]
-    assert set(states) <= {"done", "failed"}, states  # none left "running"
-    failed = [jobs.get(job).error for job in submitted if jobs.get(job).state == "failed"]
-    assert all(error for error in failed)  # a failure says why
-    print(f"\n{kills} pool processes killed; jobs: {states.count('done')} done, {states.count('failed')} failed")
+    states = {job: jobs.get(job) for job in submitted}
+    print(f"\n{kills} pool processes killed; jobs: {sum(s.state == 'done' for s in states.values())} done")
+    assert all(s.state == "done" for s in states.values()), [(s.state, s.error) for s in states.values()]
+    assert all((tmp_path / f"out-{i}" / "output.mhd").is_file() for i in range(24))
     assert kills >= 3
     # Whatever a killed process had made, the janitor reclaims: nothing leaks.
     config = dataclasses.replace(settings.fastio_config(), orphan_grace_s=0.0)
@@ -158,6 +158,7 @@ def test_a_redis_restart_during_a_job_loses_nothing(project_triton, tmp_path):
     finally:
         stop_process_group(worker)
         server.stop()
+        remove_segments(settings)
 
 
 def test_a_stage_delivered_after_its_job_ended_is_dropped(deployment, sample, tmp_path):

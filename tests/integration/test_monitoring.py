@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from base64 import b64encode
 
@@ -20,6 +18,8 @@ from queues.app import create_app
 from carina.local import free_port, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
+
+from tests.helpers import http_get
 
 
 
@@ -96,21 +96,6 @@ def test_a_scrape_while_redis_is_down_answers_and_says_so(tmp_path):
         assert "unreachable" in (tmp_path / "metrics.log").read_text()
     finally:
         stop_process_group(server)
-
-
-def http_get(url: str, timeout_s: float, headers: dict | None = None) -> tuple[int, str]:
-    """GET ``url``, retrying connection refusals until ``timeout_s`` (the server is starting)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def test_flower_needs_credentials_beyond_loopback_and_checks_them(deployment, tmp_path):

@@ -17,10 +17,7 @@ from ops.samples import he_slide
 from queues.errors import InvalidJobRequest
 from queues.pipelines import submit
 
-from tests.integration.test_fastio_itk_pipeline import assert_no_memory_held
-from tests.integration.test_spleen_pipeline import dice, digest
-from tests.integration.test_spleen_pipeline import run as run_job
-from tests.unit.slides import write_slide
+from tests.helpers import assert_no_memory_held, dice, digest, run_job, write_slide
 
 FIXTURES = Path(__file__).parents[1] / "data" / "openslide"
 SHAPE = (1200, 1700)  # level 0 (y, x): 5 × 7 tiles of 256, the last row and column partial

@@ -14,6 +14,8 @@ from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
+from tests.helpers import remove_segments
+
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ def quiet_broker(redis_server, tmp_path):
     import redis
 
     redis.Redis.from_url(settings.redis_url).flushdb()
+    remove_segments(settings)
 
 
 def test_an_immediate_job_overtakes_a_backlog_of_normal_ones(quiet_broker, sample, tmp_path):

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 
 from ops.samples import ct_series, spleen_phantom
 from ops.spleen import segment
-from ops.triton_client import TritonPredictor
+from ops.triton import TritonPredictor
 from ops.volume import read_volume, write_volume
 from carina.local import free_port, start_worker, stop_process_group
-from queues.pipelines import submit, wait
 
-from tests.integration.test_fastio_itk_pipeline import assert_no_memory_held
+from tests.helpers import assert_no_memory_held, dice, digest, run_job
 
 SPACING = (1.4, 1.4, 2.5)
 GEOMETRY = {"spacing": list(SPACING), "origin": [-120.0, -100.0, 40.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
 
 
-def digest(path):
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum() + b.sum()))
-
-
-def run(deployment, input, output, timeout_s=240, pipeline="spleen-seg", **kwargs):
-    """Submit a job, wait for it to finish (failing the test if it does not) and return its status."""
-    job_id = submit(deployment.app, deployment.settings, pipeline, input, output, **kwargs)
-    status = wait(deployment.jobs(), job_id, timeout_s)
-    assert status.finished, f"job {job_id} still {status.state}\n{deployment.log_tail()}"
-    return status
+run = partial(run_job, pipeline="spleen-seg")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from ops.volume import write_volume
 from queues.app import create_app
 from queues.watch import Rule, Watcher
 
-from tests.integration.test_fastio_itk_pipeline import GEOMETRY
-from tests.integration.test_spleen_pipeline import digest
+from tests.helpers import GEOMETRY, digest
 
 RULES = (Rule("fastio-itk", kind="volume"), Rule("3dblur", kind="dicom", dicom={"Modality": "CT"}))
 

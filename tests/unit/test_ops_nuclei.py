@@ -9,7 +9,7 @@ from ops.errors import InvalidParameter, ModelShapeMismatch
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, segment_tiles, tissue_tiles, validate_overlap
 from ops.overlay import overlay_nuclei
 from ops.wsi import open_slide
-from tests.unit.slides import tissue_at, write_slide
+from tests.helpers import darkness, tissue_at, write_slide
 
 SHAPE = (600, 700)  # level 0, (y, x): not a multiple of the tiles, so the last row and column are partial
 
@@ -20,11 +20,6 @@ def slide(tmp_path_factory):
                        compression="zlib")
     with open_slide(path) as opened:
         yield opened
-
-
-def darkness(batch: np.ndarray) -> np.ndarray:
-    """A stand-in model: the nucleus probability is how dark a pixel is, (B, 3, S, S) → (B, 1, S, S)."""
-    return 1.0 - batch.min(axis=1, keepdims=True).astype(np.float32) / 255.0
 
 
 def test_the_model_side_is_the_tile_and_its_margins_rounded_up_to_the_unet():

@@ -10,7 +10,7 @@ from ops.errors import InvalidParameter
 from ops.tissue import (TissueMask, low_resolution_rgb, otsu_threshold, remove_small_objects, saturation,
                         thumbnail, tile_grid, tiles_with_tissue, tissue_mask, tissue_pixels, validate_tile_size)
 from ops.wsi import open_slide
-from tests.unit.slides import write_slide, tissue_at
+from tests.helpers import write_slide, tissue_at
 
 SHAPE0 = (1000, 1300)  # levels 1000x1300 (1.3 M pixels), 500x650 (325 000), 250x325 (81 250)
 

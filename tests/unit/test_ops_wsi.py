@@ -18,7 +18,7 @@ import tifffile
 
 from ops.errors import InvalidParameter, SlideOpenError, SlideReadError
 from ops.wsi import TileCache, open_slide, rgba_on_white
-from tests.unit.slides import write_slide
+from tests.helpers import write_slide
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "openslide"
 BOXES = FIXTURES / "boxes.tiff"  # Deflate, 64x64 tiles, 300x250 / 150x125 / 75x62 / 37x31

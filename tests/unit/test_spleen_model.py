@@ -3,9 +3,6 @@ the Triton python-backend wrapper around it (models/spleen_ct/, trained by model
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,8 @@ pytest.importorskip("scipy")  # ops.spleen.preprocess
 
 from ops.samples import spleen_phantom  # noqa: E402
 from ops.spleen import preprocess  # noqa: E402
+
+from tests.helpers import dice, load_triton_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "models" / "spleen_ct"
@@ -45,10 +44,6 @@ def spleen_crop(seed: int) -> tuple[np.ndarray, np.ndarray]:
     centre = np.argwhere(target).mean(axis=0).round().astype(int)
     box = tuple(slice(s, s + ROI) for s in (np.clip(c - ROI // 2, 0, n - ROI) for c, n in zip(centre, image.shape)))
     return image[box], target[box]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def test_the_model_file_is_under_5_mb():
@@ -82,59 +77,6 @@ def test_every_model_py_keeps_the_site_packages_lines_first_and_compiles(model_p
         'sys.path[:0] = [p for p in os.environ.get("CARINA_TRITON_SITE_PACKAGES", "").split(os.pathsep) if p]',
     ]
     compile(text, str(model_py), "exec")
-
-
-def fake_pb_utils() -> types.ModuleType:
-    """Just enough of triton_python_backend_utils to drive execute() outside Triton; the real
-    server runs it in the integration tests."""
-    pb = types.ModuleType("triton_python_backend_utils")
-
-    class Tensor:
-        def __init__(self, name, array):
-            self.name, self.array = name, array
-
-        def as_numpy(self):
-            return self.array
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.output_tensors, self.error = output_tensors, error
-
-    class Logger:
-        @staticmethod
-        def log_info(message):
-            pass
-
-    pb.Tensor, pb.InferenceResponse, pb.Logger = Tensor, InferenceResponse, Logger
-    pb.TritonError = lambda message: message
-    pb.get_input_tensor_by_name = lambda request, name: next(t for t in request if t.name == name)
-    return pb
-
-
-class CountingSession:
-    """An onnxruntime session that records the batch size of every run."""
-
-    def __init__(self, session):
-        self.session, self.batch_sizes = session, []
-
-    def run(self, names, feeds):
-        self.batch_sizes.append(len(feeds["INPUT__0"]))
-        return self.session.run(names, feeds)
-
-
-def load_triton_model(model_py, monkeypatch):
-    """A python-backend model.py as Triton's stub runs it (a stand-in ``triton_python_backend_utils``),
-    initialised, its session counting batches; returns ``(model, pb_utils)``."""
-    pb = fake_pb_utils()
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    monkeypatch.setenv("CARINA_TRITON_THREADS", "2")
-    spec = importlib.util.spec_from_file_location(f"{model_py.parent.parent.name}_model", model_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
-    model.initialize({})
-    model.session = CountingSession(model.session)
-    return model, pb
 
 
 def test_model_py_runs_several_requests_as_one_batch_and_splits_the_answers(session, monkeypatch):

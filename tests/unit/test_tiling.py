@@ -10,8 +10,7 @@ import pytest
 from ops.errors import InferenceServerUnavailable
 from ops.nuclei import segment_tiles
 from ops.wsi import open_slide
-from tests.unit.slides import write_slide
-from tests.unit.test_ops_nuclei import darkness
+from tests.helpers import darkness, write_slide
 from workers.tiling import plan_batches, segmented_tiles
 
 SHAPE = (520, 650)
