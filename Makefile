@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/fastio_handoff.py --mb 150
 	$(BIN)/python bench/blur.py
 	$(BIN)/python bench/api.py --jobs 40 --clients 8
+	$(BIN)/python bench/jobs.py --finished 100000 --running 10
 
 clean:
 	rm -rf $(VENV) .triton-venv demo-output .pytest_cache
