@@ -2,11 +2,10 @@
 
 Each model's ``<name>/1/model.py`` keeps its two first lines (they put the Triton venv's
 site-packages on ``sys.path`` before anything imports numpy: see carina/triton.py), then puts
-this directory (the model repository's root) on ``sys.path`` and subclasses :class:`OnnxModel`::
+this directory (the model repository's root) on ``sys.path``, writing no bytecode (Triton takes
+every folder of the repository, a ``__pycache__`` too, for a model), and names its class::
 
-    class TritonPythonModel(OnnxModel):
-        def __init__(self):
-            super().__init__("nuclei_unet", os.path.dirname(os.path.abspath(__file__)))
+    TritonPythonModel = onnx_model("nuclei_unet", __file__)
 
 A model repository without this file next to its model directories cannot load them: copy it
 along with them.
@@ -91,3 +90,14 @@ class OnnxModel:
 
     def finalize(self):
         self.session = None
+
+
+def onnx_model(name: str, model_py: str, input_name: str = "INPUT__0", output_name: str = "OUTPUT__0") -> type:
+    """The ``TritonPythonModel`` class of model ``name``, whose ``model.onnx`` lies beside ``model_py``."""
+    directory = os.path.dirname(os.path.abspath(model_py))
+
+    class TritonPythonModel(OnnxModel):
+        def __init__(self):
+            super().__init__(name, directory, input_name, output_name)
+
+    return TritonPythonModel

@@ -6,7 +6,7 @@ The model's interface (channel-first, the project's Predictor contract; bytes on
     OUTPUT__0 float32 [N, 1, H, W]   nucleus probability in [0, 1]
 
 The conversion to float, the scaling by 1/255 and the normalisation happen inside the graph,
-and so does the sigmoid. Tiles come from :func:`ops.he_samples.render_he`: most at random
+and so does the sigmoid. Tiles come from :func:`ops.samples.he.render_he`: most at random
 positions of tissue-only slides (``slide_shape=None``), a fifth from whole virtual slides
 (``slide_shape`` given: glass, tissue edges, holes), some with a white band where the pipeline
 pads past a slide's edge; random flips and quarter turns. Stain strength already varies per
@@ -35,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ops.he_samples import render_he  # noqa: E402
+from ops.samples import render_he  # noqa: E402
 
 DEFAULT_OUT = ROOT / "models" / "nuclei_unet" / "1" / "model.onnx"
 CHANNELS = (8, 16, 32)  # per resolution level; two 2× poolings, so H and W multiples of 4 (8 promised)

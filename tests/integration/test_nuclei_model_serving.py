@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ops.he_samples import render_he
+from ops.samples import render_he
 from ops.triton import TritonPredictor
 
 ort = pytest.importorskip("onnxruntime")

@@ -12,7 +12,7 @@ import openslide
 import pytest
 from scipy import ndimage
 
-from ops.he_samples import render_he
+from ops.samples import render_he
 from ops.samples import he_slide
 from queues.errors import InvalidJobRequest
 from queues.pipelines import submit

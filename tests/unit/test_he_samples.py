@@ -1,4 +1,4 @@
-"""ops.he_samples: synthetic H&E regions are pure functions of (seed, global coordinates)."""
+"""ops.samples.he: synthetic H&E regions are pure functions of (seed, global coordinates)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ops.errors import InvalidParameter
-from ops.he_samples import render_he
+from ops.samples import render_he
 
 SLIDE = (384, 640)  # small enough to render whole in a few tens of milliseconds
 
@@ -114,7 +114,7 @@ def test_the_region_may_touch_the_slides_far_edges():
 def test_the_all_glass_shortcut_renders_what_the_full_path_does(monkeypatch):
     """Regions that certainly hold no tissue skip the fields; the bound only triggers on large
     slides (on small ones the tissue fields vary too fast within a tile), hence this one."""
-    import ops.he_samples as he
+    import ops.samples.he as he
 
     slide, seed, size = (8192, 12288), 5, 256
     shortcut = []

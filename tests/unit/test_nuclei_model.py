@@ -10,7 +10,7 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
-from ops.he_samples import render_he  # noqa: E402
+from ops.samples import render_he  # noqa: E402
 from tests.helpers import load_triton_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

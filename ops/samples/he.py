@@ -17,6 +17,7 @@ bit-identical to rendering it at once, nuclei crossing tile borders included.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -335,3 +336,26 @@ def _od_to_rgb(od: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """uint8 RGB of optical densities (…, 3) by the lookup table, plus noise."""
     index = np.minimum((od * OD_STEPS_PER_UNIT + 0.5).astype(np.int32), len(_EXP_TABLE) - 1)
     return np.clip(_EXP_TABLE[index] + noise, 0, 255).astype(np.uint8)
+
+
+SLIDE_MPP = 0.25  # microns per pixel at level 0: a 40× scan
+
+
+def he_slide(path: str | Path, shape_yx: tuple[int, int], seed: int = 0, tile_size: int = 256,
+             mpp: float = SLIDE_MPP) -> Path:
+    """Write a synthetic H&E whole-slide image (:func:`render_he`: tissue blobs
+    on glass, nuclei at 40×) as a JPEG-tiled pyramidal TIFF (:func:`ops.pyramid.write_pyramid`),
+    rendered and written tile by tile: memory does not grow with the slide. Returns ``path``.
+    """
+    from ops.pyramid import write_pyramid
+
+    height, width = shape_yx
+
+    def tiles():
+        for row, y0 in enumerate(range(0, height, tile_size)):
+            for col, x0 in enumerate(range(0, width, tile_size)):
+                rgb, _ = render_he(y0, x0, min(tile_size, height - y0), min(tile_size, width - x0), seed=seed,
+                                   slide_shape=(height, width))
+                yield row, col, rgb
+
+    return write_pyramid(path, (height, width), tile_size, tiles(), mpp_yx=(mpp, mpp)).path

@@ -1,13 +1,8 @@
-"""Synthetic sample data (nothing is downloaded): a CT-like abdominal phantom, an H&E slide.
-
-``python -m ops.samples --output phantom.mhd`` writes one for the demo;
-``python -m ops.samples --dicom --output folder`` writes it as a DICOM series;
-``python -m ops.samples --slide 30000 40000 --output slide.tif`` writes a whole-slide image.
-"""
+"""Synthetic CT: a plain abdominal phantom, a randomised abdomen with its spleen label, and
+DICOM series of a volume."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -359,58 +354,3 @@ def spleen_phantom(
     _box_smooth(volume)
     volume += rng.normal(0, u(4, 18), volume.shape).astype(np.float32)
     return np.clip(volume, -1024, 3071).astype(np.int16), spleen.astype(np.uint8)
-
-
-SLIDE_MPP = 0.25  # microns per pixel at level 0: a 40× scan
-
-
-def he_slide(path: str | Path, shape_yx: tuple[int, int], seed: int = 0, tile_size: int = 256,
-             mpp: float = SLIDE_MPP) -> Path:
-    """Write a synthetic H&E whole-slide image (:func:`ops.he_samples.render_he`: tissue blobs
-    on glass, nuclei at 40×) as a JPEG-tiled pyramidal TIFF (:func:`ops.pyramid.write_pyramid`),
-    rendered and written tile by tile: memory does not grow with the slide. Returns ``path``.
-    """
-    from ops.he_samples import render_he
-    from ops.pyramid import write_pyramid
-
-    height, width = shape_yx
-
-    def tiles():
-        for row, y0 in enumerate(range(0, height, tile_size)):
-            for col, x0 in enumerate(range(0, width, tile_size)):
-                rgb, _ = render_he(y0, x0, min(tile_size, height - y0), min(tile_size, width - x0), seed=seed,
-                                   slide_shape=(height, width))
-                yield row, col, rgb
-
-    return write_pyramid(path, (height, width), tile_size, tiles(), mpp_yx=(mpp, mpp)).path
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ops.volume import write_volume
-
-    parser = argparse.ArgumentParser(prog="python -m ops.samples", description=__doc__)
-    parser.add_argument("--output", required=True, type=Path,
-                        help="file to write (.mhd, .nii.gz), or a folder with --dicom")
-    parser.add_argument("--shape", nargs=3, type=int, default=(64, 160, 160), metavar=("Z", "Y", "X"))
-    parser.add_argument("--dicom", action="store_true", help="write a DICOM series (one file a slice)")
-    parser.add_argument("--spleen", action="store_true", help="the randomised abdomen of spleen_phantom")
-    parser.add_argument("--slide", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"),
-                        help="write an H&E whole-slide image (pyramidal TIFF) of this size instead")
-    parser.add_argument("--seed", type=int, default=0, help="the slide's seed (--slide)")
-    args = parser.parse_args(argv)
-    if args.slide:
-        print(he_slide(args.output, tuple(args.slide), seed=args.seed))
-        return
-    if args.spleen:
-        volume, _ = spleen_phantom(tuple(args.shape), tuple(CT_GEOMETRY["spacing"]), seed=2026)
-    else:
-        volume = ct_phantom(tuple(args.shape))
-    if args.dicom:
-        ct_series(args.output, volume, CT_GEOMETRY)
-    else:
-        write_volume(volume, CT_GEOMETRY, args.output)
-    print(args.output)
-
-
-if __name__ == "__main__":
-    main()
