@@ -318,7 +318,7 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
     Args:
         path: the TIFF to write; its folder must exist.
         shape_yx: (height, width) of level 0 in pixels.
-        tile_size: side of the square tiles, a positive multiple of 16.
+        tile_size: side of the square tiles, a positive multiple of :data:`TILE_MULTIPLE`.
         tiles: level-0 tiles in row-major order (row 0 left to right, then row 1, ...), each
             ``(tile_row, tile_col, rgb)`` with ``rgb`` a uint8 (h, w, 3) array (y, x, channel)
             of the pixels from ``(tile_row * tile_size, tile_col * tile_size)``. Tiles at the

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ops.errors import InvalidParameter
+from ops.pyramid import TILE_MULTIPLE as TILE_SIZE_MULTIPLE
 from ops.wsi import Slide
 
 DEFAULT_PIXEL_COUNT_LIMIT = 1024 * 1024  # the seed's --mask-pixel-count-limit
@@ -24,7 +25,6 @@ DEFAULT_MIN_OBJECT_FRACTION = 1e-4  # of the mask's pixels: smaller specks are d
 MIN_TISSUE_SATURATION = 0.05
 GLASS_LEVEL = 220  # a pixel whose darkest channel is this bright or brighter is glass
 THUMBNAIL_BLOCK = 2048  # level pixels per side read at once (12 MiB) when building a thumbnail
-TILE_SIZE_MULTIPLE = 16  # TIFF tiles come in multiples of 16
 MAX_TILE_SIZE = 4096
 
 
@@ -169,7 +169,8 @@ def tissue_mask(slide: Slide, pixel_count_limit: int = DEFAULT_PIXEL_COUNT_LIMIT
 
 
 def validate_tile_size(tile_size: int) -> int:
-    """``tile_size`` if it is a positive multiple of 16 up to MAX_TILE_SIZE; else InvalidParameter."""
+    """``tile_size`` if it is a positive multiple of TILE_SIZE_MULTIPLE (the pyramid writer's) up to
+    MAX_TILE_SIZE; else InvalidParameter."""
     if (isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer))
             or not 0 < tile_size <= MAX_TILE_SIZE or tile_size % TILE_SIZE_MULTIPLE):
         raise InvalidParameter(f"tile_size {tile_size!r} must be a multiple of {TILE_SIZE_MULTIPLE} "

@@ -91,7 +91,7 @@ def _spleen_params(params: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-TILE_SIZE_MULTIPLE = 16  # TIFF tiles (and JPEG blocks) come in multiples of 16
+TILE_SIZE_MULTIPLE = 16  # the pyramid writer's (ops.pyramid.TILE_MULTIPLE: JPEG blocks); a test holds the two
 MAX_TILE_SIZE = 4096
 DEFAULT_MASK_PIXEL_COUNT_LIMIT = 1024 * 1024  # the seed's default
 

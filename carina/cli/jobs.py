@@ -9,6 +9,7 @@ import time
 
 from carina.cli.common import EXIT_FAILED
 from queues.jobs import DONE, FAILED, QUEUED, RUNNING, JobStatus
+from queues.pipelines import TILE_SIZE_MULTIPLE
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
 
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="spleen-seg: window overlap, a fraction (default 0.25); nuclei-seg: pixels of context "
                         "read around each tile (default 0). The seed's -o: here -o is --output")
     p.add_argument("--model", "-m", help="spleen-seg, nuclei-seg: the Triton model (default spleen_ct, nuclei_unet)")
-    p.add_argument("--tile-size", "-t", type=int, help="nuclei-seg: tile side in pixels, a multiple of 16 (default 256)")
+    p.add_argument("--tile-size", "-t", type=int,
+                   help=f"nuclei-seg: tile side in pixels, a multiple of {TILE_SIZE_MULTIPLE} (default 256)")
     p.add_argument("--num-workers", "-w", type=int,
                    help="nuclei-seg: tile batches in parallel, hence requests in flight (default: the worker's CPUs)")
     p.add_argument("--mask-pixel-count-limit", type=int,

@@ -3,7 +3,7 @@ held to its source, so the two sides of the boundary cannot drift."""
 
 from __future__ import annotations
 
-from ops import tissue, volume, wsi
+from ops import pyramid, tissue, volume, wsi
 from queues import pipelines, watch
 from queues.settings import Settings
 
@@ -19,7 +19,8 @@ def test_the_watch_folder_takes_every_slide_format_the_reader_finds():
 
 
 def test_submit_checks_tile_sizes_by_the_tiler_s_rule():
-    assert (pipelines.TILE_SIZE_MULTIPLE, pipelines.MAX_TILE_SIZE) == (tissue.TILE_SIZE_MULTIPLE, tissue.MAX_TILE_SIZE)
+    assert (pipelines.TILE_SIZE_MULTIPLE, pipelines.MAX_TILE_SIZE) == (pyramid.TILE_MULTIPLE, tissue.MAX_TILE_SIZE)
+    assert tissue.TILE_SIZE_MULTIPLE is pyramid.TILE_MULTIPLE
 
 
 def test_shared_memory_lives_where_posix_names_do_by_default():
