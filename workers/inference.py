@@ -30,7 +30,7 @@ def triton_predictor(ctx: FastIOContext, model: str, request_nbytes: int,
             staging = None
     region = None if staging is None else SharedRegion(staging.posix_shm_key, staging.buffer)
     predictor = TritonPredictor(settings.triton_url, model, timeout_s=settings.triton_timeout_s,
-                                concurrency=concurrency, shared_memory=region)
+                                concurrency=concurrency, shared_memory=region, timeout_setting="CARINA_TRITON_TIMEOUT_S")
     try:
         yield predictor
     finally:

@@ -9,6 +9,7 @@ shares this host, a pool of shared-memory slots (:mod:`ops.triton.slots`), and k
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ class _Pending(NamedTuple):
     last_of_batch: bool
     request: Any  # tritonclient.http.InferAsyncRequest
     placement: Placement | None  # where its tensors lie in the shared region, or None (HTTP bodies)
+    sent: float  # time.monotonic() when it was sent
 
 
 class TritonPredictor:
@@ -52,6 +54,7 @@ class TritonPredictor:
         model_name: the model; ``model_version`` "" means the server's choice (the latest).
         input_name, output_name: the model's input and output tensors.
         timeout_s: the most seconds to connect, and to wait for any answer, per request.
+        timeout_setting: what sets ``timeout_s`` (a setting's name), named in timeout messages.
         retries: attempts after the first for transient errors (refused, reset, 502/503/504).
         backoff_s: the first pause before a retry; it doubles each time (at most 10 s).
         concurrency: requests in flight at once (split batches, :meth:`predict_many`), ≥ 1;
@@ -72,7 +75,7 @@ class TritonPredictor:
                  output_name: str = DEFAULT_OUTPUT_NAME, *, model_version: str = "",
                  timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
                  backoff_s: float = DEFAULT_BACKOFF_S, concurrency: int = DEFAULT_CONCURRENCY,
-                 shared_memory: SharedRegion | None = None) -> None:
+                 shared_memory: SharedRegion | None = None, timeout_setting: str = "timeout_s") -> None:
         _check_arguments(url, model_name, input_name, output_name, timeout_s, retries, backoff_s, concurrency,
                          shared_memory)
         self.url = url.removeprefix("http://").rstrip("/")
@@ -86,6 +89,7 @@ class TritonPredictor:
         self.concurrency = concurrency
         self._spec: ModelSpec | None = None
         self._transport = Transport(self.url, model_name, self.model_version, timeout_s=self.timeout_s,
+                                    timeout_setting=timeout_setting,
                                     retries=retries, backoff_s=self.backoff_s, concurrency=concurrency)
         self._slots = SlotPool(shared_memory, concurrency)
 
@@ -177,7 +181,7 @@ class TritonPredictor:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _send(self, chunk: np.ndarray, spec: ModelSpec) -> tuple[Any, Placement | None]:
+    def _send(self, chunk: np.ndarray, spec: ModelSpec) -> tuple[Any, Placement | None, float]:
         placement = self._slots.take(chunk, spec.output_nbytes(chunk.shape), self._register)
         try:
             inputs, outputs = request_tensors(chunk, self.input_name, spec.input_datatype, self.output_name, placement)
@@ -185,7 +189,7 @@ class TritonPredictor:
         except BaseException:
             self._slots.give(placement)
             raise
-        return request, placement
+        return request, placement, time.monotonic()
 
     def _collect(self, pending: _Pending, pieces: list[np.ndarray]) -> np.ndarray | None:
         """Wait for the oldest request; return the whole batch's output once its last piece is in."""
@@ -193,7 +197,7 @@ class TritonPredictor:
             out = self._response_output(pending.request.get_result(), pending.placement)
             pieces.append(checked_output(out, pending.chunk, self.spec(), self.model_name, self.output_name))
         except Exception as e:
-            error, transient = self._transport.failure(e, "infer with")
+            error, transient = self._transport.failure(e, "infer with", pending.sent)
             if error is None:
                 raise
             if pending.placement is not None and self._transport.lost_region(e, pending.placement.region_name):

@@ -63,12 +63,13 @@ class Transport:
         retries: attempts after the first for transient errors.
         backoff_s: the first pause before a retry; it doubles each time (at most 10 s).
         concurrency: the size of each client's connection pool.
+        timeout_setting: what sets ``timeout_s``, named in timeout messages.
 
     The arguments are taken as valid (:class:`ops.triton.TritonPredictor` checks them).
     """
 
     def __init__(self, url: str, model_name: str, model_version: str, *, timeout_s: float, retries: int,
-                 backoff_s: float, concurrency: int) -> None:
+                 backoff_s: float, concurrency: int, timeout_setting: str = "timeout_s") -> None:
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
@@ -76,6 +77,7 @@ class Transport:
         self.retries = retries
         self.backoff_s = backoff_s
         self.concurrency = concurrency
+        self.timeout_setting = timeout_setting
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
@@ -99,10 +101,11 @@ class Transport:
         """
         retries = self.retries if retries is None else retries
         for attempt in range(retries + 1):
+            started = time.monotonic()
             try:
                 return fn(self.client())
             except Exception as e:
-                error, transient = self.failure(e, what)
+                error, transient = self.failure(e, what, started)
                 if error is None:
                     raise
                 if not transient or attempt == retries:
@@ -128,18 +131,19 @@ class Transport:
         """Sleep before retry ``attempt`` + 1 (0 first): the backoff, doubled each attempt."""
         time.sleep(min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S))
 
-    def failure(self, e: Exception, what: str) -> tuple[InferenceError | None, bool]:
-        """``(error to raise, transient?)`` for an exception of tritonclient; ``(None, False)``
-        for anything else (a bug: let it propagate as is). After a timeout this thread's client
-        is discarded: its connection may still receive the answer."""
-        error, transient = self._translate(e, what)
+    def failure(self, e: Exception, what: str, started: float) -> tuple[InferenceError | None, bool]:
+        """``(error to raise, transient?)`` for an exception of tritonclient met by a request
+        sent at ``started`` (``time.monotonic()``); ``(None, False)`` for anything else (a bug:
+        let it propagate as is). After a timeout this thread's client is discarded (its
+        connection may still receive the answer), which itself can wait for the requests still
+        in flight: the message gives the whole time waited."""
         if isinstance(e, TimeoutError):
             # A refused or reset connection is closed by geventhttpclient itself, and closing
             # the client then would also cut the other requests in flight.
             self.reset_client()
-        return error, transient
+        return self._translate(e, what, time.monotonic() - started)
 
-    def _translate(self, e: Exception, what: str) -> tuple[InferenceError | None, bool]:
+    def _translate(self, e: Exception, what: str, waited_s: float) -> tuple[InferenceError | None, bool]:
         from geventhttpclient import HTTPParseError
         from tritonclient.utils import InferenceServerException
 
@@ -155,7 +159,8 @@ class Transport:
                 return ModelShapeMismatch(text), False
             return InferenceError(text), False
         if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError
-            return InferenceTimeout(f"{where}: no answer in {self.timeout_s:g} s"), False
+            return InferenceTimeout(f"{where}: no answer in {self.timeout_s:g} s ({self.timeout_setting}); "
+                                    f"waited {waited_s:.0f} s in all"), False
         if isinstance(e, (OSError, HTTPParseError)):  # refused, reset, broken pipe, closed mid-answer
             return InferenceServerUnavailable(f"{where}: {type(e).__name__}: {e}"), True
         return None, False
