@@ -20,6 +20,9 @@ from queues.jobs import JobStatus, JobStore
 from queues.payload import first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
+REDIS_OUTAGE_S = 60.0  # how long a follower of a job waits out Redis being away
+OUTAGE_POLL_S = 1.0
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -248,12 +251,26 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
 
 
 def wait(jobs: JobStore, job_id: str, timeout_s: float, on_change: Callable[[JobStatus], None] | None = None,
-         poll_s: float = 0.2) -> JobStatus:
-    """Poll a job until it finishes or ``timeout_s`` passes; returns its last status."""
+         poll_s: float = 0.2, outage_s: float = REDIS_OUTAGE_S) -> JobStatus:
+    """Poll a job until it finishes or ``timeout_s`` passes; returns its last status. Redis
+    away for up to ``outage_s`` (a restart, a failover) is waited out.
+
+    Raises:
+        redis.ConnectionError, redis.TimeoutError: Redis was away longer than ``outage_s``.
+    """
     deadline = time.monotonic() + timeout_s
     last: tuple[str, str, int] | None = None
+    away_since: float | None = None
     while True:
-        status = jobs.get(job_id)
+        try:
+            status = jobs.get(job_id)
+            away_since = None
+        except (redis.ConnectionError, redis.TimeoutError):
+            away_since = away_since or time.monotonic()
+            if time.monotonic() - away_since > outage_s:
+                raise
+            time.sleep(OUTAGE_POLL_S)
+            continue
         if on_change is not None and (status.state, status.stage, status.progress_done) != last:
             on_change(status)
             last = (status.state, status.stage, status.progress_done)

@@ -89,6 +89,8 @@ class Settings:
     metrics_port: int = 9808
     # The virtualenv holding the local Triton server (`carina triton`; scripts/setup_triton.sh).
     triton_venv: Path | None = None
+    # Where `carina redis` keeps its append-only file.
+    redis_dir: Path = Path("redis-data")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -190,6 +192,7 @@ _VARIABLES = {
     "watch_inbox": Path,
     "watch_output": Path,
     "triton_venv": Path,
+    "redis_dir": Path,
 }
 
 

@@ -12,7 +12,8 @@ from queues.settings import get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port (loopback, no persistence)")
+    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port (loopback; append-only file "
+                                     "in CARINA_REDIS_DIR, fsync'd every second)")
     p.set_defaults(run=redis_server)
 
     p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
@@ -30,9 +31,12 @@ def redis_server(args: argparse.Namespace) -> int:
 
     from carina.local import redis_server_binary
 
-    port = urlparse(get_settings().redis_url).port or 6379
+    settings = get_settings()
+    port = urlparse(settings.redis_url).port or 6379
+    settings.redis_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()
-    os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                      "--appendfsync", "everysec", "--dir", str(settings.redis_dir.absolute())])
     return 0  # not reached
 
 

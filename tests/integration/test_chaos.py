@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -173,3 +175,30 @@ def test_a_stage_delivered_after_its_job_ended_is_dropped(deployment, sample, tm
         assert time.monotonic() < deadline, deployment.log_tail()
         time.sleep(0.2)
     assert deployment.jobs().get(job).state == "done" and not (tmp_path / "again").exists()
+
+
+def test_submit_wait_rides_out_a_redis_restart(sample, tmp_path):
+    from carina.local import LocalRedis
+
+    server = LocalRedis(persistent=True).start()
+    env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": f"ride{uuid.uuid4().hex[:6]}",
+           "CARINA_SHM_DIR": "/dev/shm", "CARINA_HOST_ID": "host-a"}
+    settings = Settings.from_env(env)
+    follower = subprocess.Popen([sys.executable, "-m", "carina", "submit", "fastio-itk", "-i", str(sample[0]),
+                                 "-o", str(tmp_path / "out"), "--wait"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        job = follower.stdout.readline().strip()  # queued; no worker yet, so it waits
+        server.restart(down_s=3.0)
+        worker = start_worker(env, tmp_path / "worker.log", "io,cpu", concurrency=1, host_id="host-a")
+        _, stderr = follower.communicate(timeout=120)
+        assert follower.returncode == 0, stderr
+        assert f"done: {tmp_path / 'out'}" in stderr
+        assert JobStore(redis.Redis.from_url(server.url), settings.namespace, settings.job_ttl_s).get(job).state == "done"
+    finally:
+        follower.kill()
+        if worker is not None:
+            stop_process_group(worker)
+        server.stop()
+        remove_segments(settings)
