@@ -190,6 +190,18 @@ class FastIOContext:
         self.registry.forget_job(self.job_id)
         return freed
 
+    def free_unpublished(self) -> int:
+        """Free the job's allocations on this host that no name points at (what a process
+        that died mid-stage had made: staging buffers, outputs not yet published); returns
+        how many. Published memory, which later stages read, stays."""
+        published = self.registry.published_segments(self.job_id)
+        freed = 0
+        for segment, host in self.registry.job_segments(self.job_id).items():
+            if host == self.config.host_id and segment not in published:
+                self._free_segment(segment, self._capacity(segment))
+                freed += 1
+        return freed
+
     def _capacity(self, segment: str) -> int:
         try:
             return self.store.path(segment).stat().st_size

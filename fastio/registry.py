@@ -175,6 +175,10 @@ class Registry:
         if not created:
             raise AlreadyPublished(f"job {job_id!r} already published {name!r}; names are write-once")
 
+    def published_segments(self, job_id: str) -> set[str]:
+        """The segments that some publication of ``job_id`` points at."""
+        return {Publication.from_json(text).segment for text in self.redis.hvals(self.pub_key(job_id))}
+
     def lookup(self, job_id: str, name: str) -> Publication | None:
         """The publication of ``name`` in ``job_id`` (renewing the job's lease), or None."""
         with self.redis.pipeline(transaction=True) as p:

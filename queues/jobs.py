@@ -37,6 +37,7 @@ class JobStatus:
     stage_task: str = ""  # the Celery task id of the stage under way
     worker: str = ""  # the worker node running it
     requeues: int = 0  # times a stage was put back after its worker was lost
+    deliveries: int = 0  # starts of the stage under way (more than one: its process died)
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     created: float = 0.0
     updated: float = 0.0
@@ -93,8 +94,14 @@ class JobStore:
             p.sadd(self.pipelines, pipeline)
             p.execute()
 
-    def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "") -> None:
-        self._update(job_id, state=RUNNING, stage=stage, stage_index=index, stage_task=task_id, worker=worker)
+    def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "",
+                      attempt: str = "") -> int:
+        """Record the stage under way; returns how many times this ``attempt`` (a message: its
+        task id and retry count) has started, 1 the first time, or 0 if the job has ended."""
+        script = self.redis.register_script(_START_STAGE)
+        fields = {"state": RUNNING, "stage": stage, "stage_index": index, "stage_task": task_id, "worker": worker,
+                  "attempt": attempt, "updated": time.time()}
+        return int(script(keys=[self.key(job_id)], args=[attempt, *(str(x) for kv in fields.items() for x in kv)]))
 
     def requeued(self, job_id: str, requeues: int) -> None:
         """The stage under way went back to its queue: its worker was lost."""
@@ -165,7 +172,7 @@ class JobStore:
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
-            requeues=int(raw.get("requeues", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            requeues=int(raw.get("requeues", 0)), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20, offset: int = 0) -> list[str]:
@@ -192,6 +199,18 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state or {_FINISHED_TEST} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
+"""
+# ARGV: the attempt, then field/value pairs. Counts the starts of one attempt in "deliveries".
+_START_STAGE = f"""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or {_FINISHED_TEST} then return 0 end
+local deliveries = 1
+if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] then
+  deliveries = tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') + 1
+  redis.call('HSET', KEYS[1], 'progress_done', 0)  -- the new attempt counts from the start
+end
+redis.call('HSET', KEYS[1], 'deliveries', deliveries, unpack(ARGV, 2))
+return deliveries
 """
 # ARGV: job id, final state, the ended sets' prefix, now, then field/value pairs. The ended
 # set's key is built here from the record's pipeline (one Redis, not a cluster).

@@ -36,6 +36,7 @@ DEFAULT_TRITON_TIMEOUT_S = 120.0
 DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 DEFAULT_WORKER_HEARTBEAT_S = 10.0
+DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_WATCH_STABLE_S = 10.0
 DEFAULT_WATCH_POLL_S = 5.0
 CROP_AXES = "XYZ"
@@ -59,6 +60,8 @@ class Settings:
     janitor_interval_s: float = DEFAULT_JANITOR_INTERVAL_S
     # Each worker says it is alive this often; three missed beats and its stages are requeued.
     worker_heartbeat_s: float = DEFAULT_WORKER_HEARTBEAT_S
+    # Starts of one stage of a job (its process died each time) before the job fails.
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
@@ -114,7 +117,7 @@ class Settings:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s"):
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -172,6 +175,7 @@ _VARIABLES = {
     "fastio_map_cache_mb": _positive_int,
     "janitor_interval_s": float,
     "worker_heartbeat_s": float,
+    "max_deliveries": _positive_int,
     "visibility_timeout_s": float,
     "job_ttl_s": float,
     "data_root": Path,

@@ -2,7 +2,10 @@
 
 ``queues.pipelines.submit`` records a job, then queues its chain. From there:
 
-1. each stage, as it starts, is recorded (:func:`stage_started`: stage, index, task, worker);
+1. each stage, as it starts, is recorded (:func:`stage_started`: stage, index, task, worker)
+   and its deliveries counted: a stage whose process died is delivered again, after what
+   the dead attempt had allocated is freed (:func:`free_dead_attempt`), at most
+   ``CARINA_MAX_DELIVERIES`` times; then the job fails with the reason (:func:`too_many_deliveries`);
 2. the job ends through :func:`end_job`, whatever the path: its last stage succeeded, a stage
    failed, its worker was lost too often or its message is gone (:mod:`workers.recovery`),
    its FastIO lease expired (:mod:`workers.janitor`). Always in one order: **the end is
@@ -19,13 +22,36 @@ import logging
 
 from queues.errors import UnknownJob
 from queues.jobs import DONE, FAILED
+from queues.settings import get_settings
 from workers.runtime import fastio_context, job_store
 
 log = logging.getLogger(__name__)
 
 
-def stage_started(job_id: str, stage: str, index: int, task_id: str, worker: str) -> None:
-    job_store().stage_started(job_id, stage, index, task_id, worker)
+def stage_started(job_id: str, stage: str, index: int, task_id: str, worker: str, attempt: str) -> int:
+    """Record the stage under way; returns how many times ``attempt`` (one message of it) has
+    now started: 1 the first time, more after its process died; 0 for a job the store does
+    not know (expired, or a stage run outside the job store), or one that has ended."""
+    return job_store().stage_started(job_id, stage, index, task_id, worker, attempt)
+
+
+def free_dead_attempt(job_id: str) -> None:
+    """Free what an attempt that died had allocated and not published (staging buffers,
+    outputs half made), before the stage runs again."""
+    freed = fastio_context(job_id).free_unpublished()
+    if freed:
+        log.warning("job %s: freed %d allocation(s) of an attempt that died", job_id, freed)
+
+
+def too_many_deliveries(job_id: str, stage: str, deliveries: int) -> bool:
+    """Fail the job if ``stage`` has now started more than ``CARINA_MAX_DELIVERIES`` times;
+    True if it did."""
+    bound = get_settings().max_deliveries
+    if deliveries <= bound:
+        return False
+    job_failed(job_id, stage, f"StageCrashed: {stage} started {deliveries - 1} times and its process died each "
+                              f"time (CARINA_MAX_DELIVERIES={bound})")
+    return True
 
 
 def settle(job_id: str) -> bool:

@@ -41,19 +41,10 @@ class StageTask(Task):
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         _STARTED[task_id] = time.monotonic()
-        payload = args[0]
-        stages = self._stages(payload)
-        index = stages.index(self.name) + 1 if self.name in stages else 0
-        lifecycle.stage_started(payload["job"], self.name, index, task_id, self.request.hostname or "")
 
     def __call__(self, payload: Payload, *args: Any, **kwargs: Any) -> Any:
-        if not self.request.called_directly and lifecycle.settle(payload["job"]):
-            # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
-            # comes back after the visibility timeout, or the process ending the job died on the
-            # way. The job's end is completed; nothing runs.
-            log.warning("job %s has ended; %s redelivered late, dropped", payload["job"], self.name)
-            _STARTED.pop(self.request.id, None)
-            raise Ignore()
+        if not self.request.called_directly:
+            self._start(payload)
         try:
             result = super().__call__(payload, *args, **kwargs)
         except NotLocal as e:
@@ -70,6 +61,29 @@ class StageTask(Task):
             ended = result if isinstance(result, dict) else payload
             lifecycle.job_done(ended["job"], ended.get("output", ""))
         return result
+
+    def _start(self, payload: Payload) -> None:
+        """The lifecycle's start of this delivery; raises Ignore where the stage must not run."""
+        job_id = payload["job"]
+        if lifecycle.settle(job_id):
+            # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
+            # comes back after the visibility timeout, or the process ending the job died on the
+            # way. The job's end is completed; nothing runs.
+            log.warning("job %s has ended; %s redelivered late, dropped", job_id, self.name)
+            self._drop()
+        stages = self._stages(payload)
+        index = stages.index(self.name) + 1 if self.name in stages else 0
+        attempt = f"{self.request.id}/{self.request.retries}"
+        deliveries = lifecycle.stage_started(job_id, self.name, index, self.request.id, self.request.hostname or "",
+                                             attempt)
+        if lifecycle.too_many_deliveries(job_id, self.name, deliveries):
+            self._drop()
+        if deliveries > 1:
+            lifecycle.free_dead_attempt(job_id)
+
+    def _drop(self) -> None:
+        _STARTED.pop(self.request.id, None)
+        raise Ignore()
 
     # helpers for task bodies ------------------------------------------------------------
     def published(self, payload: Payload, name: str) -> FastIOAllocation:

@@ -202,3 +202,27 @@ def test_submit_wait_rides_out_a_redis_restart(sample, tmp_path):
             stop_process_group(worker)
         server.stop()
         remove_segments(settings)
+
+
+def test_a_stage_whose_process_dies_every_time_fails_its_job_at_the_bound(lone_worker, tmp_path):
+    env, settings, worker, log = lone_worker
+    jobs, job = slide_job_under_inference(settings, tmp_path, seed=12)
+    registry = Registry(jobs.redis, settings.fastio_config())
+    kills, held = 0, []
+    deadline = time.monotonic() + 240
+    while not jobs.get(job).finished:
+        assert time.monotonic() < deadline, jobs.get(job)
+        status = jobs.get(job)
+        if status.deliveries == kills + 1 and status.progress_done > 0:  # this attempt is under way
+            held.append(len(registry.job_segments(job)))
+            for child in psutil.Process(worker.pid).children():
+                os.kill(child.pid, signal.SIGKILL)
+            kills += 1
+        time.sleep(0.05)
+    status = jobs.get(job)
+    assert kills == settings.max_deliveries == 3
+    assert status.state == "failed" and status.stage == "carina.nuclei.segment"
+    assert "StageCrashed: carina.nuclei.segment started 3 times and its process died each time" in status.error
+    # Each attempt held the tissue flags and its own staging buffer: a dead attempt's was freed.
+    assert held == [2, 2, 2]
+    assert registry.live() == {}
