@@ -46,6 +46,16 @@ def wait(job_id: str, timeout_s: float = 3600.0,
         return wait_job(jobs, job_id, timeout_s, on_change)
 
 
+def cancel(job_id: str, by: str = "app") -> "JobStatus":
+    """Ask for the job to be cancelled; returns its status now (``cancelled`` once a worker has
+    ended it). See :func:`queues.pipelines.cancel`. Raises UnknownJob, BrokerUnavailable."""
+    from queues.app import app
+    from queues.pipelines import cancel as cancel_job
+    from queues.settings import get_settings
+
+    return cancel_job(app, get_settings(), job_id, by)
+
+
 def recent(limit: int = 20, state: str | None = None, pipeline: str | None = None,
            scan_limit: int = 10_000) -> "list[JobStatus]":
     """The ``limit`` jobs created last, newest first, of ``state`` and ``pipeline`` if given

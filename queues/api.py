@@ -1,4 +1,4 @@
-"""The seed's HTTP job API on aiohttp: ``POST /job/`` and ``GET /query/<uid>``.
+"""The seed's HTTP job API on aiohttp: ``POST /job/``, ``GET /query/<uid>``, ``DELETE /job/<uid>``.
 
 Contract (gaussian-blur-job-server.txt), for every pipeline::
 
@@ -7,7 +7,9 @@ Contract (gaussian-blur-job-server.txt), for every pipeline::
     GET  /query/<uid> → 202 {"msg": "Job is running"}                       queued or running
                       → 200 {"msg": "Job has completed", "output_dir": ...} done
                       → 500 {"msg": "Job has failed", "error": ..., "stage": ...}
+                      → 410 {"msg": "Job was cancelled", "error": "Cancelled by … at …"}
                       → 404 unknown uid
+    DELETE /job/<uid> → 202 {"msg": "Job is being cancelled"}; 409 it had already ended
     GET  /status      an HTML page of the most recent jobs, for people (refreshes itself)
 
 Refusals: 400 malformed JSON, unknown job_name or bad parameters; 401 missing or wrong
@@ -34,8 +36,8 @@ from celery import Celery
 
 from queues.errors import (BrokerUnavailable, CarinaError, InvalidJobRequest, PathRefused, UnknownJob,
                            UnknownPipeline)
-from queues.jobs import DONE, FAILED, JobStatus, JobStore
-from queues.pipelines import PIPELINES, submit
+from queues.jobs import CANCELLED, DONE, FAILED, JobStatus, JobStore
+from queues.pipelines import PIPELINES, cancel, submit
 from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,19 @@ async def query_job(request: web.Request) -> web.Response:
         return _json(200, msg="Job has completed", output_dir=str(shown))
     if status.state == FAILED:
         return _json(500, msg="Job has failed", error=status.error, stage=status.stage)
+    if status.state == CANCELLED:
+        return _json(410, msg="Job was cancelled", error=status.error, stage=status.stage)
     return _json(202, msg="Job is running", state=status.state, stage=status.stage)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """``DELETE /job/<uid>``: ask for the job to be cancelled (ended by a worker, shortly)."""
+    uid = request.match_info["uid"]
+    status = await asyncio.to_thread(cancel, request.app[CELERY], request.app[SETTINGS], uid, "the HTTP API")
+    if status.finished:
+        return _json(409 if status.state != CANCELLED else 200, msg=f"Job has already ended ({status.state})",
+                     state=status.state)
+    return _json(202, msg="Job is being cancelled", state=status.state)
 
 
 STATUS_JOBS = 50  # the most recent jobs the status page lists
@@ -200,6 +214,7 @@ def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> w
     app.router.add_post("/job/", post_job)
     app.router.add_post("/job", post_job)
     app.router.add_get("/query/{uid}", query_job)
+    app.router.add_delete("/job/{uid}", cancel_job)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/status", status_page)
     return app
@@ -244,6 +259,15 @@ OPENAPI: dict[str, Any] = {
                 "200": {"description": "Job has completed (output_dir)"},
                 "202": {"description": "Job is running"},
                 "404": {"description": "unknown uid"},
+                "410": {"description": "Job was cancelled (error: by whom and when)"},
                 "500": {"description": "Job has failed (error, stage)"}}}},
+        "/job/{uid}": {"delete": {
+            "summary": "Cancel a job: queued stages are dropped, a running one stopped, its memory freed",
+            "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "202": {"description": "Job is being cancelled (GET /query/<uid> answers 410 once it is)"},
+                "200": {"description": "Job had already been cancelled"},
+                "404": {"description": "unknown uid"},
+                "409": {"description": "Job has already ended (done or failed)"}}}},
     },
 }

@@ -16,8 +16,9 @@ import redis
 
 from queues.errors import JobStateError, UnknownJob
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-FINISHED = (DONE, FAILED)
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class JobStatus:
     requeues: int = 0  # times a stage was put back after its worker was lost
     deliveries: int = 0  # starts of the stage under way (more than one: its process died)
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
+    cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
     created: float = 0.0
     updated: float = 0.0
 
@@ -111,6 +113,11 @@ class JobStore:
         """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
         self._update(job_id, progress_done=done, progress_total=total)
 
+    def request_cancel(self, job_id: str, by: str) -> bool:
+        """Note that ``by`` asked for the job to be cancelled (now); False if it had ended.
+        The workers' lifecycle ends it (:func:`workers.lifecycle.settle`)."""
+        return self._update(job_id, cancel=json.dumps({"by": by, "at": time.time()}))
+
     def ending(self, job_id: str, state: str, **fields: Any) -> None:
         """Note that the job is ending as ``state`` with ``fields``, before its memory is
         freed: whoever finds it so (a redelivered stage) completes that end."""
@@ -118,8 +125,8 @@ class JobStore:
         self._update(job_id, ending=json.dumps({"state": state, "fields": fields}))
 
     def end(self, job_id: str, state: str, **fields: Any) -> bool:
-        """Record the job's final ``state`` (done or failed) with ``fields`` (output, stage,
-        error); False if it had already ended (the first end stands) or is unknown.
+        """Record the job's final ``state`` (done, failed or cancelled) with ``fields`` (output,
+        stage, error); False if it had already ended (the first end stands) or is unknown.
         Call :func:`workers.lifecycle.end_job`, which frees the job's memory first."""
         self._check_final(state)
         script = self.redis.register_script(_END_UNLESS_FINISHED)
@@ -173,6 +180,7 @@ class JobStore:
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
             requeues=int(raw.get("requeues", 0)), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            cancel=json.loads(raw.get("cancel") or "{}"),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20, offset: int = 0) -> list[str]:
@@ -186,11 +194,11 @@ class JobStore:
         if state not in FINISHED:
             raise JobStateError(f"{state!r} is not a final state")
 
-    def _update(self, job_id: str, **fields: Any) -> None:
+    def _update(self, job_id: str, **fields: Any) -> bool:
         # A finished job stays finished: a late or redelivered stage must not revive it.
         script = self.redis.register_script(_UPDATE_UNLESS_FINISHED)
         flat = [str(x) for kv in {**fields, "updated": time.time()}.items() for x in kv]
-        script(keys=[self.key(job_id)], args=flat)
+        return bool(script(keys=[self.key(job_id)], args=flat))
 
 
 _FINISHED_TEST = " or ".join(f"state == '{s}'" for s in FINISHED)

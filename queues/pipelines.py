@@ -16,7 +16,7 @@ import redis
 from celery import Celery, chain
 
 from queues.errors import BrokerUnavailable, InvalidJobRequest, UnknownPipeline
-from queues.jobs import JobStatus, JobStore
+from queues.jobs import RUNNING, JobStatus, JobStore
 from queues.payload import first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
@@ -182,6 +182,40 @@ PIPELINES: dict[str, Pipeline] = {
         ),
     )
 }
+
+
+CANCEL_TASK = "carina.lifecycle.cancel"  # registered by workers.lifecycle
+
+
+def cancel(app: Celery, settings: Settings, job_id: str, by: str) -> JobStatus:
+    """Ask for a job to be cancelled on behalf of ``by``; returns its status now.
+
+    The request is recorded, the stage under way (if any) is stopped (its process killed),
+    and a worker of the host holding the job's memory (any io worker if it holds none) ends
+    the job: memory freed, then the state ``cancelled`` with who and when. Stages still
+    queued are dropped as they come. A job that has already ended is left as it is.
+
+    Raises:
+        UnknownJob: no such job. BrokerUnavailable: Redis cannot be reached.
+    """
+    from fastio.registry import Registry
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+    try:
+        status = jobs.get(job_id)
+        if status.finished or not jobs.request_cancel(job_id, by):
+            return jobs.get(job_id)
+        if status.state == RUNNING and status.stage_task:
+            app.control.revoke(status.stage_task, terminate=True, signal="SIGKILL")
+        holders = sorted(set(Registry(client, settings.fastio_config()).job_segments(job_id).values()))
+        queue = settings.host_queue("io", holders[0]) if holders else "io"
+        app.send_task(CANCEL_TASK, args=[job_id], queue=queue, priority=PRIORITIES["immediate"])
+        return jobs.get(job_id)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+    finally:
+        client.close()
 
 
 def unserved_stages(status: JobStatus, live_queues: set[str]) -> list[tuple[str, str]]:

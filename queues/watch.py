@@ -353,7 +353,7 @@ class Watcher:
                 if status.state == "done":
                     self._file_away(entry, DONE_DIR, None, job=status.job_id)
                 else:
-                    self._file_away(entry, FAILED_DIR, f"{status.pipeline} job {status.job_id} failed in "
+                    self._file_away(entry, FAILED_DIR, f"{status.pipeline} job {status.job_id} {status.state} in "
                                     f"{status.stage}: {status.error}", job=status.job_id)
             self.redis.hdel(self.records_key, name)
 

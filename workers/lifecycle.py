@@ -11,17 +11,22 @@
    its FastIO lease expired (:mod:`workers.janitor`). Always in one order: **the end is
    noted, the job's memory is freed, then its final state recorded**, so a job seen ended
    holds no memory. The first end stands; later ones change nothing;
-3. a stage delivered after its job ended, or while it was ending, is dropped (:func:`settle`;
-   a message whose acknowledgement was lost comes back late, or the process that was ending
-   the job died): an end under way is completed, and what memory is left is freed.
+3. a stage delivered after its job ended, or while it was ending, or once it was asked to be
+   cancelled, is dropped (:func:`settle`; a message whose acknowledgement was lost comes back
+   late, or the process that was ending the job died): an end under way or a cancel is
+   completed, and what memory is left is freed. The cancel task (``queues.cancel``) and every
+   janitor pass settle the jobs too, so a job ends even when no stage of it comes again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from queues.errors import UnknownJob
-from queues.jobs import DONE, FAILED
+from queues.app import app
+from queues.jobs import CANCELLED, DONE, FAILED
+from queues.pipelines import CANCEL_TASK
 from queues.settings import get_settings
 from workers.runtime import fastio_context, job_store
 
@@ -68,7 +73,18 @@ def settle(job_id: str) -> bool:
     if status.ending:
         end_job(job_id, status.ending["state"], **status.ending["fields"])
         return True
+    if status.cancel:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.cancel["at"]))
+        end_job(job_id, CANCELLED, stage=status.stage, error=f"Cancelled by {status.cancel['by']} at {when}")
+        log.warning("job %s cancelled by %s", job_id, status.cancel["by"])
+        return True
     return False
+
+
+@app.task(name=CANCEL_TASK, acks_late=True)
+def cancel(job_id: str) -> None:
+    """End a job that was asked to be cancelled (``queues.cancel`` sends this)."""
+    settle(job_id)
 
 
 def free_memory(job_id: str) -> None:

@@ -8,11 +8,11 @@ import sys
 import time
 
 from carina.cli.common import EXIT_FAILED
-from queues.jobs import DONE, FAILED, QUEUED, RUNNING, JobStatus
+from queues.jobs import STATES, JobStatus
 from queues.pipelines import TILE_SIZE_MULTIPLE
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
 
-JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
+CANCEL_WAIT_S = 60.0
 BAR_WIDTH = 24
 
 SUBMIT_OPTIONS = ("crop_start", "crop_size", "sigma_mm", "series_uid", "overlap", "model", "tile_size", "num_workers",
@@ -51,8 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(run=status)
 
+    p = sub.add_parser("cancel", help="cancel a job: queued stages dropped, the running one stopped, memory freed")
+    p.add_argument("job", help="job id")
+    p.add_argument("--wait", action="store_true", help="wait until a worker has ended it")
+    p.set_defaults(run=cancel)
+
     p = sub.add_parser("jobs", help="recent jobs: pipeline, state, stage, age (newest first)")
-    p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    p.add_argument("--state", choices=STATES, help="only jobs in this state")
     p.add_argument("--pipeline", help="only jobs of this pipeline")
     p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
     p.set_defaults(run=jobs)
@@ -111,8 +116,8 @@ def follow(job_id: str, timeout_s: float) -> int:
     if final.state == "done":
         print(f"done: {final.output}", file=sys.stderr)
         return 0
-    if final.state == "failed":
-        print(f"failed in {final.stage}: {final.error}", file=sys.stderr)
+    if final.finished:
+        print(f"{final.state} in {final.stage}: {final.error}", file=sys.stderr)
         return EXIT_FAILED
     print(f"still {final.state} after {timeout_s:.0f} s", file=sys.stderr)
     return EXIT_FAILED
@@ -157,7 +162,23 @@ def status(args: argparse.Namespace) -> int:
     if record.error:
         print(f"error:    {record.error}")
     warn_unserved(queues.unserved(args.job))
-    return EXIT_FAILED if record.state == "failed" else 0
+    return EXIT_FAILED if record.finished and record.state != "done" else 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+
+    import queues
+
+    record = queues.cancel(args.job, by=f"{getpass.getuser()}@{socket.gethostname()} (carina cancel)")
+    if record.finished:
+        print(f"{record.job_id}: {record.state} already")
+        return 0 if record.state == "cancelled" else EXIT_FAILED
+    if args.wait:
+        record = queues.wait(args.job, CANCEL_WAIT_S)
+    print(f"{record.job_id}: {record.state if record.finished else 'being cancelled'}")
+    return 0 if not args.wait or record.state == "cancelled" else EXIT_FAILED
 
 
 def jobs(args: argparse.Namespace) -> int:

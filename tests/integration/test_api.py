@@ -102,6 +102,26 @@ def test_a_job_not_finished_answers_202_with_the_seed_message(api, deployment):
     assert status == 200
 
 
+def test_delete_cancels_a_job_and_query_then_answers_410(api, deployment):
+    control = deployment.app.control
+    assert len(control.cancel_consumer("io", reply=True, timeout=10)) == len(deployment.logs)
+    try:
+        _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"})
+        status, reply = call(f"{api}/job/{body['uid']}", "DELETE")
+        assert status == 202 and reply["msg"] == "Job is being cancelled"
+    finally:
+        control.add_consumer("io", reply=True, timeout=10)
+    status, reply, _ = follow(api, body["uid"])
+    assert status == 410 and reply["msg"] == "Job was cancelled" and "by the HTTP API" in reply["error"]
+    assert call(f"{api}/job/{body['uid']}", "DELETE")[0] == 200  # already cancelled
+    assert call(f"{api}/job/no-such-job", "DELETE")[0] == 404
+    _, done = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study"})
+    assert follow(api, done["uid"])[0] == 200
+    status, reply = call(f"{api}/job/{done['uid']}", "DELETE")
+    assert status == 409 and reply["state"] == "done"
+    assert call(f"{api}/job/{done['uid']}", "DELETE", token="wrong")[0] == 401
+
+
 def test_failed_job_is_a_500_with_the_reason(api):
     _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study", "crop_start": [50, 0, 0]})
     status, reply, _ = follow(api, body["uid"])
