@@ -7,6 +7,7 @@
      ├── VolumeWriteError     the output cannot be written
      ├── InvalidCrop (also ValueError)   a crop region outside the image, empty or malformed
      ├── InvalidParameter (also ValueError)   an operator's argument out of range or malformed
+     │    └── WorkTooLarge     a job asks for more work (windows, tiles) than its limit allows
      ├── DicomError           a DICOM series cannot be read or written (ops.dicom)
      │    ├── DicomNotFound       the folder is missing, holds no DICOM, or lacks the requested series
      │    ├── DicomFileError      one file is unusable: no pixel data, truncated, corrupt, undecodable,
@@ -49,6 +50,18 @@ class InvalidCrop(OpsError, ValueError):
 
 class InvalidParameter(OpsError, ValueError):
     pass
+
+
+class WorkTooLarge(InvalidParameter):
+    pass
+
+
+def check_work(count: int, limit: int, what: str, limit_name: str) -> int:
+    """``count`` if it is at most ``limit``; else WorkTooLarge naming both (``what``: "windows
+    of 96³ over …", ``limit_name``: what sets the limit)."""
+    if count > limit:
+        raise WorkTooLarge(f"the job asks for {count:,} {what}, more than {limit_name}={limit:,}")
+    return count
 
 
 class DicomError(OpsError):

@@ -191,6 +191,14 @@ def axis_starts(size: int, roi: int, step: int) -> list[int]:
         start += step
 
 
+def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]) -> int:
+    """How many windows :func:`sliding_window_inference` runs over one image of ``image_size``
+    (an axis shorter than its window is padded to it), without listing them."""
+    padded = [max(s, r) for s, r in zip(image_size, roi_size, strict=True)]
+    steps = scan_interval(padded, roi_size, overlap)
+    return math.prod(len(axis_starts(s, r, step)) for s, r, step in zip(padded, roi_size, steps))
+
+
 def window_slices(
     image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]
 ) -> list[tuple[slice, ...]]:

@@ -35,6 +35,7 @@ import numpy as np
 from ops.arrays import array_module, is_cupy, ndimage_for, to_device, to_host
 from ops.errors import InvalidParameter
 from ops.protocols import Predictor, Progress
+from ops import sliding_window
 from ops.sliding_window import sliding_window_inference
 
 TARGET_SPACING_XYZ = (1.5, 1.5, 2.0)  # mm
@@ -78,7 +79,7 @@ def preprocess(
     target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
     a_min, a_max = _hu_window(hu_window)
 
-    shape_xyz = np.round((np.asarray(volume.shape[::-1]) - 1) * spacing / target + 1.0).astype(int)
+    shape_xyz = _resampled_shape_xyz(volume.shape, spacing, target)
     resampled_geometry = {
         "spacing": [float(v) for v in target],
         "origin": [float(v) for v in origin],
@@ -94,6 +95,21 @@ def preprocess(
     out /= np.float32(a_max - a_min)
     out.clip(0.0, 1.0, out=out)
     return out, resampled_geometry
+
+
+def _resampled_shape_xyz(shape_zyx: Sequence[int], spacing: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return np.round((np.asarray(shape_zyx[::-1]) - 1) * spacing / target + 1.0).astype(int)
+
+
+def window_count(shape_zyx: Sequence[int], geometry: Geometry, overlap: float, roi_size: Sequence[int] = ROI_SIZE,
+                 target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ) -> tuple[int, tuple[int, ...]]:
+    """The windows :func:`segment` runs on a volume of ``shape_zyx`` and ``geometry``, and the
+    (z, y, x) shape they slide over (the volume resampled to ``target_spacing_xyz``), known
+    before any voxel is read. Raises InvalidParameter as :func:`preprocess`."""
+    spacing, _, _ = _check_geometry(geometry, "geometry")
+    target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
+    resampled = tuple(int(n) for n in _resampled_shape_xyz(shape_zyx, spacing, target)[::-1])
+    return sliding_window.window_count(resampled, roi_size, [overlap] * len(roi_size)), resampled
 
 
 def postprocess(

@@ -58,6 +58,7 @@ def _fastio_itk_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_SIGMA_MM = 1.0
+MAX_OVERLAP = 0.9  # of a sliding window
 
 
 def _blur_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +83,9 @@ def _spleen_params(params: dict[str, Any]) -> dict[str, Any]:
         raise InvalidJobRequest(f"spleen-seg does not take {sorted(unknown)}")
     checked: dict[str, Any] = {}
     overlap = params.get("overlap", 0.25)
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
-        raise InvalidJobRequest(f"overlap={overlap!r}: a fraction in [0, 1)")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= MAX_OVERLAP:
+        raise InvalidJobRequest(f"overlap={overlap!r}: a fraction from 0 to {MAX_OVERLAP} (MONAI's users stay "
+                                "at or below it; more multiplies the windows for nothing)")
     checked["overlap"] = float(overlap)
     if "sw_batch_size" in params:
         size = params["sw_batch_size"]

@@ -37,6 +37,8 @@ DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 DEFAULT_WORKER_HEARTBEAT_S = 10.0
 DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_MAX_WINDOWS = 20_000  # about 2.5 h of 96³ windows on one CPU-only worker
+DEFAULT_MAX_TILES = 1_000_000  # a 100k × 200k px slide's tissue at 256 px tiles is about a third of it
 DEFAULT_WATCH_STABLE_S = 10.0
 DEFAULT_WATCH_POLL_S = 5.0
 CROP_AXES = "XYZ"
@@ -62,6 +64,9 @@ class Settings:
     worker_heartbeat_s: float = DEFAULT_WORKER_HEARTBEAT_S
     # Starts of one stage of a job (its process died each time) before the job fails.
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    # The most work one job may ask for: sliding windows (spleen-seg), tissue tiles (nuclei-seg).
+    max_windows: int = DEFAULT_MAX_WINDOWS
+    max_tiles: int = DEFAULT_MAX_TILES
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
@@ -117,7 +122,8 @@ class Settings:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries"):
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
+                     "max_windows", "max_tiles"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -176,6 +182,8 @@ _VARIABLES = {
     "janitor_interval_s": float,
     "worker_heartbeat_s": float,
     "max_deliveries": _positive_int,
+    "max_windows": _positive_int,
+    "max_tiles": _positive_int,
     "visibility_timeout_s": float,
     "job_ttl_s": float,
     "data_root": Path,

@@ -7,6 +7,7 @@ import os
 from contextlib import closing
 from functools import partial
 from pathlib import Path
+from ops.errors import check_work
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
 from ops.pyramid import write_pyramid
 from ops.render import write_slide_publish
@@ -30,6 +31,8 @@ def find_tissue(self: StageTask, payload: Payload) -> Payload:
         tissue = tissue_tiles(slide, params["tile_size"], params["mask_pixel_count_limit"])
         shape_yx = slide.levels[0].shape_yx
     described = {"shape_yx": list(shape_yx), "tiles": int(tissue.size), "tissue_tiles": int(tissue.sum())}
+    check_work(described["tissue_tiles"], get_settings().max_tiles, f"tissue tiles of {params['tile_size']} px "
+               f"in {path.name}", "CARINA_MAX_TILES")
     return self.publish(payload, tissue, TISSUE_TILES, described, slide=str(path))
 
 

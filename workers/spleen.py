@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 from ops.arrays import gpu_available
+from ops.errors import check_work
 from ops.render import write_segmentation_publish
-from ops.spleen import request_nbytes, segment
+from ops.spleen import request_nbytes, segment, window_count
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
@@ -24,6 +25,9 @@ LABELS = "spleen_labels"
 @app.task(name="carina.spleen.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry, name = read_input(payload["input"])
+    windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"])
+    check_work(windows, get_settings().max_windows, f"windows of 96³ over the {'×'.join(map(str, grid))} voxels of "
+               f"{name} resampled (overlap {payload['params']['overlap']:g})", "CARINA_MAX_WINDOWS")
     return self.publish(payload, volume, CT, geometry, study=name)
 
 

@@ -13,6 +13,7 @@ from ops.sliding_window import (
     importance_map,
     scan_interval,
     sliding_window_inference,
+    window_count,
     window_slices,
 )
 
@@ -384,3 +385,11 @@ GOOD = {
 def test_refuses_bad_arguments_and_names_them(bad, message):
     with pytest.raises(InvalidParameter, match=message):
         sliding_window_inference(**{**GOOD, **bad})
+
+
+@pytest.mark.parametrize("size, roi, overlap", [((100, 239, 239), (96, 96, 96), 0.25), ((200, 300), (96, 96), 0.9),
+                                                ((5, 7, 9), (4, 4, 4), 0.5), ((30, 40), (96, 96), 0.5)])
+def test_window_count_is_the_number_of_windows_run_without_listing_them(size, roi, overlap):
+    padded = [max(s, r) for s, r in zip(size, roi)]
+    assert window_count(size, roi, [overlap] * len(size)) == len(window_slices(padded, roi, [overlap] * len(size)))
+

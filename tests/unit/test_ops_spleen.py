@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from ops.errors import InvalidParameter
-from ops.spleen import HU_WINDOW, postprocess, preprocess, segment
+from ops.spleen import HU_WINDOW, postprocess, preprocess, segment, window_count
 
 
 def rotation_z(angle: float) -> list[float]:
@@ -188,6 +188,21 @@ def test_segment_with_the_default_96_roi_pads_a_small_volume():
     out = segment(volume, geometry, predictor)
     assert shapes == [(1, 1, 96, 96, 96)]
     np.testing.assert_array_equal(out, labels)  # the model's grid is the input's: nothing to resample
+
+
+@pytest.mark.parametrize("geometry", [CT, LPS], ids=["rotated", "lps"])
+def test_window_count_is_what_segment_runs_known_before_the_voxels(geometry):
+    volume = np.full((40, 150, 130), -1000, np.int16)
+    windows = []
+
+    def predictor(batch):
+        windows.append(len(batch))
+        return threshold_predictor(batch)
+
+    segment(volume, geometry, predictor, roi_size=(32, 32, 32), overlap=0.5)
+    count, grid = window_count(volume.shape, geometry, 0.5, roi_size=(32, 32, 32))
+    assert count == sum(windows)
+    assert grid == preprocess(volume, geometry)[0].shape
 
 
 # --- bad arguments ----------------------------------------------------------------------------
