@@ -33,6 +33,8 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         result_extended=True,
         result_expires=int(settings.job_ttl_s),
+        task_soft_time_limit=settings.stage_soft_time_limit_s,
+        task_time_limit=settings.stage_time_limit_s,
         worker_hijack_root_logger=False,
     )
     return app

@@ -25,6 +25,8 @@ DEFAULT_JANITOR_INTERVAL_S = 60.0
 # Above the longest job: Redis redelivers an unacknowledged (acks_late) task after this.
 DEFAULT_VISIBILITY_TIMEOUT_S = 12 * 3600
 DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+DEFAULT_STAGE_SOFT_TIME_LIMIT_S = 6 * 3600.0
+DEFAULT_STAGE_TIME_LIMIT_S = DEFAULT_STAGE_SOFT_TIME_LIMIT_S + 600
 DEFAULT_DATA_ROOT = "."
 DEFAULT_API_HOST = "127.0.0.1"
 # Addresses a service may listen on without credentials: nobody off this host reaches them.
@@ -68,6 +70,10 @@ class Settings:
     max_windows: int = DEFAULT_MAX_WINDOWS
     max_tiles: int = DEFAULT_MAX_TILES
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    # A stage running longer is interrupted (soft: an exception in the stage) or stopped (hard:
+    # its process killed); either way its job fails with the limit named.
+    stage_soft_time_limit_s: float = DEFAULT_STAGE_SOFT_TIME_LIMIT_S
+    stage_time_limit_s: float = DEFAULT_STAGE_TIME_LIMIT_S
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
     crop_size: tuple[int, int, int] = (-1, -1, -1)
@@ -128,6 +134,9 @@ class Settings:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
             raise ConfigError("CARINA_FLOWER_AUTH must be user:password pairs, comma-separated")
+        if not 0 < self.stage_soft_time_limit_s < self.stage_time_limit_s < self.visibility_timeout_s:
+            raise ConfigError("CARINA_STAGE_SOFT_TIME_LIMIT_S < CARINA_STAGE_TIME_LIMIT_S < "
+                              "CARINA_VISIBILITY_TIMEOUT_S is required (a stage stopped before Redis redelivers it)")
         if self.watch_stable_s < 0:
             raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
 
@@ -185,6 +194,8 @@ _VARIABLES = {
     "max_windows": _positive_int,
     "max_tiles": _positive_int,
     "visibility_timeout_s": float,
+    "stage_soft_time_limit_s": float,
+    "stage_time_limit_s": float,
     "job_ttl_s": float,
     "data_root": Path,
     "api_token": str,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from fastio import AlreadyPublished, FastIOAllocation, NotLocal
 from monitoring.metrics import record_stage
@@ -134,7 +134,18 @@ class StageTask(Task):
         job_id = payload.get("job") if isinstance(payload, dict) else None
         if not job_id:
             return
-        lifecycle.job_failed(job_id, self.name, f"{type(exc).__name__}: {exc}")
+        lifecycle.job_failed(job_id, self.name, self._reason(exc))
+
+    def _reason(self, exc: BaseException) -> str:
+        """What the job's record says of the exception that failed this stage."""
+        settings = get_settings()
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return (f"StageTimeLimit: {self.name} ran past CARINA_STAGE_SOFT_TIME_LIMIT_S="
+                    f"{settings.stage_soft_time_limit_s:g} s and was interrupted")
+        if isinstance(exc, TimeLimitExceeded):
+            return (f"StageTimeLimit: {self.name} ran past CARINA_STAGE_TIME_LIMIT_S={settings.stage_time_limit_s:g} s "
+                    "and its process was stopped")
+        return f"{type(exc).__name__}: {exc}"
 
     def _record_duration(self, task_id: str, outcome: str) -> None:
         started = _STARTED.pop(task_id, None)

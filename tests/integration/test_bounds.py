@@ -68,3 +68,24 @@ def test_an_overlap_past_nine_tenths_is_refused_at_submit(strict_worker, tmp_pat
     with pytest.raises(InvalidJobRequest, match=r"overlap=0.99: a fraction from 0 to 0.9"):
         submit(create_app(strict_worker), strict_worker, "spleen-seg", tmp_path / "ct.nii.gz", tmp_path,
                params={"overlap": 0.99})
+
+
+def test_a_stage_past_its_time_limit_fails_its_job_with_the_limit_named(redis_server, project_triton, tmp_path):
+    from ops.samples import he_slide
+
+    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/6"),
+           "CARINA_NAMESPACE": f"slow{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm", "CARINA_HOST_ID": "host-t",
+           "CARINA_TRITON_URL": project_triton.url, "CARINA_STAGE_SOFT_TIME_LIMIT_S": "1",
+           "CARINA_STAGE_TIME_LIMIT_S": "20"}
+    settings = Settings.from_env(env)
+    slide = he_slide(tmp_path / "slide.tif", (6000, 8000), seed=32)  # its inference takes several seconds
+    worker = start_worker(env, tmp_path / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-t")
+    try:
+        status = run(settings, "nuclei-seg", slide, tmp_path / "out", num_workers=1)
+    finally:
+        stop_process_group(worker)
+        remove_segments(settings)
+    assert status.state == "failed", status
+    assert status.error == (f"StageTimeLimit: {status.stage} ran past CARINA_STAGE_SOFT_TIME_LIMIT_S=1 s "
+                            "and was interrupted")
+    assert not (tmp_path / "out" / "image.tif").exists()
