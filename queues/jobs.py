@@ -41,6 +41,7 @@ class JobStatus:
     deliveries: int = 0  # starts of the stage under way (more than one: its process died)
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
+    staging: str = ""  # where the stages write the results until the job ends
     created: float = 0.0
     updated: float = 0.0
 
@@ -113,6 +114,11 @@ class JobStore:
         """Units of work (windows, tiles) done of ``total`` by the last stage that counts them."""
         self._update(job_id, progress_done=done, progress_total=total)
 
+    def staging_started(self, job_id: str, staging: str) -> bool:
+        """Note the folder where the job's stages write its results until it ends; False for
+        a job that has ended or that the store does not know."""
+        return self._update(job_id, staging=staging)
+
     def request_cancel(self, job_id: str, by: str) -> bool:
         """Note that ``by`` asked for the job to be cancelled (now); False if it had ended.
         The workers' lifecycle ends it (:func:`workers.lifecycle.settle`)."""
@@ -180,7 +186,7 @@ class JobStore:
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
             requeues=int(raw.get("requeues", 0)), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
-            cancel=json.loads(raw.get("cancel") or "{}"),
+            cancel=json.loads(raw.get("cancel") or "{}"), staging=raw.get("staging", ""),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20, offset: int = 0) -> list[str]:

@@ -31,6 +31,6 @@ def blur(self: StageTask, payload: Payload) -> Payload:
 def write_series(self: StageTask, payload: Payload) -> Payload:
     volume = self.published(payload, BLURRED)
     description = f"Gaussian blur {payload['params']['sigma_mm']:g} mm (Carina)"
-    files = write_dicom_series(volume.array, volume.metadata, payload["input"], payload["output"],
+    files = write_dicom_series(volume.array, volume.metadata, payload["input"], self.staging(payload),
                                description, volume.metadata["dicom"])
     return self.advance(payload, result=payload["output"], files=len(files))

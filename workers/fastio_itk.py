@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from ops.crop import crop_volume, resolve_crop
 from ops.render import volume_meta, write_render_files
 from ops.volume import find_volume
@@ -38,8 +37,7 @@ def filter_volume(self: StageTask, payload: Payload) -> Payload:
 @app.task(name="carina.fastio_itk.write_volume", base=StageTask, bind=True)
 def write_volume(self: StageTask, payload: Payload) -> Payload:
     volume = self.published(payload, CROPPED)
-    output = Path(payload["output"])
-    output.mkdir(parents=True, exist_ok=True)
+    output = self.staging(payload)
     written = write_image(volume.array, volume.metadata, output / "output.mhd")
     write_render_files(output, volume_meta(written.name, volume.array, volume.metadata), payload["config"])
-    return self.advance(payload, result=str(written))
+    return self.advance(payload, result=self.result(payload, written))

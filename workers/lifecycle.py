@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from queues.errors import UnknownJob
 from queues.app import app
 from queues.jobs import CANCELLED, DONE, FAILED
 from queues.pipelines import CANCEL_TASK
 from queues.settings import get_settings
+from workers import results
 from workers.runtime import fastio_context, job_store
 
 log = logging.getLogger(__name__)
@@ -97,11 +99,37 @@ def free_memory(job_id: str) -> None:
 
 
 def end_job(job_id: str, state: str, **fields: str) -> bool:
-    """End the job: note the end, free its memory, then record ``state`` (done or failed)
-    with ``fields`` (output; or stage and error). False if it had already ended."""
+    """End the job: note the end, free its memory, move its results into place (done) or
+    remove them (failed, cancelled), then record ``state`` with ``fields`` (output; or stage
+    and error). False if it had already ended."""
     job_store().ending(job_id, state, **fields)
     free_memory(job_id)
+    settle_results(job_id, state, fields.get("output", ""))
     return job_store().end(job_id, state, **fields)
+
+
+def staging_dir(job_id: str, output: str) -> Path:
+    """The folder a stage writes the job's results into (created, and noted in the job's
+    record so that its end finds it); the job's end moves it to ``output``. A stage of a job
+    the store does not know (run alone, by name) writes into ``output`` itself."""
+    staging = results.staging_path(output, job_id)
+    if not job_store().staging_started(job_id, str(staging)):
+        staging = Path(output)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def settle_results(job_id: str, state: str, output: str) -> None:
+    try:
+        staging = job_store().get(job_id).staging
+    except UnknownJob:
+        return
+    if not staging:
+        return
+    if state == DONE:
+        results.publish(Path(staging), Path(output))
+    else:
+        results.discard(Path(staging))
 
 
 def job_done(job_id: str, output: str) -> bool:

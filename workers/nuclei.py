@@ -43,15 +43,14 @@ def segment(self: StageTask, payload: Payload) -> Payload:
     tile, overlap = params["tile_size"], params["overlap"]
     threads = params.get("num_workers") or os.cpu_count() or 1
     batch_size = get_settings().tile_batch_size
-    output = Path(payload["output"])
-    output.mkdir(parents=True, exist_ok=True)
+    output = self.staging(payload)
     with (open_slide(payload["slide"]) as slide,
           triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
                            threads) as predictor,
           closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
                                   batch_size=batch_size, progress=partial(self.report_progress, payload))) as tiles):
         written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx)
-    return self.advance(payload, result=str(written.path))
+    return self.advance(payload, result=self.result(payload, written.path))
 
 
 @app.task(name="carina.nuclei.write_results", base=StageTask, bind=True)
@@ -59,6 +58,6 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
     described = self.published(payload, TISSUE_TILES).metadata
     # The seed's input folder holds config_render.json beside the slide.
     config = payload["config"] or (payload["input"] if Path(payload["input"]).is_dir() else None)
-    write_slide_publish(Path(payload["output"]), OUTPUT_IMAGE, config, source=payload["slide"],
+    write_slide_publish(self.staging(payload), OUTPUT_IMAGE, config, source=payload["slide"],
                         tiles=described["tiles"], tissue_tiles=described["tissue_tiles"], model=payload["params"]["model"])
     return self.advance(payload, tiles=described["tiles"], tissue_tiles=described["tissue_tiles"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from ops.arrays import gpu_available
 from ops.errors import check_work
 from ops.render import write_segmentation_publish
@@ -45,8 +44,8 @@ def infer(self: StageTask, payload: Payload) -> Payload:
 @app.task(name="carina.spleen.write_results", base=StageTask, bind=True)
 def write_results(self: StageTask, payload: Payload) -> Payload:
     ct, labels = self.published(payload, CT), self.published(payload, LABELS)
-    output = Path(payload["output"])
+    output = self.staging(payload)
     # The seed names the label volume after the input (its downstream consumer expects it).
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
     write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"])
-    return self.advance(payload, result=str(result))
+    return self.advance(payload, result=self.result(payload, result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,18 @@ class StageTask(Task):
         raise Ignore()
 
     # helpers for task bodies ------------------------------------------------------------
+    def staging(self, payload: Payload) -> Path:
+        """The folder to write the job's results into: they reach ``payload["output"]`` whole,
+        when the job ends done (see :mod:`workers.results`)."""
+        if self.request.called_directly:
+            return Path(payload["output"])
+        return lifecycle.staging_dir(payload["job"], payload["output"])
+
+    @staticmethod
+    def result(payload: Payload, written: Path) -> str:
+        """Where a file written at the top of the staging folder lies once the job is done."""
+        return str(Path(payload["output"]) / written.name)
+
     def published(self, payload: Payload, name: str) -> FastIOAllocation:
         """The allocation an earlier stage of this job published as ``name`` (zero copy).
         Raises NotLocal where it lies on another host (the stage is then re-routed there)."""
