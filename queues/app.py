@@ -22,6 +22,10 @@ def create_app(settings: Settings) -> Celery:
         # and put the message back if the process running it dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Not cancelled on a broker connection loss: with Redis down, the message of a stage
+        # so stopped cannot be put back either, and its job would wait for the visibility
+        # timeout. A stage that runs on is dropped if it comes back after its job moved on.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         broker_transport_options=broker_transport,
         task_default_priority=PRIORITIES[DEFAULT_PRIORITY],

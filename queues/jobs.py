@@ -18,6 +18,7 @@ from queues.errors import JobStateError, UnknownJob
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+MOVED_PAST = -1  # what stage_started answers for a stage its job has moved past
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 
 
@@ -100,11 +101,13 @@ class JobStore:
     def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "",
                       attempt: str = "") -> int:
         """Record the stage under way; returns how many times this ``attempt`` (a message: its
-        task id and retry count) has started, 1 the first time, or 0 if the job has ended."""
+        task id and retry count) has started, 1 the first time; 0 if the job has ended or is
+        unknown; MOVED_PAST if a later stage (``index`` higher) has started already."""
         script = self.redis.register_script(_START_STAGE)
         fields = {"state": RUNNING, "stage": stage, "stage_index": index, "stage_task": task_id, "worker": worker,
                   "attempt": attempt, "updated": time.time()}
-        return int(script(keys=[self.key(job_id)], args=[attempt, *(str(x) for kv in fields.items() for x in kv)]))
+        return int(script(keys=[self.key(job_id)],
+                          args=[attempt, index, *(str(x) for kv in fields.items() for x in kv)]))
 
     def requeued(self, job_id: str, requeues: int) -> None:
         """The stage under way went back to its queue: its worker was lost."""
@@ -214,16 +217,18 @@ if not state or {_FINISHED_TEST} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
-# ARGV: the attempt, then field/value pairs. Counts the starts of one attempt in "deliveries".
+# ARGV: the attempt, the stage's index, then field/value pairs. Counts the starts of one
+# attempt in "deliveries"; refuses a stage earlier than the one recorded.
 _START_STAGE = f"""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or {_FINISHED_TEST} then return 0 end
+if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'stage_index') or '0') then return {MOVED_PAST} end
 local deliveries = 1
 if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] then
   deliveries = tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') + 1
   redis.call('HSET', KEYS[1], 'progress_done', 0)  -- the new attempt counts from the start
 end
-redis.call('HSET', KEYS[1], 'deliveries', deliveries, unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'deliveries', deliveries, unpack(ARGV, 3))
 return deliveries
 """
 # ARGV: job id, final state, the ended sets' prefix, now, then field/value pairs. The ended

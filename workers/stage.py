@@ -19,6 +19,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from fastio import AlreadyPublished, FastIOAllocation, NotLocal
 from monitoring.metrics import record_stage
+from queues.jobs import MOVED_PAST
 from queues.payload import Payload
 from queues.settings import get_settings
 from workers import lifecycle
@@ -77,6 +78,11 @@ class StageTask(Task):
         attempt = f"{self.request.id}/{self.request.retries}"
         deliveries = lifecycle.stage_started(job_id, self.name, index, self.request.id, self.request.hostname or "",
                                              attempt)
+        if deliveries == MOVED_PAST:
+            # It finished, but its acknowledgement was lost (the broker went away): the job
+            # is at a later stage already.
+            log.warning("job %s has moved past %s; a late delivery, dropped", job_id, self.name)
+            self._drop()
         if lifecycle.too_many_deliveries(job_id, self.name, deliveries):
             self._drop()
         if deliveries > 1:

@@ -73,7 +73,8 @@ def test_an_overlap_past_nine_tenths_is_refused_at_submit(strict_worker, tmp_pat
 def test_a_stage_past_its_time_limit_fails_its_job_with_the_limit_named(redis_server, project_triton, tmp_path):
     from ops.samples import he_slide
 
-    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/6"),
+    # A database of its own: the strict worker above reads the same queue names on /6.
+    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/8"),
            "CARINA_NAMESPACE": f"slow{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm", "CARINA_HOST_ID": "host-t",
            "CARINA_TRITON_URL": project_triton.url, "CARINA_STAGE_SOFT_TIME_LIMIT_S": "1",
            "CARINA_STAGE_TIME_LIMIT_S": "20"}

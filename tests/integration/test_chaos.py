@@ -226,3 +226,33 @@ def test_a_stage_whose_process_dies_every_time_fails_its_job_at_the_bound(lone_w
     # Each attempt held the tissue flags and its own staging buffer: a dead attempt's was freed.
     assert held == [2, 2, 2]
     assert registry.live() == {}
+
+
+def test_a_redis_restart_while_a_stage_runs_leaves_every_worker_process_up(project_triton, tmp_path):
+    """The stage runs on through the outage and finishes after the worker has reconnected; its
+    acknowledgement on the channel the reconnect closed must not stop the worker, and the job
+    completes."""
+    from carina.local import LocalRedis
+
+    server = LocalRedis(persistent=True).start()
+    env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": f"ack{uuid.uuid4().hex[:6]}",
+           "CARINA_SHM_DIR": "/dev/shm", "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url}
+    settings = Settings.from_env(env)
+    slide = he_slide(tmp_path / "slide.tif", (8000, 10000), seed=13)  # about ten seconds of inference
+    worker = start_worker(env, tmp_path / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
+    jobs = JobStore(redis.Redis.from_url(server.url), settings.namespace, settings.job_ttl_s)
+    try:
+        job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out", params={"num_workers": 1})
+        deadline = time.monotonic() + 60
+        while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
+            assert time.monotonic() < deadline, jobs.get(job)
+            time.sleep(0.02)
+        server.restart(down_s=1.0)
+        status = wait(jobs, job, 120)
+        log = (tmp_path / "worker.log").read_text()
+        assert worker.poll() is None and "Unrecoverable error" not in log, log[-3000:]
+        assert status.state == "done", (status, log[-3000:])
+    finally:
+        stop_process_group(worker)
+        server.stop()
+        remove_segments(settings)
