@@ -7,13 +7,16 @@ import os
 import sys
 import time
 import uuid
+from functools import partial
 
+from carina.cli.common import log_to_stderr
+from carina.supervise import Child, supervise
 from queues.errors import CarinaError
 from queues.settings import QUEUE_KINDS, Settings, get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="start a Celery worker for this host")
+    p = sub.add_parser("worker", help="start a Celery worker for this host (started again if it dies)")
     p.add_argument("--queues", "-Q", default="io,cpu", help="queue kinds, comma-separated: io,cpu,gpu (default io,cpu)")
     p.add_argument("--concurrency", "-c", type=int, default=None, help="processes (default: the CPUs)")
     p.add_argument("--host-id", help="override CARINA_HOST_ID for this worker")
@@ -37,10 +40,13 @@ def worker(args: argparse.Namespace) -> int:
         os.environ["CARINA_HOST_ID"] = args.host_id
         get_settings.cache_clear()
     settings = get_settings()
+    log_to_stderr()
     if args.gpus is not None:
-        return _gpu_workers(args, settings)
-    os.execv(sys.executable, celery_worker_argv(settings, kinds, args.loglevel, args.concurrency))
-    return 0  # not reached
+        children = _gpu_workers(args, settings)
+    else:
+        children = [Child("+".join(kinds), partial(celery_worker_argv, settings, kinds, args.loglevel, args.concurrency),
+                          dict(os.environ))]
+    return supervise(children)
 
 
 def celery_worker_argv(settings: Settings, kinds: list[str], loglevel: str, concurrency: int | None,
@@ -54,26 +60,13 @@ def celery_worker_argv(settings: Settings, kinds: list[str], loglevel: str, conc
     return argv + (["-c", str(concurrency)] if concurrency else [])
 
 
-def _gpu_workers(args: argparse.Namespace, settings: Settings) -> int:
+def _gpu_workers(args: argparse.Namespace, settings: Settings) -> list[Child]:
     """One worker process per device, each seeing only its device, one task at a time."""
-    import signal
-    import subprocess
-
     devices = [d.strip() for d in args.gpus.split(",") if d.strip()]
     if not devices or not all(d.isdigit() for d in devices):
         raise CarinaError(f"--gpus {args.gpus!r}: device numbers, e.g. 0,1")
-    children = [subprocess.Popen(celery_worker_argv(settings, ["gpu"], args.loglevel, 1, name=f"gpu{d}"),
-                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": d}) for d in devices]
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    return [Child(f"gpu{d}", partial(celery_worker_argv, settings, ["gpu"], args.loglevel, 1, name=f"gpu{d}"),
+                  {**os.environ, "CUDA_VISIBLE_DEVICES": d}) for d in devices]
 
 
 def janitor(args: argparse.Namespace) -> int:
