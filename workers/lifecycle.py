@@ -8,9 +8,10 @@
    ``CARINA_MAX_DELIVERIES`` times; then the job fails with the reason (:func:`too_many_deliveries`);
 2. the job ends through :func:`end_job`, whatever the path: its last stage succeeded, a stage
    failed, its worker was lost too often or its message is gone (:mod:`workers.recovery`),
-   its FastIO lease expired (:mod:`workers.janitor`). Always in one order: **the end is
-   noted, the job's memory is freed, then its final state recorded**, so a job seen ended
-   holds no memory. The first end stands; later ones change nothing;
+   its FastIO lease expired (:mod:`workers.janitor`), it was cancelled. Always in one order:
+   **the end is noted, the job's memory is freed, its results moved into place (done) or
+   removed (:mod:`workers.results`), then its final state recorded**, so a job seen ended
+   holds no memory and no partial result. The first end stands; later ones change nothing;
 3. a stage delivered after its job ended, or while it was ending, or once it was asked to be
    cancelled, is dropped (:func:`settle`; a message whose acknowledgement was lost comes back
    late, or the process that was ending the job died): an end under way or a cancel is
@@ -24,8 +25,8 @@ import logging
 import time
 from pathlib import Path
 
-from queues.errors import UnknownJob
 from queues.app import app
+from queues.errors import UnknownJob
 from queues.jobs import CANCELLED, DONE, FAILED
 from queues.pipelines import CANCEL_TASK
 from queues.settings import get_settings
@@ -64,8 +65,8 @@ def too_many_deliveries(job_id: str, stage: str, deliveries: int) -> bool:
 
 def settle(job_id: str) -> bool:
     """True if the job has ended, after freeing what memory it still holds; or if it was
-    ending, after completing that end. False otherwise: its stage runs. An unknown job
-    (expired, or a stage run outside the job store) has not ended."""
+    ending or asked to be cancelled, after completing that end. False otherwise: its stage
+    runs. An unknown job (expired, or a stage run outside the job store) has not ended."""
     try:
         status = job_store().get(job_id)
     except UnknownJob:

@@ -97,7 +97,9 @@ class StageTask(Task):
         """The folder to write the job's results into: they reach ``payload["output"]`` whole,
         when the job ends done (see :mod:`workers.results`)."""
         if self.request.called_directly:
-            return Path(payload["output"])
+            output = Path(payload["output"])
+            output.mkdir(parents=True, exist_ok=True)
+            return output
         return lifecycle.staging_dir(payload["job"], payload["output"])
 
     @staticmethod
