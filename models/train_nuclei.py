@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.dont_write_bytecode = True  # no models/__pycache__/: Triton would take it for a model
+
+from models import training  # noqa: E402
 
 from ops.samples import render_he  # noqa: E402
 
@@ -102,12 +106,8 @@ def validation_tiles(base: int, tissue: int = 16, slides: int = 8) -> tuple[list
 # --- model ------------------------------------------------------------------------------
 
 def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(convs):
-        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(out_channels),
-                   nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+    return training.conv_block(in_channels, out_channels, convs, nn.Conv2d, nn.BatchNorm2d,
+                               partial(nn.ReLU, inplace=True))
 
 
 class NucleiUNet(nn.Module):
@@ -158,12 +158,6 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
 def predict(net: nn.Module, tiles: list, batch_size: int = 8) -> np.ndarray:
     """Probabilities (B, H, W) of ``tiles`` [(rgb, nuclei), ...]."""
     out = []
@@ -182,9 +176,9 @@ def evaluate(net: nn.Module, tissue_tiles: list, slide_tiles: list) -> dict:
     slide_pred = predict(net, slide_tiles) >= THRESHOLD
     slide_true = np.stack([n for _, n in slide_tiles])
     glass = np.stack([rgb.min(axis=-1) > 225 for rgb, _ in slide_tiles])
-    return {"dice": dice(tissue_pred, tissue_true),
-            "tile_dice": [dice(p, t) for p, t in zip(tissue_pred, tissue_true)],
-            "slide_dice": dice(slide_pred, slide_true),
+    return {"dice": training.dice(tissue_pred, tissue_true),
+            "tile_dice": [training.dice(p, t) for p, t in zip(tissue_pred, tissue_true)],
+            "slide_dice": training.dice(slide_pred, slide_true),
             "glass_positive": float(slide_pred[glass].mean()) if glass.any() else 0.0}
 
 
@@ -265,12 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     net = NucleiUNet()
     n_params = sum(p.numel() for p in net.parameters())
     print(f"NucleiUNet {CHANNELS}: {n_params} parameters", flush=True)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
     total_steps = args.epochs * args.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=total_steps,
-                                                   pct_start=0.1, final_div_factor=30)
-    ema = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
+    optimiser, schedule, ema = training.one_cycle_with_average(net, args.lr, total_steps, EMA_DECAY)
 
     train_started = time.perf_counter()
     data_seconds = 0.0
@@ -304,18 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     error = export_onnx(final, args.output, example)
     larger = to_batch([render_he(0, 0, 320, 320, seed=base + 5999)])[0].numpy()  # another batch and side
     error = max(error, export_check(final, args.output, larger))
-    size_bytes = args.output.stat().st_size
-    print(f"wrote {args.output}: {size_bytes / 1e3:.0f} kB, onnxruntime vs torch max |diff| {error:.2e}")
-    if error > 1e-5:
-        raise SystemExit(f"onnxruntime differs from torch by {error:.2e} > 1e-5")
-    if size_bytes >= MAX_ONNX_BYTES:
-        raise SystemExit(f"{args.output} is {size_bytes} bytes, not under {MAX_ONNX_BYTES}")
+    training.check_export(args.output, error, 1e-5, MAX_ONNX_BYTES)
     timing_batch = to_batch([render_he(0, 0, TILE, TILE, seed=base + 5000 + i % 16) for i in range(16)])[0].numpy()
     median, best = onnx_throughput(args.output, timing_batch)
     print(f"onnxruntime, 2 threads, batch 16 of {TILE}²: {median:.0f} tiles/s (median; best {best:.0f})")
-    model_py = args.output.parent / "model.py"
-    if model_py.exists():
-        compile(model_py.read_text(), str(model_py), "exec")
     print(f"parameters {n_params}, training {train_seconds / 60:.1f} min (of which data {data_seconds / 60:.1f}), "
           f"total {(time.perf_counter() - started) / 60:.1f} min")
 

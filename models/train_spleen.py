@@ -25,6 +25,7 @@ import argparse
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.dont_write_bytecode = True  # no models/__pycache__/: Triton would take it for a model
+
+from models import training  # noqa: E402
 
 from ops.samples import spleen_phantom  # noqa: E402
 from ops.spleen import ROI_SIZE, preprocess, segment  # noqa: E402
@@ -120,12 +124,8 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # --- model ------------------------------------------------------------------------------
 
 def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(convs):
-        layers += [nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                   nn.BatchNorm3d(out_channels),
-                   nn.LeakyReLU(0.01, inplace=True)]
-    return nn.Sequential(*layers)
+    return training.conv_block(in_channels, out_channels, convs, nn.Conv3d, nn.BatchNorm3d,
+                               partial(nn.LeakyReLU, 0.01, inplace=True))
 
 
 class SpleenUNet(nn.Module):
@@ -165,12 +165,6 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = (target == 1).float()
     dice = (2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5)
     return ce + (1 - dice)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 def torch_predictor(model: nn.Module):
@@ -245,15 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     model = SpleenUNet()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"SpleenUNet {CHANNELS}: {n_params} parameters", flush=True)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
     total_steps = args.epochs * args.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=total_steps,
-                                                   pct_start=0.1, final_div_factor=30)
-
-    # An exponential moving average of the weights (and batch-norm statistics) is what gets
-    # validated and exported: single steps on a few crops move the weights noticeably.
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
+    optimiser, schedule, ema = training.one_cycle_with_average(model, args.lr, total_steps, EMA_DECAY)
 
     train_started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -282,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         final = ema.module.eval()
         with torch.no_grad():
             predicted = final(torch.from_numpy(np.stack([c[0] for c in val_crops])[:, None])).argmax(1).numpy()
-        crop_dice = dice(predicted, np.stack([c[1] for c in val_crops]))
+        crop_dice = training.dice(predicted, np.stack([c[1] for c in val_crops]))
         print(f"epoch {epoch:3d}  crops {batch_size}×{crop_size}³  loss {np.mean(losses):.4f}  validation crop Dice {crop_dice:.3f}  "
               f"{time.perf_counter() - train_started:.0f} s", flush=True)
     train_seconds = time.perf_counter() - train_started
@@ -292,26 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     scores = []
     for case in val:
         labels = segment(case["volume"], case["geometry"], predictor, sw_batch_size=2)
-        scores.append(dice(labels, case["label"]))
+        scores.append(training.dice(labels, case["label"]))
         print(f"validation phantom {case['seed']}: shape {case['volume'].shape}, "
               f"spacing {np.round(case['geometry']['spacing'], 2).tolist()}: Dice {scores[-1]:.3f}", flush=True)
     print(f"validation Dice (whole volumes, sliding window): mean {np.mean(scores):.3f}, min {np.min(scores):.3f}")
     from ops.samples import CT_GEOMETRY, ct_phantom
     demo = ct_phantom()
-    demo_dice = dice(segment(demo, CT_GEOMETRY, predictor, sw_batch_size=2), ct_phantom_label(demo.shape))
+    demo_dice = training.dice(segment(demo, CT_GEOMETRY, predictor, sw_batch_size=2), ct_phantom_label(demo.shape))
     print(f"ops.samples.ct_phantom() (the demo volume): Dice {demo_dice:.3f}")
 
     example = np.stack([c[0] for c in val_crops[:2]])[:, None]
     error = export_onnx(final, args.out, example)
-    size_bytes = args.out.stat().st_size
-    print(f"wrote {args.out}: {size_bytes / 1e6:.2f} MB, onnxruntime vs torch max |diff| {error:.2e}")
-    if error > 1e-4:
-        raise SystemExit(f"onnxruntime differs from torch by {error:.2e} > 1e-4")
-    if size_bytes >= MAX_ONNX_BYTES:
-        raise SystemExit(f"{args.out} is {size_bytes} bytes, not under {MAX_ONNX_BYTES}")
-    model_py = args.out.parent / "model.py"
-    if model_py.exists():
-        compile(model_py.read_text(), str(model_py), "exec")
+    training.check_export(args.out, error, 1e-4, MAX_ONNX_BYTES)
     print(f"parameters {n_params}, training {train_seconds / 60:.1f} min, "
           f"total {(time.perf_counter() - started) / 60:.1f} min")
 

@@ -4,7 +4,7 @@
   :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
 - arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
-- generated whole slides: :func:`write_slide`, :func:`tissue_at`, :func:`slide_pixels`;
+- generated whole slides: :func:`write_slide`, :func:`opened_test_slide`, :func:`tissue_at`, :func:`slide_pixels`;
 - a Triton python-backend ``model.py`` run outside Triton: :func:`load_triton_model`.
 """
 
@@ -139,6 +139,16 @@ def _level_tiles(shape0_yx: tuple[int, int], shape_yx: tuple[int, int], tile_yx:
             ys = np.arange(y0, y0 + th) * downsample
             xs = np.arange(x0, x0 + tw) * downsample
             yield slide_pixels(shape0_yx, ys, xs, blank)
+
+
+def opened_test_slide(folder: Path, shape0_yx: tuple[int, int], levels: int) -> Iterator:
+    """A module fixture's body: a zlib slide of 128 px tiles written in ``folder``, opened
+    with :func:`ops.wsi.open_slide` for as long as the generator runs."""
+    from ops.wsi import open_slide
+
+    path = write_slide(folder / "slide.tif", shape0_yx, tile_yx=(128, 128), levels=levels, compression="zlib")
+    with open_slide(path) as opened:
+        yield opened
 
 
 def write_slide(path: Path, shape0_yx: tuple[int, int], tile_yx: tuple[int, int] = (256, 256),

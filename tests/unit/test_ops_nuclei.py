@@ -8,18 +8,14 @@ import pytest
 from ops.errors import InvalidParameter, ModelShapeMismatch
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, segment_tiles, tissue_tiles, validate_overlap
 from ops.overlay import overlay_nuclei
-from ops.wsi import open_slide
-from tests.helpers import darkness, tissue_at, write_slide
+from tests.helpers import darkness, opened_test_slide, tissue_at
 
 SHAPE = (600, 700)  # level 0, (y, x): not a multiple of the tiles, so the last row and column are partial
 
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    path = write_slide(tmp_path_factory.mktemp("slide") / "slide.tif", SHAPE, tile_yx=(128, 128), levels=2,
-                       compression="zlib")
-    with open_slide(path) as opened:
-        yield opened
+    yield from opened_test_slide(tmp_path_factory.mktemp("slide"), SHAPE, levels=2)
 
 
 def test_the_model_side_is_the_tile_and_its_margins_rounded_up_to_the_unet():

@@ -10,7 +10,7 @@ import pytest
 from ops.errors import InferenceServerUnavailable
 from ops.nuclei import segment_tiles
 from ops.wsi import open_slide
-from tests.helpers import darkness, write_slide
+from tests.helpers import darkness, opened_test_slide, write_slide
 from workers.tiling import plan_batches, segmented_tiles
 
 SHAPE = (520, 650)
@@ -19,10 +19,7 @@ TILE = 64
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    path = write_slide(tmp_path_factory.mktemp("slide") / "slide.tif", SHAPE, tile_yx=(128, 128), levels=1,
-                       compression="zlib")
-    with open_slide(path) as opened:
-        yield opened
+    yield from opened_test_slide(tmp_path_factory.mktemp("slide"), SHAPE, levels=1)
 
 
 def test_batches_hold_a_request_of_tissue_and_a_bounded_run_of_glass():
