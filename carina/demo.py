@@ -160,8 +160,7 @@ def wait_for_drop(entry: Path, output_root: Path, jobs: JobStore) -> JobStatus:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while entry.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    for job_id in jobs.recent(50):
-        status = jobs.get(job_id)
+    for status in jobs.recent_statuses(50):
         if status.output.startswith(str(output_root / entry.name)):
             return status
     return JobStatus(job_id="", pipeline="?", state="failed", stages=[],

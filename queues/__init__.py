@@ -13,8 +13,7 @@ Settings come from the ``CARINA_*`` environment (see :mod:`queues.settings`).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 if TYPE_CHECKING:
     from queues.jobs import JobStatus, JobStore
@@ -56,28 +55,10 @@ def cancel(job_id: str, by: str = "app") -> "JobStatus":
     return cancel_job(app, get_settings(), job_id, by)
 
 
-def recent(limit: int = 20, state: str | None = None, pipeline: str | None = None,
-           scan_limit: int = 10_000) -> "list[JobStatus]":
-    """The ``limit`` jobs created last, newest first, of ``state`` and ``pipeline`` if given
-    (looking through at most ``scan_limit`` of the jobs kept)."""
-    from queues.errors import UnknownJob
-
-    found: list[JobStatus] = []
+def recent(limit: int = 20, state: str | None = None, pipeline: str | None = None) -> "list[JobStatus]":
+    """The ``limit`` jobs created last, newest first, of ``state`` and ``pipeline`` if given."""
     with _jobs() as jobs:
-        for offset in range(0, scan_limit, RECENT_PAGE):
-            ids = jobs.recent(RECENT_PAGE, offset)
-            for job_id in ids:
-                try:
-                    job = jobs.get(job_id)
-                except UnknownJob:  # expired meanwhile
-                    continue
-                if (state is None or job.state == state) and (pipeline is None or job.pipeline == pipeline):
-                    found.append(job)
-                    if len(found) == limit:
-                        return found
-            if len(ids) < RECENT_PAGE:
-                break
-    return found
+        return jobs.recent_statuses(limit, state, pipeline)
 
 
 def unserved(job_id: str) -> list[tuple[str, str]]:
@@ -91,22 +72,9 @@ def unserved(job_id: str) -> list[tuple[str, str]]:
         return unserved_stages(jobs.get(job_id), live_queues(jobs.redis, get_settings().namespace))
 
 
-RECENT_PAGE = 200
 
-
-@contextmanager
-def _jobs() -> "Iterator[JobStore]":
-    import redis
-
-    from queues.errors import BrokerUnavailable
-    from queues.jobs import JobStore
+def _jobs() -> "ContextManager[JobStore]":
+    from queues.jobs import connected_store
     from queues.settings import get_settings
 
-    settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-    try:
-        yield JobStore(client, settings.namespace, settings.job_ttl_s)
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
-    finally:
-        client.close()
+    return connected_store(get_settings())

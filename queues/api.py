@@ -36,7 +36,7 @@ from celery import Celery
 
 from queues.errors import (BrokerUnavailable, CarinaError, InvalidJobRequest, PathRefused, UnknownJob,
                            UnknownPipeline)
-from queues.jobs import CANCELLED, DONE, FAILED, JobStatus, JobStore
+from queues.jobs import CANCELLED, DONE, FAILED, JobStore
 from queues.pipelines import PIPELINES, cancel, submit
 from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, Settings
 
@@ -162,20 +162,10 @@ async def cancel_job(request: web.Request) -> web.Response:
 STATUS_JOBS = 50  # the most recent jobs the status page lists
 
 
-def _status_rows(jobs: JobStore) -> list[JobStatus]:
-    rows = []
-    for job_id in jobs.recent(STATUS_JOBS):
-        try:
-            rows.append(jobs.get(job_id))
-        except UnknownJob:  # expired between the index and the record
-            continue
-    return rows
-
-
 async def status_page(request: web.Request) -> web.Response:
     """An HTML table of the most recent jobs (refreshing itself every 5 s), for people."""
     try:
-        rows = await asyncio.to_thread(_status_rows, request.app[JOBS])
+        rows = await asyncio.to_thread(request.app[JOBS].recent_statuses, STATUS_JOBS)
     except (redis.ConnectionError, redis.TimeoutError) as e:
         raise BrokerUnavailable(str(e)) from e
     cells = []

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from queues.errors import JobStateError, UnknownJob
+from queues.settings import Settings
+
+from queues.errors import BrokerUnavailable, JobStateError, UnknownJob
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 MOVED_PAST = -1  # what stage_started answers for a stage its job has moved past
+RECENT_PAGE = 200  # job ids read at a time when listing recent jobs
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 
 
@@ -52,6 +57,19 @@ class JobStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@contextmanager
+def connected_store(settings: Settings) -> Iterator["JobStore"]:
+    """A job store on a connection of its own, closed afterwards; Redis unreachable (or lost
+    on the way) is raised as BrokerUnavailable naming the URL."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    try:
+        yield JobStore(client, settings.namespace, settings.job_ttl_s)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+    finally:
+        client.close()
 
 
 class JobStore:
@@ -202,6 +220,27 @@ class JobStore:
     def _check_final(state: str) -> None:
         if state not in FINISHED:
             raise JobStateError(f"{state!r} is not a final state")
+
+    def recent_statuses(self, limit: int = 20, state: str | None = None, pipeline: str | None = None,
+                        scan_limit: int = 10_000) -> list[JobStatus]:
+        """The ``limit`` jobs created last, newest first, of ``state`` and ``pipeline`` if given
+        (looking through at most ``scan_limit`` of the jobs kept; those that expire meanwhile
+        are left out)."""
+        found: list[JobStatus] = []
+        for offset in range(0, scan_limit, RECENT_PAGE):
+            ids = self.recent(RECENT_PAGE, offset)
+            for job_id in ids:
+                try:
+                    job = self.get(job_id)
+                except UnknownJob:
+                    continue
+                if (state is None or job.state == state) and (pipeline is None or job.pipeline == pipeline):
+                    found.append(job)
+                    if len(found) == limit:
+                        return found
+            if len(ids) < RECENT_PAGE:
+                return found
+        return found
 
     def _update(self, job_id: str, **fields: Any) -> bool:
         # A finished job stays finished: a late or redelivered stage must not revive it.

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import redis
 from celery import Celery, chain
 
-from queues.errors import BrokerUnavailable, InvalidJobRequest, UnknownPipeline
-from queues.jobs import RUNNING, JobStatus, JobStore
+from queues.errors import InvalidJobRequest, UnknownPipeline
+from queues.jobs import RUNNING, JobStatus, JobStore, connected_store
 from queues.payload import first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
@@ -202,22 +202,16 @@ def cancel(app: Celery, settings: Settings, job_id: str, by: str) -> JobStatus:
     """
     from fastio.registry import Registry
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
-    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
-    try:
+    with connected_store(settings) as jobs:
         status = jobs.get(job_id)
         if status.finished or not jobs.request_cancel(job_id, by):
             return jobs.get(job_id)
         if status.state == RUNNING and status.stage_task:
             app.control.revoke(status.stage_task, terminate=True, signal="SIGKILL")
-        holders = sorted(set(Registry(client, settings.fastio_config()).job_segments(job_id).values()))
+        holders = sorted(set(Registry(jobs.redis, settings.fastio_config()).job_segments(job_id).values()))
         queue = settings.host_queue("io", holders[0]) if holders else "io"
         app.send_task(CANCEL_TASK, args=[job_id], queue=queue, priority=PRIORITIES["immediate"])
         return jobs.get(job_id)
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
-    finally:
-        client.close()
 
 
 def unserved_stages(status: JobStatus, live_queues: set[str]) -> list[tuple[str, str]]:
@@ -266,10 +260,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     job_id = job_id or uuid.uuid4().hex
     payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
                             str(Path(config).absolute()) if config else None, params)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
-    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
-    try:
-        client.ping()
+    with connected_store(settings) as jobs:
+        jobs.redis.ping()
         jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority)
         first, *rest = spec.stages
         first_queue = settings.host_queue(first.queue, host) if host else first.queue
@@ -279,10 +271,6 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         chain(*signatures).apply_async(
             task_id=job_id, retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
-    finally:
-        client.close()
     return job_id
 
 
