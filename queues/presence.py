@@ -49,8 +49,7 @@ def workers(client: redis.Redis, namespace: str) -> dict[str, Worker]:
     dropped from the hash."""
     now, found, forgotten = time.time(), {}, []
     for node, raw in client.hgetall(workers_key(namespace)).items():
-        record = json.loads(raw)
-        worker = Worker(node.decode(), tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
+        worker = _parse(node.decode(), raw)
         if now - worker.beat > FORGOTTEN_AFTER_S:
             forgotten.append(node)
         else:
@@ -62,10 +61,12 @@ def workers(client: redis.Redis, namespace: str) -> dict[str, Worker]:
 
 def is_alive(client: redis.Redis, namespace: str, node: str) -> bool:
     raw = client.hget(workers_key(namespace), node)
-    if raw is None:
-        return False
+    return raw is not None and _parse(node, raw).alive(time.time())
+
+
+def _parse(node: str, raw: bytes) -> Worker:
     record = json.loads(raw)
-    return time.time() - float(record["beat"]) < float(record["ttl"])
+    return Worker(node, tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
 
 
 def live_queues(client: redis.Redis, namespace: str) -> set[str]:
