@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,9 +25,16 @@ class FastIOAllocation:
     writes through it are seen by every process that maps the same allocation.
     ``metadata`` is this object's own dict: editing it changes nothing published until
     :meth:`publish` is called with a new name.
+
+    While this object or its ``array`` lives (until :meth:`release` at the latest), this
+    process holds the segment: the janitor does not reclaim it, whatever the registry says.
+
+    Raises:
+        SegmentError: the segment is gone, or smaller than ``nbytes``.
     """
 
     def __init__(self, ctx: "FastIOContext", segment: str, nbytes: int) -> None:
+        self._hold = _Hold(ctx.store.hold(segment))
         mapping = ctx.store.map(segment, nbytes)
         self._ctx = ctx
         self.segment = segment
@@ -81,7 +90,11 @@ class FastIOAllocation:
             raise AllocationStateError(f"allocation {self.segment}: call set_type_and_dimensions first")
         if self._array is None:
             count = math.prod(self.shape)
-            self._array = np.frombuffer(self.buffer, dtype=self.dtype, count=count).reshape(self.shape)
+            flat = np.frombuffer(self.buffer, dtype=self.dtype, count=count)
+            # Every view of the array has ``flat`` as its base, so this finalizer keeps the hold
+            # as long as any of them lives: a stage often keeps ``ctx.get(name).array`` only.
+            weakref.finalize(flat, _Hold.keep, self._hold)
+            self._array = flat.reshape(self.shape)
         return self._array
 
     def publish(self, name: str) -> str:
@@ -103,14 +116,30 @@ class FastIOAllocation:
         return name
 
     def release(self) -> None:
-        """Drop this object's view of the memory; the allocation stays with the job."""
+        """Drop this object's view of the memory and its hold; the allocation stays with the job."""
         self._array = None
         self._buffer = None
+        self._hold.close()
 
     def free(self) -> None:
         """Give the memory back for the whole job: every name pointing at it disappears."""
         self.release()
         self._ctx._free_segment(self.segment, self.capacity)
+
+
+class _Hold:
+    """A descriptor carrying a shared lock on a segment (see ``SegmentStore.hold``), closed
+    when the last owner of this object goes, or at :meth:`close`."""
+
+    def __init__(self, fd: int) -> None:
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def close(self) -> None:
+        self._close()
+
+    @staticmethod
+    def keep(hold: "_Hold") -> None:
+        """Nothing: a finalizer's argument, so that the hold lives as long as the finalized object."""
 
 
 class FastIOContext:
@@ -179,7 +208,8 @@ class FastIOContext:
         """Release everything the job holds on this host and forget the job; returns a count.
 
         Segments the job holds on other hosts lose their owner here and are reclaimed by
-        those hosts' janitors.
+        those hosts' janitors; so are those a live process of this host still holds, once
+        it lets go.
         """
         freed = 0
         for segment, host in self.registry.job_segments(self.job_id).items():
@@ -193,11 +223,12 @@ class FastIOContext:
     def free_unpublished(self) -> int:
         """Free the job's allocations on this host that no name points at (what a process
         that died mid-stage had made: staging buffers, outputs not yet published); returns
-        how many. Published memory, which later stages read, stays."""
+        how many. Published memory, which later stages read, stays; so does memory a live
+        process holds (an attempt thought dead that is still running)."""
         published = self.registry.published_segments(self.job_id)
         freed = 0
         for segment, host in self.registry.job_segments(self.job_id).items():
-            if host == self.config.host_id and segment not in published:
+            if host == self.config.host_id and segment not in published and not self.store.is_held(segment):
                 self._free_segment(segment, self._capacity(segment))
                 freed += 1
         return freed
@@ -209,8 +240,12 @@ class FastIOContext:
             return 0
 
     def _free_segment(self, segment: str, capacity: int) -> None:
-        pooled = self.registry.release(self.job_id, segment, capacity, pool=capacity > 0)
-        if not pooled:
+        # Memory a live process still holds (a stage of a cancelled job, still running) is
+        # neither pooled, where the next job would share it with that process, nor unlinked
+        # under it: it leaves the registry, and the janitor reclaims the file once let go.
+        held = self.store.is_held(segment)
+        pooled = self.registry.release(self.job_id, segment, capacity, pool=capacity > 0 and not held)
+        if not pooled and not held:
             self.store.unlink(segment)
 
 

@@ -23,6 +23,7 @@ class JanitorReport:
     ownerless: int = 0
     orphans: int = 0
     stale_pool_entries: int = 0
+    held: int = 0  # segments that looked reclaimable but a live process holds: left alone
 
     @property
     def reclaimed(self) -> int:
@@ -38,6 +39,9 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
     3. Segment files that the registry does not know, older than the grace period, are
        unlinked (a process died between creating and registering, or the registry was lost).
     4. Pool entries whose file has disappeared are dropped.
+
+    A segment that a live process of this host holds (it has an allocation on it) is never
+    unlinked in 2 or 3: it is counted in ``held`` and looked at again next pass.
     """
     registry = Registry(client, config)
     store = SegmentStore.for_config(config)
@@ -46,12 +50,15 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
         log.warning("fastio lease of job %s expired; freeing its memory", job_id)
         FastIOContext(client, job_id, config).free_all()
 
-    ownerless = 0
+    ownerless = held = 0
     for segment, job_id in registry.live().items():
-        if not registry.has_lease(job_id):
+        if registry.has_lease(job_id):
+            continue
+        if store.reclaim(segment):
             registry.release(job_id, segment, 0, pool=False)
-            store.unlink(segment)
             ownerless += 1
+        else:
+            held += 1
 
     files = store.list()
     known = set(registry.live()) | set(registry.pooled())
@@ -61,14 +68,17 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
             old_enough = store.age(segment) >= config.orphan_grace_s
         except FileNotFoundError:
             continue
-        if old_enough and segment not in registry.live():
-            store.unlink(segment)
+        if not old_enough or segment in registry.live():
+            continue
+        if store.reclaim(segment):
             orphans += 1
+        else:
+            held += 1
 
     stale = [s for s in registry.pooled() if s not in files]
     for segment in stale:
         registry.unpool(segment)
-    report = JanitorReport(tuple(expired), ownerless, orphans, len(stale))
+    report = JanitorReport(tuple(expired), ownerless, orphans, len(stale), held)
     registry.record_reclaimed(report.reclaimed)
     if report.reclaimed or report.expired_jobs:
         log.info("fastio janitor on %s: %s", config.host_id, report)

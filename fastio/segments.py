@@ -10,10 +10,17 @@ Why a mapping cache: the first touch of a tmpfs page costs a page fault, about t
 slower than copying into it. Segments are pooled and reused (see the registry), and each
 process keeps its mappings of them, so a steady-state publish is one memcpy into memory
 that is already mapped and faulted in.
+
+Why holds: the janitor reclaims segments whose owner looks gone (a lease expired, a registry
+lost with a Redis that kept no data), but a process may still be working on one. Every
+allocation takes a shared ``flock`` on its segment for as long as it (or its array) lives;
+the janitor unlinks only what it can lock exclusively. The kernel drops the locks of a
+process that dies, so a dead process protects nothing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import stat
@@ -21,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +140,31 @@ class SegmentStore:
             raise SegmentError(f"segment {name!r} holds {actual} bytes, {size} expected")
         return self._remember(name, fd, actual).map
 
+    def hold(self, name: str) -> int:
+        """Take a shared hold on segment ``name``; returns the descriptor that carries it.
+        The hold lasts until that descriptor is closed (by the kernel, if the process dies).
+
+        Raises:
+            SegmentError: the segment is gone (freed, or reclaimed by the janitor).
+        """
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise SegmentError(f"segment {name!r} no longer exists (freed, or reclaimed by the janitor)") from e
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a janitor is unlinking it
+        if os.fstat(fd).st_nlink == 0:
+            os.close(fd)
+            raise SegmentError(f"segment {name!r} no longer exists (reclaimed by the janitor)")
+        return fd
+
+    def is_held(self, name: str) -> bool:
+        """True if a live process holds segment ``name`` (see :meth:`hold`)."""
+        return not self._with_exclusive_lock(name, lambda: None)
+
+    def reclaim(self, name: str) -> bool:
+        """Unlink segment ``name`` unless a live process holds it; True if it is gone now."""
+        return self._with_exclusive_lock(name, lambda: self.unlink(name))
+
     def unlink(self, name: str) -> None:
         """Remove the segment's name; memory goes back to the system once no one maps it."""
         with self._lock:
@@ -162,6 +195,23 @@ class SegmentStore:
     def age(self, name: str) -> float:
         """Seconds since the segment's inode last changed (creation or resize)."""
         return time.time() - os.stat(self.path(name)).st_ctime
+
+    def _with_exclusive_lock(self, name: str, action: Callable[[], None]) -> bool:
+        """Run ``action`` under an exclusive lock of the segment; False (action not run) if a
+        hold stands in the way. A segment already gone counts as locked."""
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            action()
+            return True
+        finally:
+            os.close(fd)
 
     def _remember(self, name: str, fd: int, size: int) -> _Mapping:
         # MAP_POPULATE maps every page now, in one call, instead of one fault per page later.

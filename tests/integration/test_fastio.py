@@ -200,3 +200,63 @@ def test_a_reclaimed_segment_is_reported_not_read(redis_client, fastio_config):
     ctx.store.unlink(ctx.registry.lookup("job1", name).segment)  # reclaimed behind the job's back
     with pytest.raises(SegmentError, match="no longer exists"):
         ctx.get(name)
+
+
+def _hold_until_told(url, config, job_id, ready, done):
+    view = FastIOContext(redis.Redis.from_url(url), job_id, config).get("vol").array
+    ready.set()
+    done.wait(60)
+    assert view.sum() == 10
+
+
+def test_janitor_leaves_memory_a_live_process_holds_and_takes_it_once_let_go(redis_server, redis_client,
+                                                                             fastio_config):
+    # The registry is lost (a Redis that kept no data) while another process reads a volume.
+    config = dataclasses.replace(fastio_config, orphan_grace_s=0.0)
+    FastIOContext(redis_client, "job1", config).publish_array(np.arange(5, dtype=np.int64), "vol")
+    spawn = mp.get_context("spawn")
+    ready, done = spawn.Event(), spawn.Event()
+    reader = spawn.Process(target=_hold_until_told, args=(redis_server.url, config, "job1", ready, done))
+    reader.start()
+    assert ready.wait(60)
+    redis_client.flushdb()
+
+    report = sweep(redis_client, config)
+    assert (report.orphans, report.held) == (0, 1) and len(segment_files(config)) == 1
+    done.set()
+    reader.join(60)
+    assert reader.exitcode == 0  # it read its volume to the end
+    assert sweep(redis_client, config).orphans == 1 and segment_files(config) == []
+
+
+def test_a_held_array_keeps_its_segment_after_its_allocation_is_dropped(redis_client, fastio_config):
+    ctx = FastIOContext(redis_client, "job1", fastio_config)
+    view = ctx.get(ctx.publish_array(np.ones(10), "vol")).array[2:5]  # the allocation object is gone
+    ctx.registry.forget_job("job1")  # the lease is gone: its segments look ownerless
+    assert sweep(redis_client, fastio_config).held == 1
+    del view
+    assert sweep(redis_client, fastio_config).ownerless == 1 and segment_files(fastio_config) == []
+
+
+def test_memory_freed_while_another_allocation_holds_it_is_neither_pooled_nor_unlinked(redis_client,
+                                                                                    fastio_config):
+    # A cancelled job's memory, freed while one of its stages still runs on it.
+    config = dataclasses.replace(fastio_config, orphan_grace_s=0.0)
+    ctx = FastIOContext(redis_client, "job1", config)
+    running = ctx.get(ctx.publish_array(np.ones(100_000), "vol"))
+    ctx.free_all()
+    registry = Registry(redis_client, config)
+    assert registry.pooled() == {} and registry.live() == {} and len(segment_files(config)) == 1
+    assert running.array.sum() == 100_000
+    fresh = FastIOContext(redis_client, "job2", config).create(800_000)
+    assert fresh.segment != running.segment  # the next job never shares memory with that stage
+    running.release()
+    assert sweep(redis_client, config).orphans == 1
+
+
+def test_free_unpublished_spares_an_attempt_still_running(redis_client, fastio_config):
+    ctx = FastIOContext(redis_client, "job1", fastio_config)
+    staging = ctx.create(1000)  # an attempt thought dead, still writing
+    assert ctx.free_unpublished() == 0
+    staging.release()  # now it is gone
+    assert ctx.free_unpublished() == 1
