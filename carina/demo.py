@@ -22,6 +22,7 @@ import redis
 
 from fastio import drain_pool
 from queues.app import create_app
+from queues.connection import connect
 from queues.jobs import JobStatus, JobStore
 from carina.errors import ServiceError
 from carina.local import free_port
@@ -136,7 +137,7 @@ def wait_until_ready(settings: Settings, services: subprocess.Popen, log: Path) 
         checks = check_all(settings, app, timeout_s=1.0)
         workers = next(c for c in checks if c.name == "workers")
         if all(c.ok for c in checks) and workers.detail.count("@") >= 2:
-            return redis.Redis.from_url(settings.redis_url)
+            return connect(settings)
         if services.poll() is not None or time.monotonic() > deadline:
             raise ServiceError("the Procfile's services did not come up: "
                                + "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)

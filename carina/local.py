@@ -97,6 +97,7 @@ class LocalRedis:
 
     port: int = field(default_factory=free_port)
     persistent: bool = False
+    replica_of: int | None = None  # the port of the primary this one replicates
     process: subprocess.Popen | None = None
     workdir: Path | None = None
 
@@ -110,6 +111,7 @@ class LocalRedis:
         cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                "--save", "", *persistence, "--dir", str(self.workdir),
                "--logfile", str(self.workdir / "redis.log")]
+        cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
@@ -125,6 +127,12 @@ class LocalRedis:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def kill(self) -> None:
+        """Stop the server the way a crash does (SIGKILL): no shutdown, no final write."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         self._terminate()
@@ -152,3 +160,60 @@ class LocalRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class LocalSentinel:
+    """A Redis Sentinel on 127.0.0.1 watching the primary on ``primary_port`` under
+    ``master_name``; it calls the primary down after ``down_after_ms`` without an answer."""
+
+    primary_port: int
+    master_name: str
+    quorum: int = 2
+    down_after_ms: int = 1000
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    workdir: Path | None = None
+
+    def start(self, timeout_s: float = 10.0) -> "LocalSentinel":
+        # A sentinel rewrites its configuration file as it learns, so it gets a folder of its own.
+        self.workdir = Path(tempfile.mkdtemp(prefix="carina-sentinel-"))
+        config = self.workdir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\nlogfile {self.workdir / 'sentinel.log'}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master_name} {max(3 * self.down_after_ms, 3000)}\n")
+        self.process = subprocess.Popen([redis_server_binary(), str(config), "--sentinel"],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise ServiceError(f"redis sentinel did not start on port {self.port}") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary this sentinel names now, or None if it knows of none."""
+        client = redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+        try:
+            found = client.sentinel_get_master_addr_by_name(self.master_name)
+            return (found[0], int(found[1])) if found else None
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 
 from fastio.registry import Registry
+from queues.connection import connect
 from queues.settings import Settings
 
 
@@ -77,7 +78,7 @@ def check_fastio(client: redis.Redis, settings: Settings) -> Check:
 
 
 def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[Check]:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    client = connect(settings, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         checks = [check_redis(client, settings)]
         if checks[0].ok:

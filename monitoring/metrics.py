@@ -27,6 +27,7 @@ import redis
 from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
+from queues.connection import connect
 from queues.jobs import JobStore
 from queues.broker import known_queues, queue_depths
 from queues.settings import Settings
@@ -140,7 +141,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     """Serve ``/metrics`` on ``host:port`` until interrupted (``carina metrics``)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = connect(settings, socket_connect_timeout=2, socket_timeout=5)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CarinaCollector(settings, client))
     start_http_server(port, addr=host, registry=registry)

@@ -34,6 +34,7 @@ import redis
 from aiohttp import web
 from celery import Celery
 
+from queues.connection import connect
 from queues.errors import (BrokerUnavailable, CarinaError, InvalidJobRequest, PathRefused, UnknownJob,
                            UnknownPipeline)
 from queues.jobs import CANCELLED, DONE, FAILED, JobStore
@@ -214,7 +215,7 @@ def run(settings: Settings, celery_app: Celery, host: str, port: int) -> None:
     """Serve until interrupted. Refuses to listen beyond loopback without a token."""
     if not settings.api_token and host not in LOOPBACK_HOSTS:
         raise CarinaError(f"refusing to serve on {host} without CARINA_API_TOKEN")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = connect(settings, socket_connect_timeout=3, socket_timeout=10)
     web.run_app(create_api(settings, celery_app, client), host=host, port=port, print=None)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from celery import Celery
 
+from queues.connection import celery_transport_options
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings, get_settings
 
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("carina", broker=settings.redis_url, backend=settings.redis_url)
-    transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5}
+    transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5,
+                 **celery_transport_options(settings)}
     broker_transport = {**transport, "priority_steps": sorted(PRIORITIES.values())}
     app.conf.update(
         # JSON only: an ndarray (or anything pickled) in a message fails at send time.

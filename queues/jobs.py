@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from queues.connection import connect
 from queues.settings import Settings
 
 from queues.errors import BrokerUnavailable, JobStateError, UnknownJob
@@ -63,7 +64,7 @@ class JobStatus:
 def connected_store(settings: Settings) -> Iterator["JobStore"]:
     """A job store on a connection of its own, closed afterwards; Redis unreachable (or lost
     on the way) is raised as BrokerUnavailable naming the URL."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    client = connect(settings, socket_connect_timeout=3, socket_timeout=5)
     try:
         yield JobStore(client, settings.namespace, settings.job_ttl_s)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:

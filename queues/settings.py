@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Mapping
 
 from fastio.config import POSIX_SHM_DIR, FastIOConfig
+from queues.connection import parse_sentinel_url
 from queues.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_MASTER_NAME = "carina"
 DEFAULT_NAMESPACE = "carina"
 DEFAULT_FASTIO_LEASE_S = 6 * 3600
 DEFAULT_FASTIO_POOL_MB = 4096
@@ -55,6 +57,8 @@ QUEUE_KINDS = ("io", "cpu", "gpu")
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
+    # The primary's name, with a sentinel:// URL (Redis Sentinel).
+    redis_master_name: str = DEFAULT_REDIS_MASTER_NAME
     host_id: str = field(default_factory=socket.gethostname)
     namespace: str = DEFAULT_NAMESPACE
     shm_dir: Path = POSIX_SHM_DIR
@@ -125,8 +129,7 @@ class Settings:
         return settings
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"CARINA_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
+        parse_sentinel_url(self.redis_url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
                      "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
                      "max_windows", "max_tiles"):
@@ -182,6 +185,7 @@ def _crop_var(env: Mapping[str, str], name: str) -> int:
 
 _VARIABLES = {
     "redis_url": str,
+    "redis_master_name": str,
     "host_id": str,
     "namespace": str,
     "shm_dir": Path,

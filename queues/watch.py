@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from queues.connection import connect
 from queues.errors import CarinaError, ConfigError, UnknownJob
 from queues.jobs import JobStore
 from queues.pipelines import PIPELINES, submit
@@ -429,7 +430,7 @@ def watch(inbox: Path, output_root: Path, rules: tuple[Rule, ...], settings: Set
 
     if not inbox.is_dir():
         raise ConfigError(f"inbox {inbox} is not a folder")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    client = connect(settings, socket_connect_timeout=5, socket_timeout=10)
     watcher = Watcher(inbox, output_root, rules, settings, create_app(settings), client, stable_s)
     stop = threading.Event()
     try:

@@ -10,6 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from fastio import FastIOContext
+from queues.connection import connect
 from queues.jobs import JobStore
 from queues.settings import get_settings
 
@@ -20,7 +21,7 @@ REDIS_RETRIES, REDIS_BACKOFF_CAP_S = 10, 4.0
 def redis_client() -> redis.Redis:
     """This process's connection pool. Commands are retried with backoff through about half a
     minute of Redis being away (a restart)."""
-    return redis.Redis.from_url(get_settings().redis_url,
+    return connect(get_settings(),
                                 retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), REDIS_RETRIES),
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from carina.cli.common import EXIT_FAILED
+from carina.cli.common import EXIT_FAILED, EXIT_REFUSED
 from queues.settings import get_settings
 
 
@@ -30,8 +30,13 @@ def redis_server(args: argparse.Namespace) -> int:
     from urllib.parse import urlparse
 
     from carina.local import redis_server_binary
+    from queues.connection import parse_sentinel_url
 
     settings = get_settings()
+    if parse_sentinel_url(settings.redis_url) is not None:
+        print("carina redis: CARINA_REDIS_URL names sentinels; carina redis runs one server on "
+              "redis://127.0.0.1:PORT (see the README's Redis Sentinel section)", file=sys.stderr)
+        return EXIT_REFUSED
     port = urlparse(settings.redis_url).port or 6379
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()

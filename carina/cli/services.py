@@ -88,14 +88,13 @@ def health(args: argparse.Namespace) -> int:
 
 
 def metrics(args: argparse.Namespace) -> int:
-    import redis
-
     from monitoring.metrics import dumps, serve
+    from queues.connection import connect
 
     log_to_stderr()
     settings = get_settings()
     if args.once:
-        print(dumps(settings, redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)), end="")
+        print(dumps(settings, connect(settings, socket_connect_timeout=2)), end="")
         return 0
     serve(settings, args.host, args.port or settings.metrics_port)
     return 0

@@ -35,6 +35,8 @@ def test_booleans(text, expected):
     ({"CARINA_FASTIO_POOL_MB": "lots"}, "CARINA_FASTIO_POOL_MB='lots'"),
     ({"CARINA_FASTIO_LEASE_S": "0"}, "CARINA_FASTIO_LEASE_S must be > 0"),
     ({"CARINA_REDIS_URL": "http://x"}, "expected redis://"),
+    ({"CARINA_REDIS_URL": "sentinel://h:1/2;sentinel://g:1"}, "every sentinel:// part must name the same database"),
+    ({"CARINA_REDIS_URL": "sentinel://h"}, "'sentinel://h' is not sentinel://host:port"),
     ({"CARINA_HOST_ID": "a/b"}, "host_id"),
     ({"CROP_START_X": "1.5"}, "CROP_START_X='1.5' is not an integer"),
     ({"CARINA_TRITON_SHARED_MEMORY": "maybe"}, "CARINA_TRITON_SHARED_MEMORY='maybe': expected true/false"),
@@ -42,3 +44,11 @@ def test_booleans(text, expected):
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         Settings.from_env(env)
+
+
+def test_the_sentinel_form_names_each_sentinel_the_database_and_the_primarys_password():
+    from queues.connection import SentinelAddress, parse_sentinel_url
+
+    assert parse_sentinel_url("redis://127.0.0.1:6379/0") is None
+    assert parse_sentinel_url("sentinel://:pw@a:26379/3; sentinel://:pw@b:26380/3") == SentinelAddress(
+        (("a", 26379), ("b", 26380)), 3, "pw")

@@ -1,0 +1,80 @@
+"""Redis Sentinel: the primary dies in the middle of a job, a replica is promoted, the job completes."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+import redis
+
+from carina.local import LocalRedis, LocalSentinel, start_worker, stop_process_group
+from fastio.registry import Registry
+from ops.samples import he_slide
+from queues.app import create_app
+from queues.connection import connect
+from queues.jobs import JobStore
+from queues.pipelines import submit, wait
+from queues.settings import Settings
+
+MASTER = "carina-test"
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} after {timeout_s} s"
+        time.sleep(0.1)
+
+
+def replicating(replica: LocalRedis) -> bool:
+    return redis.Redis(port=replica.port).info("replication").get("master_link_status") == "up"
+
+
+@pytest.fixture
+def sentinel_group():
+    """A persistent primary, its replica, and three sentinels (quorum 2) watching them."""
+    primary = LocalRedis(persistent=True).start()
+    replica = LocalRedis(persistent=True, replica_of=primary.port).start()
+    sentinels = []
+    try:
+        wait_until(lambda: replicating(replica), 20, "replicating")
+        sentinels = [LocalSentinel(primary.port, MASTER).start() for _ in range(3)]
+        yield primary, replica, sentinels
+    finally:
+        for server in [*sentinels, replica, primary]:
+            server.stop()
+
+
+def test_a_job_completes_across_a_sentinel_failover_in_the_middle_of_its_stage(sentinel_group, project_triton,
+                                                                                tmp_path):
+    primary, replica, sentinels = sentinel_group
+    url = ";".join(f"sentinel://127.0.0.1:{s.port}/0" for s in sentinels)
+    env = {**os.environ, "CARINA_REDIS_URL": url, "CARINA_REDIS_MASTER_NAME": MASTER,
+           "CARINA_NAMESPACE": f"failover{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
+           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1"}
+    settings = Settings.from_env(env)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")
+    try:
+        slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=8)
+        jobs = JobStore(connect(settings, socket_timeout=5, socket_connect_timeout=2),
+                        settings.namespace, settings.job_ttl_s)
+        job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
+                     params={"overlap": 16, "num_workers": 1})
+        wait_until(lambda: jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0,
+                   120, "under inference")
+
+        primary.kill()
+        wait_until(lambda: all(s.primary() == ("127.0.0.1", replica.port) for s in sentinels), 60,
+                   "promoted by every sentinel")
+        status = wait(jobs, job, 300)
+        assert status.state == "done", (status, log.read_text()[-3000:])
+        assert (tmp_path / "out" / "image.tif").is_file()
+        assert worker.poll() is None  # the worker rode out the failover
+        assert Registry(jobs.redis, settings.fastio_config()).live() == {}
+    finally:
+        stop_process_group(worker)
+        for path in settings.shm_dir.glob(f"{settings.namespace}-*"):
+            path.unlink(missing_ok=True)
