@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 import weakref
 from typing import Any
@@ -15,7 +14,7 @@ import redis
 from fastio.config import POSIX_SHM_DIR, FastIOConfig
 from fastio.errors import AllocationNotFound, AllocationStateError, InvalidArgument, NotLocal, SegmentError
 from fastio.registry import Publication, Registry
-from fastio.segments import SegmentStore, size_class
+from fastio.segments import Hold, SegmentStore, size_class
 
 
 class FastIOAllocation:
@@ -34,7 +33,7 @@ class FastIOAllocation:
     """
 
     def __init__(self, ctx: "FastIOContext", segment: str, nbytes: int) -> None:
-        self._hold = _Hold(ctx.store.hold(segment))
+        self._hold = ctx.store.hold(segment)
         mapping = ctx.store.map(segment, nbytes)
         self._ctx = ctx
         self.segment = segment
@@ -93,7 +92,7 @@ class FastIOAllocation:
             flat = np.frombuffer(self.buffer, dtype=self.dtype, count=count)
             # Every view of the array has ``flat`` as its base, so this finalizer keeps the hold
             # as long as any of them lives: a stage often keeps ``ctx.get(name).array`` only.
-            weakref.finalize(flat, _Hold.keep, self._hold)
+            weakref.finalize(flat, Hold.keep, self._hold)
             self._array = flat.reshape(self.shape)
         return self._array
 
@@ -125,21 +124,6 @@ class FastIOAllocation:
         """Give the memory back for the whole job: every name pointing at it disappears."""
         self.release()
         self._ctx._free_segment(self.segment, self.capacity)
-
-
-class _Hold:
-    """A descriptor carrying a shared lock on a segment (see ``SegmentStore.hold``), closed
-    when the last owner of this object goes, or at :meth:`close`."""
-
-    def __init__(self, fd: int) -> None:
-        self._close = weakref.finalize(self, os.close, fd)
-
-    def close(self) -> None:
-        self._close()
-
-    @staticmethod
-    def keep(hold: "_Hold") -> None:
-        """Nothing: a finalizer's argument, so that the hold lives as long as the finalized object."""
 
 
 class FastIOContext:
@@ -240,9 +224,11 @@ class FastIOContext:
             return 0
 
     def _free_segment(self, segment: str, capacity: int) -> None:
-        # Memory a live process still holds (a stage of a cancelled job, still running) is
-        # neither pooled, where the next job would share it with that process, nor unlinked
-        # under it: it leaves the registry, and the janitor reclaims the file once let go.
+        # Memory another live process still holds (a stage of a cancelled job, still running)
+        # is neither pooled, where the next job would share it with that process, nor
+        # unlinked under it: it leaves the registry, and the janitor reclaims the file once
+        # let go. This process's own holds end here.
+        self.store.let_go(segment)
         held = self.store.is_held(segment)
         pooled = self.registry.release(self.job_id, segment, capacity, pool=capacity > 0 and not held)
         if not pooled and not held:

@@ -27,6 +27,7 @@ import stat
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,21 @@ def size_class(nbytes: int) -> int:
     return three_quarters if nbytes <= three_quarters else power
 
 
+class Hold:
+    """A descriptor carrying a shared lock on a segment (see :meth:`SegmentStore.hold`),
+    closed at :meth:`close` or when the last reference to this object goes."""
+
+    def __init__(self, fd: int) -> None:
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def close(self) -> None:
+        self._close()
+
+    @staticmethod
+    def keep(hold: "Hold") -> None:
+        """Nothing: a finalizer's argument, so that the hold lives as long as the finalized object."""
+
+
 @dataclass
 class _Mapping:
     fd: int
@@ -77,6 +93,7 @@ class SegmentStore:
         self.directory = config.shm_dir
         self.prefix = config.segment_prefix
         self._cache: OrderedDict[str, _Mapping] = OrderedDict()
+        self._holds: dict[str, weakref.WeakSet[Hold]] = {}
         self._cached_bytes = 0
         self._lock = threading.Lock()
 
@@ -140,9 +157,9 @@ class SegmentStore:
             raise SegmentError(f"segment {name!r} holds {actual} bytes, {size} expected")
         return self._remember(name, fd, actual).map
 
-    def hold(self, name: str) -> int:
-        """Take a shared hold on segment ``name``; returns the descriptor that carries it.
-        The hold lasts until that descriptor is closed (by the kernel, if the process dies).
+    def hold(self, name: str) -> "Hold":
+        """Take a shared hold on segment ``name`` for this process, until the hold is closed
+        or collected (or :meth:`let_go`); the kernel drops it if the process dies.
 
         Raises:
             SegmentError: the segment is gone (freed, or reclaimed by the janitor).
@@ -155,7 +172,18 @@ class SegmentStore:
         if os.fstat(fd).st_nlink == 0:
             os.close(fd)
             raise SegmentError(f"segment {name!r} no longer exists (reclaimed by the janitor)")
-        return fd
+        hold = Hold(fd)
+        with self._lock:
+            self._holds.setdefault(name, weakref.WeakSet()).add(hold)
+        return hold
+
+    def let_go(self, name: str) -> None:
+        """Close this process's holds on segment ``name``: its memory is being freed, and
+        whatever here still views it (a failed stage's frames) has no claim left."""
+        with self._lock:
+            holds = list(self._holds.pop(name, ()))
+        for hold in holds:
+            hold.close()
 
     def is_held(self, name: str) -> bool:
         """True if a live process holds segment ``name`` (see :meth:`hold`)."""

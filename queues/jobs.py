@@ -45,6 +45,9 @@ class JobStatus:
     stage_task: str = ""  # the Celery task id of the stage under way
     worker: str = ""  # the worker node running it
     requeues: int = 0  # times a stage was put back after its worker was lost
+    restarts: int = 0  # times the job started again from its input, its host lost
+    origin: dict[str, Any] = field(default_factory=dict)  # the first payload, to start again from
+    host: str = ""  # the host the job was submitted to run on, if any
     deliveries: int = 0  # starts of the stage under way (more than one: its process died)
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
@@ -102,14 +105,16 @@ class JobStore:
         return f"{self.ended_prefix}{state}:{pipeline}"
 
     def create(self, job_id: str, pipeline: str, stages: list[str], params: dict[str, Any],
-               priority: str = "") -> None:
+               priority: str = "", origin: dict[str, Any] | None = None, host: str = "") -> None:
+        """Record a new job, queued. ``origin`` is its first payload (what a restart starts
+        from); ``host``, the host it was submitted to run on."""
         now = time.time()
         with self.redis.pipeline(transaction=True) as p:
             p.hset(self.key(job_id), mapping={
                 "job_id": job_id, "pipeline": pipeline, "state": QUEUED, "stages": json.dumps(stages),
                 "stage": "", "stage_index": 0, "error": "", "output": "", "params": json.dumps(params),
-                "priority": priority, "progress_done": 0, "progress_total": 0,
-                "created": now, "updated": now})
+                "priority": priority, "progress_done": 0, "progress_total": 0, "restarts": 0,
+                "origin": json.dumps(origin or {}), "host": host, "created": now, "updated": now})
             p.expire(self.key(job_id), self.ttl_s)
             p.zremrangebyscore(self.index, "-inf", now)
             p.zadd(self.index, {job_id: now + self.ttl_s})
@@ -118,15 +123,27 @@ class JobStore:
             p.execute()
 
     def stage_started(self, job_id: str, stage: str, index: int, task_id: str = "", worker: str = "",
-                      attempt: str = "") -> int:
+                      attempt: str = "", restarts: int = 0) -> int:
         """Record the stage under way; returns how many times this ``attempt`` (a message: its
         task id and retry count) has started, 1 the first time; 0 if the job has ended or is
-        unknown; MOVED_PAST if a later stage (``index`` higher) has started already."""
+        unknown; MOVED_PAST if a later stage (``index`` higher) has started already, or if the
+        message was queued before the job's last restart (``restarts`` lower than recorded)."""
         script = self.redis.register_script(_START_STAGE)
         fields = {"state": RUNNING, "stage": stage, "stage_index": index, "stage_task": task_id, "worker": worker,
                   "attempt": attempt, "updated": time.time()}
         return int(script(keys=[self.key(job_id)],
-                          args=[attempt, index, *(str(x) for kv in fields.items() for x in kv)]))
+                          args=[attempt, index, restarts, *(str(x) for kv in fields.items() for x in kv)]))
+
+    def restart(self, job_id: str, restarts: int) -> bool:
+        """Start the job again from its first stage, as restart number ``restarts + 1``; False
+        (nothing changed) if it has ended, or if it has restarted since it was read as
+        ``restarts`` (another host's janitor got there first)."""
+        script = self.redis.register_script(_RESTART)
+        fields = {"state": QUEUED, "stage": "", "stage_index": 0, "stage_task": "", "worker": "", "attempt": "",
+                  "deliveries": 0, "progress_done": 0, "progress_total": 0, "staging": "",
+                  "restarts": restarts + 1, "updated": time.time()}
+        return bool(script(keys=[self.key(job_id)],
+                           args=[restarts, *(str(x) for kv in fields.items() for x in kv)]))
 
     def requeued(self, job_id: str, requeues: int) -> None:
         """The stage under way went back to its queue: its worker was lost."""
@@ -207,7 +224,8 @@ class JobStore:
             error=raw["error"], output=raw["output"], params=json.loads(raw["params"]),
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
-            requeues=int(raw.get("requeues", 0)), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            requeues=int(raw.get("requeues", 0)), restarts=int(raw.get("restarts", 0)),
+            origin=json.loads(raw.get("origin") or "{}"), host=raw.get("host", ""), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
             cancel=json.loads(raw.get("cancel") or "{}"), staging=raw.get("staging", ""),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
@@ -257,19 +275,29 @@ if not state or {_FINISHED_TEST} then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
-# ARGV: the attempt, the stage's index, then field/value pairs. Counts the starts of one
-# attempt in "deliveries"; refuses a stage earlier than the one recorded.
+# ARGV: the attempt, the stage's index, the restarts the message was queued after, then
+# field/value pairs. Counts the starts of one attempt in "deliveries"; refuses a stage
+# earlier than the one recorded, and one from before the job's last restart.
 _START_STAGE = f"""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or {_FINISHED_TEST} then return 0 end
+if tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[1], 'restarts') or '0') then return {MOVED_PAST} end
 if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'stage_index') or '0') then return {MOVED_PAST} end
 local deliveries = 1
 if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] then
   deliveries = tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') + 1
   redis.call('HSET', KEYS[1], 'progress_done', 0)  -- the new attempt counts from the start
 end
-redis.call('HSET', KEYS[1], 'deliveries', deliveries, unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'deliveries', deliveries, unpack(ARGV, 4))
 return deliveries
+"""
+# ARGV: the restarts read, then field/value pairs.
+_RESTART = f"""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or {_FINISHED_TEST} then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'restarts') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
 """
 # ARGV: job id, final state, the ended sets' prefix, now, then field/value pairs. The ended
 # set's key is built here from the record's pipeline (one Redis, not a cluster).

@@ -20,6 +20,7 @@ class Payload(TypedDict):
     params: dict[str, Any]  # the pipeline's parameters, validated at submit
     handles: dict[str, str]  # publication name → FastIO publication, added by each stage that publishes
     trace: list[TraceEntry]  # one entry per stage run, in order
+    restarts: int  # how many times the job had started again from its input when this chain was queued
     # Added by stages on the way:
     study: NotRequired[str]  # spleen-seg: the input's name, which the label volume takes
     slide: NotRequired[str]  # nuclei-seg: the slide file found in the input
@@ -32,4 +33,4 @@ class Payload(TypedDict):
 def first_payload(job_id: str, pipeline: str, input: str, output: str, config: str | None,
                   params: dict[str, Any]) -> Payload:
     return Payload(job=job_id, pipeline=pipeline, input=input, output=output, config=config, params=params,
-                   handles={}, trace=[])
+                   handles={}, trace=[], restarts=0)

@@ -17,7 +17,7 @@ from celery import Celery, chain
 
 from queues.errors import InvalidJobRequest, UnknownPipeline
 from queues.jobs import RUNNING, JobStatus, JobStore, connected_store
-from queues.payload import first_payload
+from queues.payload import Payload, first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
 REDIS_OUTAGE_S = 60.0  # how long a follower of a job waits out Redis being away
@@ -262,16 +262,32 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
                             str(Path(config).absolute()) if config else None, params)
     with connected_store(settings) as jobs:
         jobs.redis.ping()
-        jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority)
-        first, *rest = spec.stages
-        first_queue = settings.host_queue(first.queue, host) if host else first.queue
-        level = PRIORITIES[priority]
-        signatures = [app.signature(first.task, args=(payload,), queue=first_queue, priority=level)]
-        signatures += [app.signature(s.task, queue=s.queue, priority=level) for s in rest]
-        chain(*signatures).apply_async(
-            task_id=job_id, retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+        jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority, origin=dict(payload),
+                    host=host or "")
+        _queue_chain(app, settings, spec, payload, priority, host)
     return job_id
+
+
+def queue_restart(app: Celery, settings: Settings, status: JobStatus) -> None:
+    """Queue the job of ``status`` again from its first stage, on the shared queues (any
+    host). The caller has recorded the restart (``JobStore.restart``) and freed the job's
+    memory: the new chain publishes its names again."""
+    payload = Payload(**{**status.origin, "restarts": status.restarts + 1})  # type: ignore[typeddict-item]
+    _queue_chain(app, settings, get_pipeline(status.pipeline), payload, status.priority or DEFAULT_PRIORITY)
+
+
+def _queue_chain(app: Celery, settings: Settings, spec: Pipeline, payload: Payload, priority: str,
+                 host: str | None = None) -> None:
+    first, *rest = spec.stages
+    first_queue = settings.host_queue(first.queue, host) if host else first.queue
+    level = PRIORITIES[priority]
+    signatures = [app.signature(first.task, args=(payload,), queue=first_queue, priority=level)]
+    signatures += [app.signature(s.task, queue=s.queue, priority=level) for s in rest]
+    # The first chain's last task takes the job id; a restart's a new one, so that no two
+    # messages (the lost host's may still be about) share an id to revoke or look up.
+    task_id = payload["job"] if not payload.get("restarts") else None
+    chain(*signatures).apply_async(
+        task_id=task_id, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
 
 
 def wait(jobs: JobStore, job_id: str, timeout_s: float, on_change: Callable[[JobStatus], None] | None = None,

@@ -1,10 +1,11 @@
 """Which workers are alive, and which queues they read.
 
 Each worker's main process beats (:func:`beat`) every ``CARINA_WORKER_HEARTBEAT_S``: one field
-of the hash ``<ns>:workers``, node name → ``{"queues": [...], "beat": time, "ttl": seconds}``.
+of the hash ``<ns>:workers``, node name → ``{"host": host id, "queues": [...], "beat": time, "ttl": seconds}``.
 A worker is alive while its last beat is younger than its ttl (three beats). The front door
 reads it to warn of a job waiting on a queue nobody reads; recovery (``workers.recovery``),
-to find the stages of a worker that was lost; metrics, to find the per-host queues.
+to find the stages of a worker that was lost and the hosts gone for good; metrics, to find
+the per-host queues.
 
 Node names are unique per worker start (``carina worker`` adds a random part), so a worker
 restarted under the same host id is not mistaken for the one that died.
@@ -26,6 +27,7 @@ FORGOTTEN_AFTER_S = 24 * 3600  # a worker silent this long leaves the hash
 @dataclass(frozen=True)
 class Worker:
     node: str
+    host: str
     queues: tuple[str, ...]
     beat: float
     ttl_s: float
@@ -38,9 +40,10 @@ def workers_key(namespace: str) -> str:
     return f"{namespace}:workers"
 
 
-def beat(client: redis.Redis, namespace: str, node: str, queues: Iterable[str], interval_s: float) -> None:
-    """Say that worker ``node``, reading ``queues``, is alive for the next three intervals."""
-    record = {"queues": sorted(queues), "beat": time.time(), "ttl": HEARTBEATS_PER_TTL * interval_s}
+def beat(client: redis.Redis, namespace: str, node: str, host: str, queues: Iterable[str],
+         interval_s: float) -> None:
+    """Say that worker ``node`` of ``host``, reading ``queues``, is alive for the next three intervals."""
+    record = {"host": host, "queues": sorted(queues), "beat": time.time(), "ttl": HEARTBEATS_PER_TTL * interval_s}
     client.hset(workers_key(namespace), node, json.dumps(record))
 
 
@@ -66,7 +69,17 @@ def is_alive(client: redis.Redis, namespace: str, node: str) -> bool:
 
 def _parse(node: str, raw: bytes) -> Worker:
     record = json.loads(raw)
-    return Worker(node, tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
+    return Worker(node, record.get("host", ""), tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
+
+
+def silent_for(client: redis.Redis, namespace: str, host: str) -> float | None:
+    """Seconds since the last beat of any worker of ``host``; None while one of them is alive.
+    A host no worker of which was heard from in the last day has been silent for ever (inf)."""
+    now = time.time()
+    beats = [w for w in workers(client, namespace).values() if w.host == host]
+    if any(w.alive(now) for w in beats):
+        return None
+    return now - max((w.beat for w in beats), default=float("-inf"))
 
 
 def live_queues(client: redis.Redis, namespace: str) -> set[str]:

@@ -41,6 +41,8 @@ DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 DEFAULT_WORKER_HEARTBEAT_S = 10.0
 DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_HOST_LOST_S = 300.0
+DEFAULT_MAX_RESTARTS = 2
 DEFAULT_MAX_WINDOWS = 20_000  # about 2.5 h of 96³ windows on one CPU-only worker
 DEFAULT_MAX_TILES = 1_000_000  # a 100k × 200k px slide's tissue at 256 px tiles is about a third of it
 DEFAULT_WATCH_STABLE_S = 10.0
@@ -70,6 +72,10 @@ class Settings:
     worker_heartbeat_s: float = DEFAULT_WORKER_HEARTBEAT_S
     # Starts of one stage of a job (its process died each time) before the job fails.
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    # A host none of whose workers has beaten this long is lost: the jobs whose memory it
+    # holds start again from their input elsewhere, at most this many times each.
+    host_lost_s: float = DEFAULT_HOST_LOST_S
+    max_restarts: int = DEFAULT_MAX_RESTARTS
     # The most work one job may ask for: sliding windows (spleen-seg), tissue tiles (nuclei-seg).
     max_windows: int = DEFAULT_MAX_WINDOWS
     max_tiles: int = DEFAULT_MAX_TILES
@@ -131,7 +137,7 @@ class Settings:
     def __post_init__(self) -> None:
         parse_sentinel_url(self.redis_url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries", "host_lost_s",
                      "max_windows", "max_tiles"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
@@ -195,6 +201,8 @@ _VARIABLES = {
     "janitor_interval_s": float,
     "worker_heartbeat_s": float,
     "max_deliveries": _positive_int,
+    "host_lost_s": float,
+    "max_restarts": _positive_int,
     "max_windows": _positive_int,
     "max_tiles": _positive_int,
     "visibility_timeout_s": float,

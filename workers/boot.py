@@ -70,7 +70,7 @@ def start_janitor(sender: object = None, **_: object) -> None:
     def heartbeat() -> None:
         while True:
             try:
-                beat(redis_client(), settings.namespace, node, queues, settings.worker_heartbeat_s)
+                beat(redis_client(), settings.namespace, node, settings.host_id, queues, settings.worker_heartbeat_s)
             except Exception:
                 log.exception("worker heartbeat failed")
             if stop.wait(settings.worker_heartbeat_s):

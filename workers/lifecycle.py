@@ -36,12 +36,14 @@ from workers.runtime import fastio_context, job_store
 log = logging.getLogger(__name__)
 
 
-def stage_started(job_id: str, stage: str, index: int, task_id: str, worker: str, attempt: str) -> int:
+def stage_started(job_id: str, stage: str, index: int, task_id: str, worker: str, attempt: str,
+                  restarts: int) -> int:
     """Record the stage under way; returns how many times ``attempt`` (one message of it) has
     now started: 1 the first time, more after its process died; 0 for a job the store does
     not know (expired, or a stage run outside the job store), or one that has ended;
-    ``MOVED_PAST`` for a stage its job has gone beyond (a late delivery of a finished stage)."""
-    return job_store().stage_started(job_id, stage, index, task_id, worker, attempt)
+    ``MOVED_PAST`` for a stage its job has gone beyond (a late delivery of a finished stage,
+    or a message of a run before the job's last restart: ``restarts`` behind the record's)."""
+    return job_store().stage_started(job_id, stage, index, task_id, worker, attempt, restarts)
 
 
 def free_dead_attempt(job_id: str) -> None:

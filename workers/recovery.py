@@ -12,6 +12,14 @@ away — Clara 0.8.1's known issue of jobs stuck running. Here:
   stage's message from the broker's unacknowledged set back to the front of its queue, where
   any worker of that queue takes it; after ``max_requeues`` losses in one job it ends the job
   as failed with the reason instead (a stage that kills its worker every time).
+
+A stage put back on a host's own queue waits for that host, where the job's memory is. When
+no worker of the host has beaten for ``CARINA_HOST_LOST_S``, the host is taken as lost for
+good: :func:`restart_jobs_of_lost_hosts` starts its jobs again from their input on the shared
+queues, where any host takes them (a job whose input only the lost host saw then fails with
+that reason). Messages of the run before a restart are dropped when they start (the job
+record counts restarts); the lost host's segments are reclaimed by its own janitor if it
+comes back.
 """
 
 from __future__ import annotations
@@ -21,11 +29,15 @@ import logging
 import redis
 from celery import Celery
 
+from fastio.registry import Registry
 from queues.broker import restore_unacked, unacked_delivery_tag
-from queues.presence import is_alive
+from queues.errors import UnknownJob
+from queues.jobs import JobStatus
+from queues.pipelines import queue_restart
+from queues.presence import is_alive, silent_for
 from queues.settings import Settings
 from workers.lifecycle import job_failed
-from workers.runtime import job_store
+from workers.runtime import fastio_context, job_store
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +67,43 @@ def requeue_lost_stages(app: Celery, client: redis.Redis, settings: Settings,
             log.warning("job %s: %s; the stage is back on its queue", job_id, lost)
         acted.append(job_id)
     return acted
+
+
+def restart_jobs_of_lost_hosts(app: Celery, client: redis.Redis, settings: Settings) -> list[str]:
+    """Start again from their input, on any host, the jobs under way whose memory is on a
+    lost host or that were submitted to one; a job that has started again
+    ``CARINA_MAX_RESTARTS`` times fails instead. Returns the jobs acted on."""
+    jobs = job_store()
+    registry = Registry(client, settings.fastio_config())
+    silence: dict[str, float | None] = {}
+    acted = []
+    for job_id in jobs.active():
+        try:
+            status = jobs.get(job_id)
+        except UnknownJob:
+            continue
+        hosts = set(registry.job_segments(job_id).values()) | ({status.host} if status.host else set())
+        hosts.discard(settings.host_id)  # this one is alive: it runs this pass
+        for host in hosts - silence.keys():
+            silence[host] = silent_for(client, settings.namespace, host)
+        lost = sorted(h for h in hosts if (silence[h] or 0.0) > settings.host_lost_s)
+        if lost:
+            _restart_elsewhere(app, settings, status, f"host {lost[0]} was lost (no worker heard from for "
+                                                      f"{silence[lost[0]]:.0f} s; CARINA_HOST_LOST_S="
+                                                      f"{settings.host_lost_s:g})")
+            acted.append(job_id)
+    return acted
+
+
+def _restart_elsewhere(app: Celery, settings: Settings, status: JobStatus, lost: str) -> None:
+    if status.restarts >= settings.max_restarts:
+        job_failed(status.job_id, status.stage, f"HostLost: {lost}; the job had started again {status.restarts} "
+                                                f"times (CARINA_MAX_RESTARTS={settings.max_restarts})")
+    elif not status.origin:
+        job_failed(status.job_id, status.stage, f"HostLost: {lost}; the job has no first payload to start "
+                                                "again from (submitted by an older version)")
+    elif job_store().restart(status.job_id, status.restarts):  # another host's janitor may be first
+        fastio_context(status.job_id).free_all()
+        queue_restart(app, settings, status)
+        log.warning("job %s: %s; started again from its input (restart %d)", status.job_id, lost,
+                    status.restarts + 1)

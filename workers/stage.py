@@ -76,11 +76,12 @@ class StageTask(Task):
         stages = self._stages(payload)
         index = stages.index(self.name) + 1 if self.name in stages else 0
         attempt = f"{self.request.id}/{self.request.retries}"
+        # .get: a message queued before restarts were counted is of the first run.
         deliveries = lifecycle.stage_started(job_id, self.name, index, self.request.id, self.request.hostname or "",
-                                             attempt)
+                                             attempt, payload.get("restarts", 0))
         if deliveries == MOVED_PAST:
             # It finished, but its acknowledgement was lost (the broker went away): the job
-            # is at a later stage already.
+            # is at a later stage already. Or it was queued before the job started again.
             log.warning("job %s has moved past %s; a late delivery, dropped", job_id, self.name)
             self._drop()
         if lifecycle.too_many_deliveries(job_id, self.name, deliveries):

@@ -238,20 +238,37 @@ def test_a_held_array_keeps_its_segment_after_its_allocation_is_dropped(redis_cl
     assert sweep(redis_client, fastio_config).ownerless == 1 and segment_files(fastio_config) == []
 
 
-def test_memory_freed_while_another_allocation_holds_it_is_neither_pooled_nor_unlinked(redis_client,
-                                                                                    fastio_config):
-    # A cancelled job's memory, freed while one of its stages still runs on it.
+def test_memory_freed_while_another_process_holds_it_is_neither_pooled_nor_unlinked(redis_server, redis_client,
+                                                                                 fastio_config):
+    # A cancelled job's memory, freed while one of its stages still runs on it elsewhere.
     config = dataclasses.replace(fastio_config, orphan_grace_s=0.0)
     ctx = FastIOContext(redis_client, "job1", config)
-    running = ctx.get(ctx.publish_array(np.ones(100_000), "vol"))
+    ctx.publish_array(np.arange(5, dtype=np.int64), "vol")
+    spawn = mp.get_context("spawn")
+    ready, done = spawn.Event(), spawn.Event()
+    running = spawn.Process(target=_hold_until_told, args=(redis_server.url, config, "job1", ready, done))
+    running.start()
+    assert ready.wait(60)
+    [held] = segment_files(config)
     ctx.free_all()
     registry = Registry(redis_client, config)
-    assert registry.pooled() == {} and registry.live() == {} and len(segment_files(config)) == 1
-    assert running.array.sum() == 100_000
-    fresh = FastIOContext(redis_client, "job2", config).create(800_000)
-    assert fresh.segment != running.segment  # the next job never shares memory with that stage
-    running.release()
+    assert registry.pooled() == {} and registry.live() == {} and segment_files(config) == [held]
+    fresh = FastIOContext(redis_client, "job2", config).create(40)
+    assert fresh.segment != held  # the next job never shares memory with that stage
+    done.set()
+    running.join(60)
+    assert running.exitcode == 0  # it read its volume to the end
+    fresh.free()
     assert sweep(redis_client, config).orphans == 1
+
+
+def test_freeing_ends_this_processs_own_holds(redis_client, fastio_config):
+    # What a failed stage's frames still view, when its job ends in the same process.
+    ctx = FastIOContext(redis_client, "job1", fastio_config)
+    leftover = ctx.get(ctx.publish_array(np.ones(10), "vol")).array
+    ctx.free_all()
+    assert len(Registry(redis_client, fastio_config).pooled()) == 1  # back in the pool at once
+    assert leftover.sum() == 10  # and still mapped for whoever kept a view
 
 
 def test_free_unpublished_spares_an_attempt_still_running(redis_client, fastio_config):

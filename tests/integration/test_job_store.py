@@ -55,3 +55,20 @@ def test_expired_jobs_leave_every_index(redis_client):
     assert redis_client.zcard(jobs.index) == 1
     assert redis_client.zcard(jobs.active_index) == 1
     assert redis_client.zcard(jobs.ended_key(DONE, "3dblur")) == 0
+
+
+def test_a_restart_is_taken_once_and_drops_the_messages_of_the_run_before(jobs):
+    from queues.jobs import MOVED_PAST
+
+    jobs.create("j", "3dblur", ["a", "b"], {}, origin={"job": "j", "input": "/in"}, host="host-a")
+    jobs.stage_started("j", "a", 1, attempt="t1/0")
+    jobs.stage_started("j", "b", 2, attempt="t2/0")
+    assert jobs.restart("j", restarts=0) is True
+    assert jobs.restart("j", restarts=0) is False  # a second janitor that read the same record
+    status = jobs.get("j")
+    assert (status.state, status.stage_index, status.restarts) == (QUEUED, 0, 1)
+    assert status.origin == {"job": "j", "input": "/in"} and status.host == "host-a"
+    assert jobs.stage_started("j", "b", 2, attempt="t2/0", restarts=0) == MOVED_PAST  # the lost host's
+    assert jobs.stage_started("j", "a", 1, attempt="t3/0", restarts=1) == 1  # the new run's
+    jobs.end("j", DONE, output="/out")
+    assert jobs.restart("j", restarts=1) is False  # an ended job stays ended

@@ -1,0 +1,74 @@
+"""A host lost for good in the middle of a job: the job starts again from its input on another host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from carina.local import start_worker, stop_process_group
+from fastio.registry import Registry
+from ops.samples import he_slide
+from queues.app import create_app
+from queues.jobs import JobStore
+from queues.pipelines import submit, wait
+from queues.settings import Settings
+
+HOSTS = ("host-a", "host-b")
+
+
+@pytest.fixture
+def two_hosts(redis_server, project_triton, tmp_path):
+    """Two hosts on one Redis database, each with its own segment folder (memory one host
+    cannot map from the other), beating every second and lost after 3 s of silence."""
+    namespace = f"lost{uuid.uuid4().hex[:6]}"
+    folders = {host: Path(tempfile.mkdtemp(prefix=f"carina-{host}-", dir="/dev/shm")) for host in HOSTS}
+    envs = {host: {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/10"),
+                   "CARINA_NAMESPACE": namespace, "CARINA_SHM_DIR": str(folders[host]), "CARINA_HOST_ID": host,
+                   "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1",
+                   "CARINA_JANITOR_INTERVAL_S": "1", "CARINA_HOST_LOST_S": "3"} for host in HOSTS}
+    workers = {}
+    try:
+        for host in HOSTS:
+            workers[host] = start_worker(envs[host], tmp_path / f"{host}.log", "io,cpu,gpu", concurrency=1,
+                                         host_id=host)
+        yield {host: Settings.from_env(envs[host]) for host in HOSTS}, workers
+    finally:
+        for worker in workers.values():
+            stop_process_group(worker)
+        redis.Redis.from_url(redis_server.url.replace("/0", "/10")).flushdb()
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_job_whose_host_is_lost_for_good_completes_on_another(two_hosts, tmp_path):
+    settings, workers = two_hosts
+    any_host = settings["host-a"]
+    jobs = JobStore(redis.Redis.from_url(any_host.redis_url), any_host.namespace, any_host.job_ttl_s)
+    registry = Registry(jobs.redis, any_host.fastio_config())
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=9)
+    job = submit(create_app(any_host), any_host, "nuclei-seg", slide, tmp_path / "out",
+                 params={"overlap": 16, "num_workers": 1})
+    deadline = time.monotonic() + 120
+    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
+        assert time.monotonic() < deadline, jobs.get(job)
+        time.sleep(0.05)
+    [lost] = set(registry.job_segments(job).values())  # the host holding the slide's memory
+    [survivor] = set(HOSTS) - {lost}
+    os.killpg(workers[lost].pid, signal.SIGKILL)  # the whole host: nobody comes back for its stage
+    workers[lost].wait()
+
+    status = wait(jobs, job, 300)
+    log = (tmp_path / f"{survivor}.log").read_text()
+    assert status.state == "done", (status, log[-3000:])
+    assert status.restarts == 1 and f"host {lost} was lost" in log
+    assert (tmp_path / "out" / "image.tif").is_file()
+    assert not list(tmp_path.glob(".out.*.partial"))  # nothing partial left beside the result
+    assert Registry(jobs.redis, settings[survivor].fastio_config()).live() == {}
