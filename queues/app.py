@@ -6,7 +6,10 @@ from __future__ import annotations
 from celery import Celery
 
 from queues.connection import celery_transport_options
-from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings, get_settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings, get_settings
+
+
+PUBLISH_RETRY_MAX_S = 2.0
 
 
 def create_app(settings: Settings) -> Celery:
@@ -30,6 +33,11 @@ def create_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,
         broker_transport_options=broker_transport,
+        # A stage that ends while Redis is away publishes its next one when Redis is back;
+        # Celery's default (three tries in 0.6 s) drops it, and the job stays running.
+        task_publish_retry_policy={"max_retries": int(REDIS_OUTAGE_S / PUBLISH_RETRY_MAX_S) + 5,
+                                   "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": PUBLISH_RETRY_MAX_S},
         task_default_priority=PRIORITIES[DEFAULT_PRIORITY],
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,

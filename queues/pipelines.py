@@ -18,9 +18,8 @@ from celery import Celery, chain
 from queues.errors import InvalidJobRequest, UnknownPipeline
 from queues.jobs import RUNNING, JobStatus, JobStore, connected_store
 from queues.payload import Payload, first_payload
-from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings
 
-REDIS_OUTAGE_S = 60.0  # how long a follower of a job waits out Redis being away
 OUTAGE_POLL_S = 1.0
 
 

@@ -19,6 +19,9 @@ from queues.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REDIS_MASTER_NAME = "carina"
+# The Redis outage (a restart, a failover) every part rides out: a follower's wait for its
+# job, a worker's commands, a stage's publish of the next one.
+REDIS_OUTAGE_S = 60.0
 DEFAULT_NAMESPACE = "carina"
 DEFAULT_FASTIO_LEASE_S = 6 * 3600
 DEFAULT_FASTIO_POOL_MB = 4096

@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (and nothing else: fixtures live in conftest.py).
 
 - pipelines on real workers: :func:`run_job`, :func:`assert_no_memory_held`,
-  :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
+  :func:`pool_processes`, :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
 - arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
 - generated whole slides: :func:`write_slide`, :func:`opened_test_slide`, :func:`tissue_at`, :func:`slide_pixels`;
@@ -53,6 +53,14 @@ def assert_no_memory_held(deployment, hosts=("host-a", "host-b")) -> None:
         assert registry.live() == {}, f"segments still in use on {host}"
         pooled |= set(registry.pooled())
     assert files <= pooled, f"segment files neither in use nor pooled: {sorted(files - pooled)}"
+
+
+def pool_processes(worker) -> list:
+    """The pool processes (where stages run) of a ``carina worker`` process: the children of
+    the Celery workers it supervises, not those workers themselves."""
+    import psutil
+
+    return [pool for celery in psutil.Process(worker.pid).children() for pool in celery.children()]
 
 
 def remove_segments(settings: Settings) -> None:

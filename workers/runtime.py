@@ -14,13 +14,14 @@ from queues.connection import connect
 from queues.jobs import JobStore
 from queues.settings import get_settings
 
-REDIS_RETRIES, REDIS_BACKOFF_CAP_S = 10, 4.0
+# Backoff 0.25, 0.5, ... 4 s: eighteen retries wait out about a minute (REDIS_OUTAGE_S).
+REDIS_RETRIES, REDIS_BACKOFF_CAP_S = 18, 4.0
 
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    """This process's connection pool. Commands are retried with backoff through about half a
-    minute of Redis being away (a restart)."""
+    """This process's connection pool. Commands are retried with backoff through about a
+    minute of Redis being away (a restart, a failover)."""
     return connect(get_settings(),
                                 retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.25), REDIS_RETRIES),
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
