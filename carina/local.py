@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,29 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         process.wait()
 
 
+def _wait_for_ping(process: subprocess.Popen, port: int, timeout_s: float, stop: Callable[[], None],
+                   failure: str) -> None:
+    """Until the server just started on 127.0.0.1:``port`` answers PING.
+
+    Raises:
+        ServiceError: ``failure``, after ``stop()``, if it exited or did not answer in ``timeout_s``.
+    """
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stop()
+                    raise ServiceError(failure) from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 @dataclass
 class LocalRedis:
     """A throw-away redis-server on 127.0.0.1, stopped by :meth:`stop`; ``persistent`` keeps an
@@ -114,19 +138,9 @@ class LocalRedis:
         cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise ServiceError(f"redis-server did not start on port {self.port}; see {cmd}")
-                time.sleep(0.05)
-            finally:
-                client.close()
+        _wait_for_ping(self.process, self.port, timeout_s, self.stop, f"redis-server did not start on port "
+                                                                       f"{self.port}; see {cmd}")
+        return self
 
     def kill(self) -> None:
         """Stop the server the way a crash does (SIGKILL): no shutdown, no final write."""
@@ -187,20 +201,8 @@ class LocalSentinel:
         self.process = subprocess.Popen([redis_server_binary(), str(config), "--sentinel"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise ServiceError(f"redis sentinel did not start on port {self.port}") from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        _wait_for_ping(self.process, self.port, timeout_s, self.stop, f"redis sentinel did not start on port {self.port}")
+        return self
 
     def primary(self) -> tuple[str, int] | None:
         """The primary this sentinel names now, or None if it knows of none."""

@@ -49,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -152,6 +153,13 @@ def stub_shm_regions(pgid: int) -> list[str]:
     return regions
 
 
+# The server's files (its log) are private. Its python backend's tensor regions in /dev/shm
+# are made 0644 whatever the umask (boost sets the mode itself): they are chmod-ed to 0600 as
+# soon as the server is ready, and then every REGION_CHECK_S for models loaded later.
+PRIVATE_UMASK = 0o077
+REGION_CHECK_S = 1.0
+
+
 @dataclass
 class LocalTriton:
     """A throw-away ``tritonserver`` serving ``model_repository`` on 127.0.0.1 only.
@@ -229,7 +237,7 @@ class LocalTriton:
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(cmd, env=triton_environment(install), cwd=self.workdir,
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, umask=PRIVATE_UMASK)
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -238,7 +246,22 @@ class LocalTriton:
                 self.stop()
                 raise ServiceError(f"tritonserver {why} ({' '.join(cmd)}):\n{summary}")
             time.sleep(0.1)
+        self._make_regions_private()
+        threading.Thread(target=self._keep_regions_private, args=(self.process,), daemon=True,
+                         name="triton-regions").start()
         return self
+
+    def _make_regions_private(self) -> None:
+        for region in stub_shm_regions(self.process.pid):
+            try:
+                os.chmod(POSIX_SHM_DIR / region, 0o600)
+            except FileNotFoundError:
+                pass
+
+    def _keep_regions_private(self, process: subprocess.Popen) -> None:
+        while process.poll() is None and not self._stopped:
+            self._make_regions_private()
+            time.sleep(REGION_CHECK_S)
 
     def ready(self) -> bool:
         """True when the server answers ``/v2/health/ready`` with 200; never raises."""

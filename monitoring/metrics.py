@@ -17,10 +17,11 @@ host's own; the others are the deployment's and the same from every host):
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 
@@ -28,6 +29,7 @@ from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
 from queues.connection import connect
+from queues.listeners import bearer_matches
 from queues.jobs import JobStore
 from queues.broker import known_queues, queue_depths
 from queues.settings import Settings
@@ -138,16 +140,36 @@ class CarinaCollector:
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve ``/metrics`` on ``host:port`` until interrupted (``carina metrics``)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Serve ``/metrics`` on ``host:port`` until interrupted (``carina metrics``); with
+    ``CARINA_METRICS_TOKEN`` set, only to requests bearing it."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
     client = connect(settings, socket_connect_timeout=2, socket_timeout=5)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CarinaCollector(settings, client))
-    start_http_server(port, addr=host, registry=registry)
+    server = make_server(host, port, _guarded(make_wsgi_app(registry), settings.metrics_token),
+                         server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     log.info("metrics on http://%s:%d/metrics (Redis %s)", host, port, settings.redis_url)
-    while True:
-        time.sleep(3600)
+    server.serve_forever()
+
+
+def _guarded(app: Callable, token: str) -> Callable:
+    def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if token and not bearer_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
+            start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer"), ("Content-Type", "text/plain")])
+            return [b"a valid bearer token is required\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # every scrape would be a log line
+        pass
 
 
 def dumps(settings: Settings, client: redis.Redis) -> str:

@@ -22,7 +22,6 @@ imaging code: it queues tasks by name.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import json
 import logging
@@ -34,12 +33,14 @@ import redis
 from aiohttp import web
 from celery import Celery
 
+from queues.confine import check_input, inside, real_roots
 from queues.connection import connect
-from queues.errors import (BrokerUnavailable, CarinaError, InvalidJobRequest, PathRefused, UnknownJob,
+from queues.errors import (BrokerUnavailable, InvalidJobRequest, PathRefused, UnknownJob,
                            UnknownPipeline)
 from queues.jobs import CANCELLED, DONE, FAILED, JobStore
 from queues.pipelines import PIPELINES, cancel, submit
-from queues.settings import DEFAULT_PRIORITY, LOOPBACK_HOSTS, PRIORITIES, Settings
+from queues.listeners import bearer_matches, check_listener
+from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = "results"
@@ -50,23 +51,25 @@ JOBS = web.AppKey("jobs", JobStore)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def resolve_inside(root: Path, requested: Any, field: str) -> Path:
-    """``requested`` as a real path inside ``root``, symlinks followed.
+def resolve_inside(settings: Settings, requested: Any, field: str) -> Path:
+    """``requested`` (relative to the first data root, or absolute) as a real path inside the
+    data roots, with everything under it and every data file its headers name.
 
     Raises:
-        InvalidJobRequest: not a non-empty string.
-        PathRefused: ``..`` in it, or it (or a symlink on its way) leads outside ``root``.
+        InvalidJobRequest: not a non-empty string, or nothing there.
+        PathRefused: ``..`` in it, or it (a link, a header's data file) leads outside the roots.
     """
     if not isinstance(requested, str) or not requested.strip() or "\x00" in requested:
         raise InvalidJobRequest(f"{field} must be a non-empty path relative to the data root")
     candidate = Path(requested)
     if ".." in candidate.parts:
         raise PathRefused(f"{field} {requested!r}: '..' is not allowed")
-    real_root = root.resolve()
-    resolved = (candidate if candidate.is_absolute() else real_root / candidate).resolve()
-    if not resolved.is_relative_to(real_root):
-        raise PathRefused(f"{field} {requested!r} is outside the data root")
-    return resolved
+    roots = real_roots(settings.data_roots)
+    path = candidate if candidate.is_absolute() else roots[0] / candidate
+    check_input(path, roots, field)
+    if not path.exists():
+        raise InvalidJobRequest(f"{field} {requested!r} does not exist in the data root")
+    return inside(path, roots, field)
 
 
 def _json(status: int, **body: Any) -> web.Response:
@@ -96,8 +99,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].api_token
     if token and request.path not in PUBLIC_PATHS:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        if not bearer_matches(request.headers.get("Authorization", ""), token):
             return web.json_response({"msg": "Unauthorized", "error": "a valid bearer token is required"},
                                      status=401, headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
@@ -106,30 +108,47 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
 async def post_job(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return _json(415, msg="Unsupported media type", error="send the job as application/json")
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as e:
-        return _json(400, msg="Bad request", error=f"malformed JSON: {e}")
-    if not isinstance(body, dict):
-        return _json(400, msg="Bad request", error="the body must be a JSON object")
-    body = dict(body)
+    body = parse_json_object(await request.read(), request.charset)
     pipeline = body.pop("job_name", None)
     if not isinstance(pipeline, str):
-        return _json(400, msg="Bad request", error="job_name is required")
+        return _json(400, msg="Bad request", error="job_name is required, a string")
     if pipeline not in PIPELINES:
         raise UnknownPipeline(pipeline, sorted(PIPELINES))
-    settings = request.app[SETTINGS]
-    root = settings.data_root
-    in_dir = resolve_inside(root, body.pop("in_dir", None), "in_dir")
-    config = body.pop("config_dir", None)
-    config_dir = resolve_inside(root, config, "config_dir") if config is not None else None
     priority = body.pop("priority", DEFAULT_PRIORITY)
+    if not isinstance(priority, str):
+        raise InvalidJobRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+    settings = request.app[SETTINGS]
+    in_dir = await asyncio.to_thread(resolve_inside, settings, body.pop("in_dir", None), "in_dir")
+    config = body.pop("config_dir", None)
+    config_dir = None if config is None else await asyncio.to_thread(resolve_inside, settings, config, "config_dir")
     uid = uuid.uuid4().hex
-    output = root.resolve() / RESULTS_DIR / uid
+    output = real_roots(settings.data_roots)[0] / RESULTS_DIR / uid
     await asyncio.to_thread(submit, request.app[CELERY], settings, pipeline, in_dir, output, config_dir,
                             body, job_id=uid, priority=priority)
     log.info("job %s: %s on %s", uid, pipeline, in_dir)
     return _json(201, uid=uid)
+
+
+def parse_json_object(raw: bytes, charset: str | None) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    Raises:
+        InvalidJobRequest: an unknown charset, text that is not in it, JSON that does not
+            parse (numbers too long, nesting too deep included), or anything but an object.
+    """
+    try:
+        text = raw.decode(charset or "utf-8")
+    except LookupError:
+        raise InvalidJobRequest(f"unknown charset {charset!r}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidJobRequest(f"the body is not valid {charset or 'utf-8'}: {e.reason} at byte {e.start}") from None
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; so is a 5,000-digit number
+        raise InvalidJobRequest(f"malformed JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise InvalidJobRequest("the body must be a JSON object")
+    return body
 
 
 async def query_job(request: web.Request) -> web.Response:
@@ -213,8 +232,7 @@ def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> w
 
 def run(settings: Settings, celery_app: Celery, host: str, port: int) -> None:
     """Serve until interrupted. Refuses to listen beyond loopback without a token."""
-    if not settings.api_token and host not in LOOPBACK_HOSTS:
-        raise CarinaError(f"refusing to serve on {host} without CARINA_API_TOKEN")
+    check_listener("the API", host, settings.api_token, "CARINA_API_TOKEN")
     client = connect(settings, socket_connect_timeout=3, socket_timeout=10)
     web.run_app(create_api(settings, celery_app, client), host=host, port=port, print=None)
 

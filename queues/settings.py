@@ -34,8 +34,6 @@ DEFAULT_STAGE_SOFT_TIME_LIMIT_S = 6 * 3600.0
 DEFAULT_STAGE_TIME_LIMIT_S = DEFAULT_STAGE_SOFT_TIME_LIMIT_S + 600
 DEFAULT_DATA_ROOT = "."
 DEFAULT_API_HOST = "127.0.0.1"
-# Addresses a service may listen on without credentials: nobody off this host reaches them.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_API_PORT = 8080
 DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_TRITON_URL = "127.0.0.1:8000"
@@ -90,8 +88,10 @@ class Settings:
     job_ttl_s: float = DEFAULT_JOB_TTL_S
     crop_start: tuple[int, int, int] = (-1, -1, -1)
     crop_size: tuple[int, int, int] = (-1, -1, -1)
-    # The HTTP API resolves every in_dir and output inside this folder, never outside it.
-    data_root: Path = Path(DEFAULT_DATA_ROOT)
+    # CARINA_DATA_ROOT, one folder or several separated by ':': every file a job reads or
+    # writes lies inside one of them (queues/confine.py). The first is where the API
+    # resolves relative paths and puts its results.
+    data_roots: tuple[Path, ...] = (Path(DEFAULT_DATA_ROOT),)
     api_token: str = ""
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
@@ -114,6 +114,8 @@ class Settings:
     flower_auth: str = ""
     flower_port: int = 5555
     metrics_port: int = 9808
+    # The bearer token Prometheus sends (its scrape config's `authorization`); required beyond loopback.
+    metrics_token: str = ""
     # The virtualenv holding the local Triton server (`carina triton`; scripts/setup_triton.sh).
     triton_venv: Path | None = None
     # Where `carina redis` keeps its append-only file.
@@ -131,6 +133,8 @@ class Settings:
                     kwargs[name] = convert(env[var])
                 except ValueError as e:
                     raise ConfigError(f"{var}={env[var]!r}: {e}") from e
+        if "data_root" in kwargs:  # one variable, CARINA_DATA_ROOT, for one root or several
+            kwargs["data_roots"] = kwargs.pop("data_root")
         kwargs["crop_start"] = tuple(_crop_var(env, f"CROP_START_{a}") for a in CROP_AXES)
         kwargs["crop_size"] = tuple(_crop_var(env, f"CROP_SIZE_{a}") for a in CROP_AXES)
         settings = cls(**kwargs)  # type: ignore[arg-type]
@@ -151,6 +155,11 @@ class Settings:
                               "CARINA_VISIBILITY_TIMEOUT_S is required (a stage stopped before Redis redelivers it)")
         if self.watch_stable_s < 0:
             raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
+
+    @property
+    def data_root(self) -> Path:
+        """The first data root: where the API resolves relative paths and writes its results."""
+        return self.data_roots[0]
 
     def fastio_config(self) -> FastIOConfig:
         try:
@@ -180,6 +189,13 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError("expected true/false (1/0, yes/no, on/off)")
+
+
+def _paths(text: str) -> tuple[Path, ...]:
+    paths = tuple(Path(p) for p in text.split(os.pathsep) if p.strip())
+    if not paths:
+        raise ConfigError("expected one folder, or several separated by ':'")
+    return paths
 
 
 def _crop_var(env: Mapping[str, str], name: str) -> int:
@@ -212,7 +228,6 @@ _VARIABLES = {
     "stage_soft_time_limit_s": float,
     "stage_time_limit_s": float,
     "job_ttl_s": float,
-    "data_root": Path,
     "api_token": str,
     "api_host": str,
     "api_port": _positive_int,
@@ -227,8 +242,10 @@ _VARIABLES = {
     "flower_auth": str,
     "flower_port": _positive_int,
     "metrics_port": _positive_int,
+    "metrics_token": str,
     "watch_inbox": Path,
     "watch_output": Path,
+    "data_root": _paths,
     "triton_venv": Path,
     "redis_dir": Path,
 }

@@ -37,8 +37,9 @@ from typing import Any
 import redis
 from celery import Celery
 
+from queues.confine import check_input, header_data_files, inside, real_roots
 from queues.connection import connect
-from queues.errors import CarinaError, ConfigError, UnknownJob
+from queues.errors import BrokerUnavailable, CarinaError, ConfigError, PathRefused, UnknownJob
 from queues.jobs import JobStore
 from queues.pipelines import PIPELINES, submit
 from queues.settings import PRIORITIES, Settings
@@ -137,30 +138,35 @@ def is_partial(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
 
 
-# Detached headers, with how each names its data file: (separator, keys).
-DETACHED_HEADERS = {".mhd": ("=", ("ElementDataFile",)), ".nhdr": (":", ("data file", "datafile"))}
+DETACHED_HEADERS = (".mhd", ".nhdr")  # headers whose pixels are in a file of their own
+# Names a data file beside its header may take; anything else (a volume, a slide, a folder) is
+# a drop of its own, which no header can claim and move.
+DATA_FILE_SUFFIXES = ("", ".raw", ".zraw", ".raw.gz", ".gz", ".img", ".dat", ".bin")
 
 
 def companions(entry: Path) -> list[Path]:
     """The files beside a detached header (MetaImage ``.mhd``, NRRD ``.nhdr``) that hold its
     pixels and so belong to the same drop: the data file it names and ``<stem>.raw`` (and
     ``.zraw``, ``.raw.gz``), whether or not they have arrived yet (a header is often copied
-    before its data)."""
-    suffix = entry.suffix.lower()
-    if not entry.is_file() or suffix not in DETACHED_HEADERS:
+    before its data). Only plain data files in the same folder count: a header naming a
+    folder, a volume or a slide (another drop), or a file elsewhere, claims nothing; its job
+    fails on it, and the other drop is left alone."""
+    if entry.is_symlink() or not entry.is_file() or entry.suffix.lower() not in DETACHED_HEADERS:
         return []
-    separator, keys = DETACHED_HEADERS[suffix]
     names = {f"{entry.stem}.raw", f"{entry.stem}.zraw", f"{entry.stem}.raw.gz"}
     try:
-        header = entry.read_text(errors="replace")[:65536]
-    except OSError:
-        header = ""
-    for line in header.splitlines():
-        key, _, value = line.partition(separator)
-        if key.strip().lower() in {k.lower() for k in keys} and value.strip() and "/" not in value and "%" not in value:
-            names.add(value.strip())
-    names.discard("LOCAL")
-    return [entry.parent / name for name in sorted(names)]
+        named = header_data_files(entry)
+    except CarinaError:
+        named = []
+    names |= {p.name for p in named if p.parent == entry.parent}
+    claimable = [entry.parent / name for name in sorted(names) if _data_file_name(name)]
+    return [p for p in claimable if not p.is_dir() and not p.is_symlink() and not (p.is_file() and _file_kind(p))]
+
+
+def _data_file_name(name: str) -> bool:
+    lowered = name.lower()
+    suffix = ".raw.gz" if lowered.endswith(".raw.gz") else Path(lowered).suffix
+    return not is_partial(name) and suffix in DATA_FILE_SUFFIXES and not lowered.endswith(VOLUME_SUFFIXES)
 
 
 def _files(entry: Path) -> list[Path]:
@@ -326,8 +332,11 @@ class Watcher:
     def _submit(self, entry: Path, rule: Rule, job_id: str) -> None:
         output = self.output_root / f"{entry.name}-{job_id[:8]}"
         try:
+            check_input(entry, real_roots(self.settings.data_roots), "drop")
             submit(self.app, self.settings, rule.pipeline, entry, output, params=dict(rule.params), job_id=job_id,
                    host=self.settings.host_id, priority=rule.priority)
+        except BrokerUnavailable:
+            raise  # Redis away: the record stays, and the next scan submits it again
         except CarinaError as e:
             log.error("watch: %s: %s refused the job: %s", entry.name, rule.pipeline, e)
             self.redis.hdel(self.records_key, entry.name)
@@ -391,7 +400,7 @@ class Watcher:
             while not stop.is_set():
                 try:
                     self.scan()
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable) as e:
                     log.error("watch: Redis unreachable (%s); retrying", e)
                 except OSError as e:
                     log.error("watch: %s", e)
@@ -430,6 +439,12 @@ def watch(inbox: Path, output_root: Path, rules: tuple[Rule, ...], settings: Set
 
     if not inbox.is_dir():
         raise ConfigError(f"inbox {inbox} is not a folder")
+    roots = real_roots(settings.data_roots)
+    for folder, what in ((inbox, "inbox"), (output_root, "output folder")):
+        try:
+            inside(folder, roots, f"the {what}")
+        except PathRefused as e:
+            raise ConfigError(f"{e}: set CARINA_DATA_ROOT to include it") from e
     client = connect(settings, socket_connect_timeout=5, socket_timeout=10)
     watcher = Watcher(inbox, output_root, rules, settings, create_app(settings), client, stable_s)
     stop = threading.Event()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
+import pydicom
 import pytest
 import redis
 
@@ -15,6 +18,11 @@ from carina.local import LocalRedis
 
 pytest_plugins = ["tests.triton_fixtures"]
 SHM = Path("/dev/shm")
+# Every job of the suite reads and writes inside these data roots (the workers and the API
+# inherit them): pytest's temporary folders, the repository's test data, pydicom's files.
+DATA_ROOTS = (Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}", Path(__file__).parent / "data",
+              Path(pydicom.data.__file__).parent)
+os.environ.setdefault("CARINA_DATA_ROOT", os.pathsep.join(str(root) for root in DATA_ROOTS))
 _shm_before: set[str] = set()
 
 

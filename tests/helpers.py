@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (and nothing else: fixtures live in conftest.py).
 
 - pipelines on real workers: :func:`run_job`, :func:`assert_no_memory_held`,
-  :func:`pool_processes`, :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
+  :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
 - arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
 - generated whole slides: :func:`write_slide`, :func:`opened_test_slide`, :func:`tissue_at`, :func:`slide_pixels`;
@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from fastio.registry import Registry
-from queues.jobs import JobStatus
+from queues.jobs import JobStatus, JobStore
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
@@ -53,6 +53,31 @@ def assert_no_memory_held(deployment, hosts=("host-a", "host-b")) -> None:
         assert registry.live() == {}, f"segments still in use on {host}"
         pooled |= set(registry.pooled())
     assert files <= pooled, f"segment files neither in use nor pooled: {sorted(files - pooled)}"
+
+
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """Poll ``condition()`` until true; fail the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} after {timeout_s} s"
+        time.sleep(poll_s)
+
+
+def slide_job_under_inference(settings: Settings, tmp_path: Path, seed: int) -> tuple[JobStore, str]:
+    """Submit nuclei-seg on a generated 3000×4000 slide and return once its inference stage
+    has tiles done: (a job store on ``settings``' Redis, the job id)."""
+    from ops.samples import he_slide
+    from queues.app import create_app
+    from queues.connection import connect
+
+    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=seed)
+    jobs = JobStore(connect(settings, socket_timeout=5, socket_connect_timeout=2), settings.namespace,
+                    settings.job_ttl_s)
+    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
+                 params={"overlap": 16, "num_workers": 1})
+    wait_until(lambda: jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0, 120,
+               "under inference")
+    return jobs, job
 
 
 def pool_processes(worker) -> list:

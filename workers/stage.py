@@ -19,6 +19,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from fastio import AlreadyPublished, FastIOAllocation, NotLocal
 from monitoring.metrics import record_stage
+from queues.confine import check_job
 from queues.jobs import MOVED_PAST
 from queues.payload import Payload
 from queues.settings import get_settings
@@ -88,6 +89,10 @@ class StageTask(Task):
             self._drop()
         if deliveries > 1:
             lifecycle.free_dead_attempt(job_id)
+        if index == 1:
+            # In the worker too: what was inside when submitted may hold a link, or a header
+            # naming a file, that leads out. Raised, the job fails with the file named.
+            check_job(payload["input"], payload["output"], payload.get("config"), get_settings().data_roots)
 
     def _drop(self) -> None:
         _STARTED.pop(self.request.id, None)

@@ -40,6 +40,7 @@ def redis_server(args: argparse.Namespace) -> int:
     port = urlparse(settings.redis_url).port or 6379
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()
+    os.umask(0o077)  # the append-only file holds job records: names of patients' files
     os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
                       "--appendfsync", "everysec", "--dir", str(settings.redis_dir.absolute())])
     return 0  # not reached

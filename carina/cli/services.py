@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from carina.cli.common import EXIT_FAILED, log_to_stderr
-from queues.errors import CarinaError
-from queues.settings import LOOPBACK_HOSTS, get_settings
+from queues.listeners import check_listener
+from queues.settings import get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,6 +96,7 @@ def metrics(args: argparse.Namespace) -> int:
     if args.once:
         print(dumps(settings, connect(settings, socket_connect_timeout=2)), end="")
         return 0
+    check_listener("the metrics", args.host, settings.metrics_token, "CARINA_METRICS_TOKEN")
     serve(settings, args.host, args.port or settings.metrics_port)
     return 0
 
@@ -104,9 +105,7 @@ def flower(args: argparse.Namespace) -> int:
     from monitoring.flower import FLOWER_CONFIG
 
     settings = get_settings()
-    if not settings.flower_auth and args.address not in LOOPBACK_HOSTS:
-        raise CarinaError(f"Flower would listen on {args.address} without credentials: set CARINA_FLOWER_AUTH "
-                          "(user:password) or keep it on 127.0.0.1")
+    check_listener("Flower", args.address, settings.flower_auth, "CARINA_FLOWER_AUTH (user:password)")
     argv = [sys.executable, "-m", "celery", "-A", "queues.app", "flower", f"--conf={FLOWER_CONFIG}",
             f"--address={args.address}", f"--port={args.port or settings.flower_port}"]
     # Credentials by environment, never on a command line that `ps` shows.

@@ -166,3 +166,77 @@ def test_token_is_required(api, token):
 def test_openapi_document_is_public(api):
     status, doc = call(f"{api}/openapi.json", token=None)
     assert status == 200 and {"/job/", "/query/{uid}"} <= set(doc["paths"])
+
+
+def fuzz_cases(count: int, seed: int) -> list[tuple[str, str, dict[str, str], bytes]]:
+    """Malformed requests, generated: (method, path, headers, body). None is a valid job: an
+    ``in_dir`` is never one that exists."""
+    import random
+
+    rng = random.Random(seed)
+    atoms = [0, -1, 10**5000 // 10**4990, 1.5, True, None, "", "study", "é" * 3, "\u0000", [], {}, "x" * 300,
+             float("inf")]
+    in_dirs = ["nope", "/etc", "study/../..", "", 5, [], {"a": 1}, "study\u0000", "escape/secret.mhd", "é/ü"]
+
+    def value(depth: int):
+        kind = rng.random()
+        if depth > 3 or kind < 0.5:
+            return rng.choice(atoms)
+        if kind < 0.75:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["job_name", "in_dir", "priority", "crop_size", "overlap", "x"]): value(depth + 1)
+                for _ in range(rng.randint(0, 3))}
+
+    def json_body() -> bytes:
+        body = {"job_name": rng.choice(["fastio-itk", "3dblur", "spleen-seg", 7, None, "nope"]),
+                "in_dir": rng.choice(in_dirs)}
+        for key in rng.sample(["priority", "config_dir", "crop_size", "crop_start", "overlap", "sigma", "x"], 2):
+            body[key] = value(0)
+        return json.dumps(body, default=str).replace("Infinity", rng.choice(["Infinity", "NaN", "1e999"])).encode()
+
+    raw_bodies = [b"[" * 30_000 + b"]" * 30_000, b'{"job_name": ' + b"9" * 5000 + b"}", b"\xff\xfe{}",
+                  b'{"job_name": "fastio-itk", "priority": []}', b"{" * 5, b"", b"null", b'"text"',
+                  '{"in_dir": "é"}'.encode("utf-16")]
+    cases = []
+    for n in range(count):
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        roll = rng.random()
+        if roll < 0.15:
+            headers["Authorization"] = rng.choice(["Bearer éé", "bearer", "Basic eDp5", "", "Bearer " + "a" * 5000,
+                                                    f"Bearer  {TOKEN}x", "Bearer\t"])
+        elif roll < 0.25:
+            headers["Content-Type"] = rng.choice(["application/json; charset=bogus-xx", "application/json; charset=",
+                                                  "text/json", "application/json; charset=utf-16", "*/*"])
+        method, path = "POST", "/job/"
+        if rng.random() < 0.2:
+            method = rng.choice(["GET", "PUT", "DELETE", "PATCH", "POST"])
+            path = rng.choice(["/job/", "/query/", "/query/%00", "/query/..%2f..%2fetc", "/job/" + "z" * 3000,
+                               "/nope", "/query/%C3%A9", "/job/%ff"])
+        body = rng.choice(raw_bodies) if rng.random() < 0.25 else json_body()
+        cases.append((method, path, headers, body))
+    return cases
+
+
+def test_a_fuzz_of_malformed_requests_is_answered_4xx_in_json_and_the_server_stays_up(api):
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(api)
+    answers = []
+    for method, path, headers, body in fuzz_cases(240, seed=5):
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, text in headers.items():
+                connection.putheader(name, text.encode("utf-8"))
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            reply = response.read()
+        finally:
+            connection.close()
+        answers.append((response.status, method, path, headers, body[:80]))
+        assert 400 <= response.status < 500, answers[-1]
+        assert isinstance(json.loads(reply), dict), answers[-1]
+    print(f"\nAPI fuzz: {len(answers)} malformed requests, {sum(a[0] >= 500 for a in answers)} answered 5xx")
+    assert call(f"{api}/openapi.json", token=None)[0] == 200

@@ -20,7 +20,7 @@ from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.helpers import pool_processes, remove_segments
+from tests.helpers import pool_processes, remove_segments, slide_job_under_inference
 
 
 @pytest.fixture
@@ -38,19 +38,6 @@ def lone_worker(redis_server, project_triton, tmp_path):
         stop_process_group(worker)
         redis.Redis.from_url(settings.redis_url).flushdb()
         remove_segments(settings)
-
-
-def slide_job_under_inference(settings: Settings, tmp_path, seed: int) -> tuple[JobStore, str]:
-    """Submit nuclei-seg on a generated slide and return once its inference stage has tiles done."""
-    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=seed)
-    jobs = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
-    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
-                 params={"overlap": 16, "num_workers": 1})
-    deadline = time.monotonic() + 120
-    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
-        assert time.monotonic() < deadline, jobs.get(job)
-        time.sleep(0.05)
-    return jobs, job
 
 
 def test_a_pool_process_killed_mid_stage_is_replaced_and_the_stage_redelivered(lone_worker, tmp_path):

@@ -25,7 +25,7 @@ from queues.jobs import JobStore
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.helpers import GEOMETRY, pool_processes, remove_segments
+from tests.helpers import GEOMETRY, pool_processes, remove_segments, wait_until
 
 PIPELINES = ("fastio-itk", "3dblur", "spleen-seg", "nuclei-seg")
 # The stages that count units of work: there, "mid-stage" is "some windows or tiles done".
@@ -86,10 +86,7 @@ def test_redis_restarted_mid_stage_ten_times_every_job_done_no_worker_exits(proj
             pipeline = PIPELINES[n % len(PIPELINES)]
             job = submit(app, settings, pipeline, inputs[pipeline], tmp_path / f"out-{n}",
                          params=PARAMS.get(pipeline))
-            deadline = time.monotonic() + 120
-            while not under_way(jobs, job, pipeline):
-                assert time.monotonic() < deadline, jobs.get(job)
-                time.sleep(0.01)
+            wait_until(lambda: under_way(jobs, job, pipeline), 120, f"{pipeline} under way", poll_s=0.01)
             stages.append(jobs.get(job).stage)
             server.restart(down_s=1.0)
             states.append(wait(jobs, job, 300).state)
@@ -106,7 +103,7 @@ def test_redis_restarted_mid_stage_ten_times_every_job_done_no_worker_exits(proj
         remove_segments(settings)
 
 
-def test_pool_processes_killed_at_random_every_job_done(redis_server, project_triton, inputs, sample, tmp_path):
+def test_pool_processes_killed_at_random_every_job_done(project_triton, inputs, tmp_path):
     """24 jobs (21 fastio-itk, one of each other pipeline) and at least 8 pool processes killed
     at random moments. A stage is not killed past CARINA_MAX_DELIVERIES - 1 starts: one that
     dies every time fails by design (tests/integration/test_chaos.py)."""
@@ -116,8 +113,8 @@ def test_pool_processes_killed_at_random_every_job_done(redis_server, project_tr
     try:
         plan = ["fastio-itk"] * 21 + ["3dblur", "spleen-seg", "nuclei-seg"]
         random.Random(3).shuffle(plan)
-        submitted = [submit(app, settings, p, sample[0] if p == "fastio-itk" else inputs[p], tmp_path / f"out-{n}",
-                            params=PARAMS.get(p)) for n, p in enumerate(plan)]
+        submitted = [submit(app, settings, p, inputs[p], tmp_path / f"out-{n}", params=PARAMS.get(p))
+                     for n, p in enumerate(plan)]
         celery_workers = psutil.Process(worker.pid).children()
         rng, kills = random.Random(11), 0
         deadline = time.monotonic() + 250
@@ -151,10 +148,7 @@ def test_a_whole_worker_killed_for_good_another_alive_the_job_completes(project_
     try:
         job = submit(create_app(settings), settings, "nuclei-seg", inputs["nuclei-seg"], tmp_path / "out",
                      params=PARAMS["nuclei-seg"])
-        deadline = time.monotonic() + 120
-        while not under_way(jobs, job, "nuclei-seg"):
-            assert time.monotonic() < deadline, jobs.get(job)
-            time.sleep(0.02)
+        wait_until(lambda: under_way(jobs, job, "nuclei-seg"), 120, "under inference", poll_s=0.02)
         node = jobs.get(job).worker
         [running] = [w for w in workers if any(node in " ".join(c.cmdline()) for c in psutil.Process(w.pid).children())]
         os.killpg(running.pid, signal.SIGKILL)  # supervisor, worker and pool: nobody restarts it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
@@ -11,21 +10,12 @@ import redis
 
 from carina.local import LocalRedis, LocalSentinel, start_worker, stop_process_group
 from fastio.registry import Registry
-from ops.samples import he_slide
-from queues.app import create_app
-from queues.connection import connect
-from queues.jobs import JobStore
-from queues.pipelines import submit, wait
+from queues.pipelines import wait
 from queues.settings import Settings
 
+from tests.helpers import slide_job_under_inference, wait_until
+
 MASTER = "carina-test"
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} after {timeout_s} s"
-        time.sleep(0.1)
 
 
 def replicating(replica: LocalRedis) -> bool:
@@ -58,13 +48,7 @@ def test_a_job_completes_across_a_sentinel_failover_in_the_middle_of_its_stage(s
     log = tmp_path / "worker.log"
     worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")
     try:
-        slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=8)
-        jobs = JobStore(connect(settings, socket_timeout=5, socket_connect_timeout=2),
-                        settings.namespace, settings.job_ttl_s)
-        job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out",
-                     params={"overlap": 16, "num_workers": 1})
-        wait_until(lambda: jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0,
-                   120, "under inference")
+        jobs, job = slide_job_under_inference(settings, tmp_path, seed=8)
 
         primary.kill()
         wait_until(lambda: all(s.primary() == ("127.0.0.1", replica.port) for s in sentinels), 60,

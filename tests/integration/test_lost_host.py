@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import redis
 
 from carina.local import start_worker, stop_process_group
 from fastio.registry import Registry
-from ops.samples import he_slide
-from queues.app import create_app
-from queues.jobs import JobStore
-from queues.pipelines import submit, wait
+from queues.pipelines import wait
 from queues.settings import Settings
+
+from tests.helpers import slide_job_under_inference
 
 HOSTS = ("host-a", "host-b")
 
@@ -50,16 +48,8 @@ def two_hosts(redis_server, project_triton, tmp_path):
 
 def test_a_job_whose_host_is_lost_for_good_completes_on_another(two_hosts, tmp_path):
     settings, workers = two_hosts
-    any_host = settings["host-a"]
-    jobs = JobStore(redis.Redis.from_url(any_host.redis_url), any_host.namespace, any_host.job_ttl_s)
-    registry = Registry(jobs.redis, any_host.fastio_config())
-    slide = he_slide(tmp_path / "slide.tif", (3000, 4000), seed=9)
-    job = submit(create_app(any_host), any_host, "nuclei-seg", slide, tmp_path / "out",
-                 params={"overlap": 16, "num_workers": 1})
-    deadline = time.monotonic() + 120
-    while not (jobs.get(job).stage == "carina.nuclei.segment" and jobs.get(job).progress_done > 0):
-        assert time.monotonic() < deadline, jobs.get(job)
-        time.sleep(0.05)
+    jobs, job = slide_job_under_inference(settings["host-a"], tmp_path, seed=9)
+    registry = Registry(jobs.redis, settings["host-a"].fastio_config())
     [lost] = set(registry.job_segments(job).values())  # the host holding the slide's memory
     [survivor] = set(HOSTS) - {lost}
     os.killpg(workers[lost].pid, signal.SIGKILL)  # the whole host: nobody comes back for its stage
