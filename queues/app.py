@@ -10,6 +10,8 @@ from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settin
 
 
 PUBLISH_RETRY_MAX_S = 2.0
+# Retries at most PUBLISH_RETRY_MAX_S apart (jittered): enough for REDIS_OUTAGE_S and more.
+RESULT_STORE_RETRIES = int(2 * REDIS_OUTAGE_S / PUBLISH_RETRY_MAX_S)
 
 
 def create_app(settings: Settings) -> Celery:
@@ -40,6 +42,11 @@ def create_app(settings: Settings) -> Celery:
                                    "interval_max": PUBLISH_RETRY_MAX_S},
         task_default_priority=PRIORITIES[DEFAULT_PRIORITY],
         result_backend_transport_options=transport,
+        # A stage that starts or ends while Redis is away stores its state when it is back
+        # (Celery does not retry by default: the stage was lost, its job left running).
+        result_backend_always_retry=True,
+        result_backend_max_retries=RESULT_STORE_RETRIES,
+        result_backend_max_sleep_between_retries_ms=int(PUBLISH_RETRY_MAX_S * 1000),
         broker_connection_retry_on_startup=True,
         task_default_queue="cpu",
         task_track_started=True,

@@ -82,7 +82,7 @@ def test_a_plain_celery_app_can_send_a_stage_by_name(deployment, sample, tmp_pat
     url = deployment.settings.redis_url
     outsider = Celery("someapp", broker=url, backend=url)
     outsider.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
-    payload = {"job": "outsider-job", "pipeline": "fastio-itk", "input": str(path), "output": "",
+    payload = {"job": "outsider-job", "pipeline": "fastio-itk", "input": str(path), "output": str(tmp_path / "out"),
                "config": None, "params": {}, "handles": {}, "trace": []}
     result = outsider.send_task("carina.fastio_itk.read_volume", args=[payload], queue="io").get(timeout=30)
     assert result["handles"] == {"fastio_itk": "fastio_itk"}
