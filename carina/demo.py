@@ -9,6 +9,7 @@ a results table with the URLs and the PNG previews; then everything is stopped.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -67,7 +68,8 @@ def run_demo(out: Path) -> bool:
     for folder in (inbox, out / "result-watch", out / "redis"):  # a fresh tour each time
         shutil.rmtree(folder, ignore_errors=True)
     ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
-    env = {**os.environ, "CARINA_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+    password = secrets.token_urlsafe(18)  # the demo's Redis lets in only its own services
+    env = {**os.environ, "CARINA_REDIS_URL": f"redis://:{password}@127.0.0.1:{ports['redis']}/0",
            "CARINA_TRITON_URL": f"127.0.0.1:{ports['triton']}", "CARINA_API_PORT": str(ports["api"]),
            "CARINA_FLOWER_PORT": str(ports["flower"]), "CARINA_METRICS_PORT": str(ports["metrics"]),
            "CARINA_NAMESPACE": "carina-demo", "CARINA_DATA_ROOT": str(out.absolute()), "CARINA_WATCH_INBOX": str(inbox),

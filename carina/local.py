@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -91,14 +92,14 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         process.wait()
 
 
-def _wait_for_ping(process: subprocess.Popen, port: int, timeout_s: float, stop: Callable[[], None],
-                   failure: str) -> None:
+def _wait_for_ping(process: subprocess.Popen, port: int, password: str | None, timeout_s: float,
+                   stop: Callable[[], None], failure: str) -> None:
     """Until the server just started on 127.0.0.1:``port`` answers PING.
 
     Raises:
         ServiceError: ``failure``, after ``stop()``, if it exited or did not answer in ``timeout_s``.
     """
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=port, password=password)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -121,13 +122,15 @@ class LocalRedis:
 
     port: int = field(default_factory=free_port)
     persistent: bool = False
-    replica_of: int | None = None  # the port of the primary this one replicates
+    replica_of: int | None = None  # the port of the primary this one replicates (same password)
+    # Required of every client (and of a replica by its primary); generated for each server.
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: subprocess.Popen | None = None
     workdir: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> "LocalRedis":
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="carina-redis-"))
@@ -136,10 +139,15 @@ class LocalRedis:
                "--save", "", *persistence, "--dir", str(self.workdir),
                "--logfile", str(self.workdir / "redis.log")]
         cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        _wait_for_ping(self.process, self.port, timeout_s, self.stop, f"redis-server did not start on port "
-                                                                       f"{self.port}; see {cmd}")
+        # Passwords through stdin ("-" reads the configuration there), never the command line:
+        # any local user may read /proc/*/cmdline.
+        secrets_conf = f"requirepass {self.password}\n" + (f"masterauth {self.password}\n" if self.replica_of else "")
+        self.process = subprocess.Popen([cmd[0], "-", *cmd[1:]], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, umask=0o077)
+        self.process.stdin.write(secrets_conf.encode())
+        self.process.stdin.close()
+        _wait_for_ping(self.process, self.port, self.password, timeout_s, self.stop,
+                       f"redis-server did not start on port {self.port}; see {cmd}")
         return self
 
     def kill(self) -> None:
@@ -183,6 +191,7 @@ class LocalSentinel:
 
     primary_port: int
     master_name: str
+    primary_password: str
     quorum: int = 2
     down_after_ms: int = 1000
     port: int = field(default_factory=free_port)
@@ -197,11 +206,14 @@ class LocalSentinel:
             f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\nlogfile {self.workdir / 'sentinel.log'}\n"
             f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary_port} {self.quorum}\n"
             f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {self.master_name} {max(3 * self.down_after_ms, 3000)}\n")
+            f"sentinel failover-timeout {self.master_name} {max(3 * self.down_after_ms, 3000)}\n"
+            f"sentinel auth-pass {self.master_name} {self.primary_password}\n")
+        config.chmod(0o600)
         self.process = subprocess.Popen([redis_server_binary(), str(config), "--sentinel"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        _wait_for_ping(self.process, self.port, timeout_s, self.stop, f"redis sentinel did not start on port {self.port}")
+        _wait_for_ping(self.process, self.port, None, timeout_s, self.stop,
+                       f"redis sentinel did not start on port {self.port}")
         return self
 
     def primary(self) -> tuple[str, int] | None:

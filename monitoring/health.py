@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 
 from fastio.registry import Registry
-from queues.connection import connect
+from queues.connection import connect, redacted
 from queues.settings import Settings
 
 
@@ -36,8 +36,8 @@ def check_redis(client: redis.Redis, settings: Settings) -> Check:
     try:
         info = client.info("server")
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        return Check("redis", False, f"{settings.redis_url}: {e}")
-    return Check("redis", True, f"{settings.redis_url}: redis {info.get('redis_version', '?')}")
+        return Check("redis", False, f"{redacted(settings.redis_url)}: {e}")
+    return Check("redis", True, f"{redacted(settings.redis_url)}: redis {info.get('redis_version', '?')}")
 
 
 def check_workers(app: Celery, timeout_s: float) -> Check:

@@ -28,7 +28,7 @@ import redis
 from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
-from queues.connection import connect
+from queues.connection import connect, redacted
 from queues.listeners import bearer_matches
 from queues.jobs import JobStore
 from queues.broker import known_queues, queue_depths
@@ -70,7 +70,7 @@ class CarinaCollector:
         try:
             families = list(self._families())
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            log.error("metrics: Redis at %s unreachable: %s", self.settings.redis_url, e)
+            log.error("metrics: Redis at %s unreachable: %s", redacted(self.settings.redis_url), e)
             up.add_metric([], 0)
             yield up
             return
@@ -149,7 +149,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     registry.register(CarinaCollector(settings, client))
     server = make_server(host, port, _guarded(make_wsgi_app(registry), settings.metrics_token),
                          server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    log.info("metrics on http://%s:%d/metrics (Redis %s)", host, port, settings.redis_url)
+    log.info("metrics on http://%s:%d/metrics (Redis %s)", host, port, redacted(settings.redis_url))
     server.serve_forever()
 
 

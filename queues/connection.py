@@ -9,6 +9,7 @@ failover its retries land on the promoted replica.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -65,6 +66,11 @@ def parse_sentinel_url(url: str) -> SentinelAddress | None:
         # kombu reads each part on its own: a database named on one part only would be 0 on the others.
         raise ConfigError(f"CARINA_REDIS_URL={url!r}: every sentinel:// part must name the same database")
     return SentinelAddress(tuple(sentinels), dbs.pop(), password)
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the form for logs and messages."""
+    return re.sub(r"(?<=://)([^:@/;]*):[^@/;]*@", r"\1:***@", url)
 
 
 def connect(settings: "Settings", **options: Any) -> redis.Redis:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from queues.connection import connect
+from queues.connection import connect, redacted
 from queues.settings import Settings
 
 from queues.errors import BrokerUnavailable, JobStateError, UnknownJob
@@ -71,7 +71,7 @@ def connected_store(settings: Settings) -> Iterator["JobStore"]:
     try:
         yield JobStore(client, settings.namespace, settings.job_ttl_s)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise BrokerUnavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+        raise BrokerUnavailable(f"cannot reach Redis at {redacted(settings.redis_url)}: {e}") from e
     finally:
         client.close()
 

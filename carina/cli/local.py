@@ -37,12 +37,22 @@ def redis_server(args: argparse.Namespace) -> int:
         print("carina redis: CARINA_REDIS_URL names sentinels; carina redis runs one server on "
               "redis://127.0.0.1:PORT (see the README's Redis Sentinel section)", file=sys.stderr)
         return EXIT_REFUSED
-    port = urlparse(settings.redis_url).port or 6379
+    url = urlparse(settings.redis_url)
+    if not url.password:
+        print("carina redis: CARINA_REDIS_URL has no password; every client must give one, e.g. "
+              "CARINA_REDIS_URL=redis://:$(openssl rand -hex 16)@127.0.0.1:6379/0", file=sys.stderr)
+        return EXIT_REFUSED
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     binary = redis_server_binary()
+    # The password through stdin ("-" reads the configuration there), not the command line,
+    # which every local user can read.
+    read_end, write_end = os.pipe()
+    os.write(write_end, f"requirepass {url.password}\n".encode())
+    os.close(write_end)
+    os.dup2(read_end, 0)
     os.umask(0o077)  # the append-only file holds job records: names of patients' files
-    os.execv(binary, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                      "--appendfsync", "everysec", "--dir", str(settings.redis_dir.absolute())])
+    os.execv(binary, [binary, "-", "--port", str(url.port or 6379), "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(settings.redis_dir.absolute())])
     return 0  # not reached
 
 

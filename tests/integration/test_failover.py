@@ -19,18 +19,19 @@ MASTER = "carina-test"
 
 
 def replicating(replica: LocalRedis) -> bool:
-    return redis.Redis(port=replica.port).info("replication").get("master_link_status") == "up"
+    link = redis.Redis(port=replica.port, password=replica.password).info("replication")
+    return link.get("master_link_status") == "up"
 
 
 @pytest.fixture
 def sentinel_group():
     """A persistent primary, its replica, and three sentinels (quorum 2) watching them."""
     primary = LocalRedis(persistent=True).start()
-    replica = LocalRedis(persistent=True, replica_of=primary.port).start()
+    replica = LocalRedis(persistent=True, replica_of=primary.port, password=primary.password).start()
     sentinels = []
     try:
         wait_until(lambda: replicating(replica), 20, "replicating")
-        sentinels = [LocalSentinel(primary.port, MASTER).start() for _ in range(3)]
+        sentinels = [LocalSentinel(primary.port, MASTER, primary.password).start() for _ in range(3)]
         yield primary, replica, sentinels
     finally:
         for server in [*sentinels, replica, primary]:
@@ -40,7 +41,7 @@ def sentinel_group():
 def test_a_job_completes_across_a_sentinel_failover_in_the_middle_of_its_stage(sentinel_group, project_triton,
                                                                                 tmp_path):
     primary, replica, sentinels = sentinel_group
-    url = ";".join(f"sentinel://127.0.0.1:{s.port}/0" for s in sentinels)
+    url = ";".join(f"sentinel://:{primary.password}@127.0.0.1:{s.port}/0" for s in sentinels)
     env = {**os.environ, "CARINA_REDIS_URL": url, "CARINA_REDIS_MASTER_NAME": MASTER,
            "CARINA_NAMESPACE": f"failover{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
            "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1"}

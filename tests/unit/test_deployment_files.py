@@ -39,6 +39,9 @@ def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
             assert port.startswith("127.0.0.1:"), (name, port)
     assert ":?" in services["api"]["environment"]["CARINA_API_TOKEN"]
     assert ":?" in services["flower"]["environment"]["CARINA_FLOWER_AUTH"]
+    assert ":?" in services["redis"]["environment"]["CARINA_REDIS_PASSWORD"]
+    assert "requirepass" in " ".join(services["redis"]["command"])
+    assert "${CARINA_REDIS_PASSWORD:?" in compose()["x-carina"]["environment"]["CARINA_REDIS_URL"]
 
 
 def test_every_procfile_command_is_a_carina_command_that_exists():
@@ -74,7 +77,7 @@ def test_a_compose_client_accepts_the_file_and_demands_the_secrets(tmp_path):
     if client is None:
         pytest.skip("no Compose client: `make compose` installs one (root)")
     command = [*client, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
-    secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret"}
+    secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret", "CARINA_REDIS_PASSWORD": "r3dis"}
     ok = subprocess.run(command, env={**os.environ, **secrets}, capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     bare = {k: v for k, v in os.environ.items() if k not in secrets}
