@@ -29,6 +29,7 @@ from carina.errors import ServiceError
 from carina.local import free_port
 from queues.pipelines import submit, wait
 from queues.settings import Settings
+from queues.signing import environment as signing_environment, make_keys
 from carina.triton import REPO_ROOT
 
 JOB_TIMEOUT_S = 300
@@ -69,13 +70,17 @@ def run_demo(out: Path) -> bool:
         shutil.rmtree(folder, ignore_errors=True)
     ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
     password = secrets.token_urlsafe(18)  # the demo's Redis lets in only its own services
+    keys = out / "keys"  # and its workers run only what its own front doors signed
+    shutil.rmtree(keys, ignore_errors=True)
+    make_keys(keys)
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://:{password}@127.0.0.1:{ports['redis']}/0",
            "CARINA_TRITON_URL": f"127.0.0.1:{ports['triton']}", "CARINA_API_PORT": str(ports["api"]),
            "CARINA_FLOWER_PORT": str(ports["flower"]), "CARINA_METRICS_PORT": str(ports["metrics"]),
            "CARINA_NAMESPACE": "carina-demo", "CARINA_DATA_ROOT": str(out.absolute()), "CARINA_WATCH_INBOX": str(inbox),
            "CARINA_WATCH_OUTPUT": str(out / "result-watch"), "CARINA_REDIS_DIR": str(out / "redis"), "CARINA_WATCH_STABLE_S": "1",
            "CARINA_WATCH_POLL_S": "0.5", "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": "",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           **signing_environment(keys)}
     settings = Settings.from_env(env)
     results: list[tuple[DemoJob, JobStatus]] = []
     services = start_procfile(env, out / "services.log")

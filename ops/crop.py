@@ -62,9 +62,20 @@ def crop_volume(array: np.ndarray, geometry: dict[str, Any], region: CropRegion)
         ``(cropped, geometry)``: a new C-contiguous array (z, y, x) of the input dtype, and
         the input's spacing and direction with the origin moved to the physical point of
         the region's start index, as ITK computes it.
+
+    ITK's Python wheels wrap the filter for uint8, int16, uint16, float32 and float64 only;
+    other integer volumes go through the smallest of those that holds every value exactly
+    and come back in their own dtype.
+
+    Raises:
+        InvalidCrop: a 64-bit integer volume with values that float64 cannot hold exactly.
     """
     import itk
 
+    carrier = _itk_carrier(array)
+    if carrier != array.dtype:
+        cropped, out_geometry = crop_volume(array.astype(carrier), geometry, region)
+        return cropped.astype(array.dtype), out_geometry
     image = image_view(array, geometry)
     extract = itk.ExtractImageFilter.New(image)
     extract.SetExtractionRegion(itk.ImageRegion[3](list(region.start), list(region.size)))
@@ -75,3 +86,21 @@ def crop_volume(array: np.ndarray, geometry: dict[str, Any], region: CropRegion)
     out_geometry = geometry_of(output)
     out_geometry["origin"] = [float(v) for v in image.TransformIndexToPhysicalPoint(list(region.start))]
     return cropped, out_geometry
+
+
+ITK_WRAPPED = (np.uint8, np.int16, np.uint16, np.float32, np.float64)
+
+
+def _itk_carrier(array: np.ndarray) -> np.dtype:
+    """The dtype ITK's filter can take that holds every value of ``array`` exactly."""
+    if array.dtype in ITK_WRAPPED:
+        return array.dtype
+    if array.dtype == np.int8:
+        return np.dtype(np.int16)
+    if array.dtype.kind in "iu" and array.dtype.itemsize <= 4:
+        return np.dtype(np.float64)  # every 32-bit integer is a float64
+    if array.dtype.kind in "iu" and (array.size == 0 or np.abs(array).max() <= 2**53):
+        return np.dtype(np.float64)
+    if array.dtype == np.float16:
+        return np.dtype(np.float32)
+    raise InvalidCrop(f"a {array.dtype} volume with values beyond 2**53 cannot be cropped exactly")

@@ -73,6 +73,10 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     except (RuntimeError, OSError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise VolumeReadError(f"cannot read {path.name} as an image: {reason}") from e
+    except itk.TemplateTypeError as e:  # a pixel type, or a number of components, ITK's wheels lack
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VolumeReadError(f"cannot read {path.name}: its pixel type is not one ITK's Python wheels read "
+                              f"({first})") from e
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeReadError(f"{path.name}: {image.GetNumberOfComponentsPerPixel()} components per pixel; "
                               "a scalar volume is expected")

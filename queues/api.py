@@ -85,6 +85,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         return _json(e.status, msg=e.reason, error=e.text if e.text != f"{e.status}: {e.reason}" else e.reason)
     except PathRefused as e:
+        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, e)
         return _json(403, msg="Forbidden", error=str(e))
     except (UnknownPipeline, InvalidJobRequest) as e:
         return _json(400, msg="Bad request", error=str(e))
@@ -100,6 +101,7 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
     token = request.app[SETTINGS].api_token
     if token and request.path not in PUBLIC_PATHS:
         if not bearer_matches(request.headers.get("Authorization", ""), token):
+            log.warning("refused %s %s from %s: no valid bearer token", request.method, request.path, request.remote)
             return web.json_response({"msg": "Unauthorized", "error": "a valid bearer token is required"},
                                      status=401, headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
@@ -124,7 +126,7 @@ async def post_job(request: web.Request) -> web.Response:
     uid = uuid.uuid4().hex
     output = real_roots(settings.data_roots)[0] / RESULTS_DIR / uid
     await asyncio.to_thread(submit, request.app[CELERY], settings, pipeline, in_dir, output, config_dir,
-                            body, job_id=uid, priority=priority)
+                            body, job_id=uid, priority=priority, by=f"the HTTP API, from {request.remote}")
     log.info("job %s: %s on %s", uid, pipeline, in_dir)
     return _json(201, uid=uid)
 
@@ -172,7 +174,8 @@ async def query_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """``DELETE /job/<uid>``: ask for the job to be cancelled (ended by a worker, shortly)."""
     uid = request.match_info["uid"]
-    status = await asyncio.to_thread(cancel, request.app[CELERY], request.app[SETTINGS], uid, "the HTTP API")
+    status = await asyncio.to_thread(cancel, request.app[CELERY], request.app[SETTINGS], uid,
+                                     f"the HTTP API, from {request.remote}")
     if status.finished:
         return _json(409 if status.state != CANCELLED else 200, msg=f"Job has already ended ({status.state})",
                      state=status.state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from queues import signing
 from queues.connection import celery_transport_options
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings, get_settings
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> Celery:
         task_time_limit=settings.stage_time_limit_s,
         worker_hijack_root_logger=False,
     )
+    signing.configure(app, settings)
     return app
 
 

@@ -48,6 +48,7 @@ class JobStatus:
     restarts: int = 0  # times the job started again from its input, its host lost
     origin: dict[str, Any] = field(default_factory=dict)  # the first payload, to start again from
     host: str = ""  # the host the job was submitted to run on, if any
+    submitted_by: str = ""  # who submitted it, through which front door (at ``created``)
     deliveries: int = 0  # starts of the stage under way (more than one: its process died)
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
@@ -105,16 +106,17 @@ class JobStore:
         return f"{self.ended_prefix}{state}:{pipeline}"
 
     def create(self, job_id: str, pipeline: str, stages: list[str], params: dict[str, Any],
-               priority: str = "", origin: dict[str, Any] | None = None, host: str = "") -> None:
+               priority: str = "", origin: dict[str, Any] | None = None, host: str = "", by: str = "") -> None:
         """Record a new job, queued. ``origin`` is its first payload (what a restart starts
-        from); ``host``, the host it was submitted to run on."""
+        from); ``host``, the host it was submitted to run on; ``by``, who submitted it and how."""
         now = time.time()
         with self.redis.pipeline(transaction=True) as p:
             p.hset(self.key(job_id), mapping={
                 "job_id": job_id, "pipeline": pipeline, "state": QUEUED, "stages": json.dumps(stages),
                 "stage": "", "stage_index": 0, "error": "", "output": "", "params": json.dumps(params),
                 "priority": priority, "progress_done": 0, "progress_total": 0, "restarts": 0,
-                "origin": json.dumps(origin or {}), "host": host, "created": now, "updated": now})
+                "origin": json.dumps(origin or {}), "host": host, "submitted_by": by, "created": now,
+                "updated": now})
             p.expire(self.key(job_id), self.ttl_s)
             p.zremrangebyscore(self.index, "-inf", now)
             p.zadd(self.index, {job_id: now + self.ttl_s})
@@ -225,7 +227,8 @@ class JobStore:
             progress_done=int(raw.get("progress_done", 0)), progress_total=int(raw.get("progress_total", 0)),
             priority=raw.get("priority", ""), stage_task=raw.get("stage_task", ""), worker=raw.get("worker", ""),
             requeues=int(raw.get("requeues", 0)), restarts=int(raw.get("restarts", 0)),
-            origin=json.loads(raw.get("origin") or "{}"), host=raw.get("host", ""), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            origin=json.loads(raw.get("origin") or "{}"), host=raw.get("host", ""),
+            submitted_by=raw.get("submitted_by", ""), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
             cancel=json.loads(raw.get("cancel") or "{}"), staging=raw.get("staging", ""),
             created=float(raw["created"]), updated=float(raw["updated"]))
 

@@ -234,11 +234,14 @@ def get_pipeline(name: str) -> Pipeline:
 
 def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
            config: str | Path | None = None, params: dict[str, Any] | None = None,
-           job_id: str | None = None, host: str | None = None, priority: str = DEFAULT_PRIORITY) -> str:
+           job_id: str | None = None, host: str | None = None, priority: str = DEFAULT_PRIORITY,
+           by: str = "an app (queues.submit)") -> str:
     """Queue a job and return its id (``job_id`` if given, else a new one).
 
     ``priority`` is one of Clara's (lower, normal, higher, immediate): every stage of the job
     is queued with it, so an immediate job's stages go ahead of any waiting normal ones.
+
+    ``by`` says who asked, through which front door; the job record keeps it (the audit trail).
 
     ``host`` runs the whole job on that host (its first stage goes to the host's queue; the
     rest follow the memory): for inputs on a disk only that host sees, such as a watch folder.
@@ -262,7 +265,7 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     with connected_store(settings) as jobs:
         jobs.redis.ping()
         jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority, origin=dict(payload),
-                    host=host or "")
+                    host=host or "", by=by)
         _queue_chain(app, settings, spec, payload, priority, host)
     return job_id
 

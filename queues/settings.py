@@ -118,6 +118,11 @@ class Settings:
     metrics_token: str = ""
     # The virtualenv holding the local Triton server (`carina triton`; scripts/setup_triton.sh).
     triton_venv: Path | None = None
+    # Message signing (queues/signing.py): this process's key and certificate, and the folder
+    # of certificates whose messages the workers accept; all three, or none.
+    signing_key: Path | None = None
+    signing_cert: Path | None = None
+    cert_store: Path | None = None
     # Where `carina redis` keeps its append-only file.
     redis_dir: Path = Path("redis-data")
 
@@ -246,6 +251,9 @@ _VARIABLES = {
     "watch_inbox": Path,
     "watch_output": Path,
     "data_root": _paths,
+    "signing_key": Path,
+    "signing_cert": Path,
+    "cert_store": Path,
     "triton_venv": Path,
     "redis_dir": Path,
 }

@@ -231,8 +231,8 @@ def describe(entry: Path) -> tuple[str, dict[str, str], str]:
         kind = _file_kind(path)
         if kind is not None:
             found.setdefault(kind, []).append(path)
-        elif not path.name.lower().endswith(SIDECAR_SUFFIXES):
-            others.append(path.name)
+        elif path == entry or not path.name.lower().endswith(SIDECAR_SUFFIXES):
+            others.append(path.name)  # a sidecar dropped alone is named too
     if len(found) > 1:
         counts = ", ".join(f"{len(paths)} {kind}" for kind, paths in sorted(found.items()))
         return "mixed", {}, f"mixed content ({counts} files): drop one study or slide per entry"
@@ -301,6 +301,8 @@ class Watcher:
                 continue
             present.add(name)
             try:
+                if entry.is_dir() and not _files(entry):
+                    continue  # a folder made before its files are copied in is not a drop yet
                 current = signature(entry)
             except OSError as e:  # vanished or unreadable between listing and stat
                 log.warning("watch: %s: %s", entry, e)
@@ -334,7 +336,7 @@ class Watcher:
         try:
             check_input(entry, real_roots(self.settings.data_roots), "drop")
             submit(self.app, self.settings, rule.pipeline, entry, output, params=dict(rule.params), job_id=job_id,
-                   host=self.settings.host_id, priority=rule.priority)
+                   host=self.settings.host_id, priority=rule.priority, by=f"the watch folder {self.inbox}")
         except BrokerUnavailable:
             raise  # Redis away: the record stays, and the next scan submits it again
         except CarinaError as e:

@@ -15,6 +15,7 @@ import redis
 
 from fastio import FastIOConfig
 from carina.local import LocalRedis
+from queues.signing import environment as signing_environment, make_keys
 
 pytest_plugins = ["tests.triton_fixtures"]
 SHM = Path("/dev/shm")
@@ -23,6 +24,11 @@ SHM = Path("/dev/shm")
 DATA_ROOTS = (Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}", Path(__file__).parent / "data",
               Path(pydicom.data.__file__).parent)
 os.environ.setdefault("CARINA_DATA_ROOT", os.pathsep.join(str(root) for root in DATA_ROOTS))
+# Every message the suite's processes send is signed with a key made for this session.
+KEYS = Path(tempfile.mkdtemp(prefix="carina-test-keys-"))
+make_keys(KEYS)
+for _name, _value in signing_environment(KEYS).items():
+    os.environ.setdefault(_name, _value)
 _shm_before: set[str] = set()
 
 
@@ -33,6 +39,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if the suite left anything in /dev/shm: FastIO segments and pools, Triton's
     regions, test folders. Runs after every fixture has been torn down."""
+    shutil.rmtree(KEYS, ignore_errors=True)
     left = sorted(p.name for p in SHM.iterdir() if p.name not in _shm_before)
     if left:
         session.config.get_terminal_writer().line(

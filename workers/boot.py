@@ -10,6 +10,7 @@ from celery import signals
 
 from queues.presence import beat
 from queues.settings import get_settings
+from queues.signing import signing_enabled
 from workers.janitor import janitor_pass
 from workers.runtime import redis_client
 
@@ -66,6 +67,9 @@ def start_janitor(sender: object = None, **_: object) -> None:
     node = getattr(sender, "hostname", "") or ""
     queues = list(sender.app.amqp.queues.consume_from)
     stop = threading.Event()
+    if not signing_enabled(settings):
+        log.warning("messages are not signed: anyone who can write to Redis can run stages here; set "
+                    "CARINA_SIGNING_KEY, CARINA_SIGNING_CERT and CARINA_CERT_STORE (carina keys)")
 
     def heartbeat() -> None:
         while True:

@@ -81,7 +81,7 @@ def submit(args: argparse.Namespace) -> int:
 
     params = {k: v for k in SUBMIT_OPTIONS if (v := getattr(args, k)) is not None}
     job_id = submit_job(app, get_settings(), args.pipeline, args.input, args.output, args.config, params,
-                        priority=args.priority)
+                        priority=args.priority, by=f"{who()} (carina submit)")
     print(job_id, flush=True)
     warn_unserved(queues.unserved(job_id))
     if not args.wait:
@@ -151,6 +151,9 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(record.to_dict(), indent=2))
         return 0
     print(f"job:      {record.job_id}\npipeline: {record.pipeline}\nstate:    {record.state}")
+    print(f"submitted {_when(record.created)} by {record.submitted_by or 'unknown'}")
+    if record.cancel:
+        print(f"cancel asked {_when(record.cancel['at'])} by {record.cancel['by']}")
     if record.priority:
         print(f"priority: {record.priority}")
     if record.stage:
@@ -165,13 +168,24 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if record.finished and record.state != "done" else 0
 
 
-def cancel(args: argparse.Namespace) -> int:
+def who() -> str:
+    """This user at this host: who a job submitted or cancelled from the CLI is by."""
     import getpass
     import socket
 
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def cancel(args: argparse.Namespace) -> int:
     import queues
 
-    record = queues.cancel(args.job, by=f"{getpass.getuser()}@{socket.gethostname()} (carina cancel)")
+    record = queues.cancel(args.job, by=f"{who()} (carina cancel)")
     if record.finished:
         print(f"{record.job_id}: {record.state} already")
         return 0 if record.state == "cancelled" else EXIT_FAILED

@@ -21,9 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, help="model repository (default: the project's models/)")
     p.set_defaults(run=triton)
 
+    p = sub.add_parser("keys", help="make a signing key and certificate for this host, and a store trusting it")
+    p.add_argument("folder", type=Path, help="where to write carina.key (0600), carina.pem and certs/")
+    p.add_argument("--name", default="carina", help="the certificate's common name (default carina)")
+    p.set_defaults(run=keys)
+
     p = sub.add_parser("demo", help="run the pipelines on generated data with the Procfile's services")
     p.add_argument("--output", default="demo-output", help="folder for the sample and the results")
     p.set_defaults(run=demo)
+
+
+def keys(args: argparse.Namespace) -> int:
+    from queues.signing import environment, make_keys
+
+    key, cert, store = make_keys(args.folder, args.name)
+    print(f"key {key}, certificate {cert}, store {store}; for this host:")
+    for name, value in environment(args.folder).items():
+        print(f"export {name}={value}")
+    print("other hosts trust this one once carina.pem is copied into their store", file=sys.stderr)
+    return 0
 
 
 def redis_server(args: argparse.Namespace) -> int:

@@ -48,8 +48,9 @@ class Deployment:
     def jobs(self) -> JobStore:
         return JobStore(self.client(), self.settings.namespace, self.settings.job_ttl_s)
 
-    def log_tail(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in self.logs)
+    def log_tail(self, nchars: int = 3000) -> str:
+        """The last ``nchars`` of each worker group's log."""
+        return "\n".join(p.read_text()[-nchars:] for p in self.logs)
 
 
 @pytest.fixture(scope="session")

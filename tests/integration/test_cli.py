@@ -3,8 +3,10 @@ recent jobs, and a warning for a job that no live worker would take."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import pty
+import socket
 import subprocess
 import sys
 import uuid
@@ -52,6 +54,11 @@ def test_submit_and_status_warn_of_a_stage_no_live_worker_reads(idle_env, sample
     assert "cpu queue" not in submitted.stderr  # spleen-seg has no cpu stage
     status = carina("status", submitted.stdout.strip(), env=idle_env)
     assert "state:    queued" in status.stdout and "no live worker reads the gpu queue" in status.stderr
+    # the audit trail: who asked, from which front door, when
+    user = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert f"by {user} (carina submit)" in status.stdout
+    carina("cancel", submitted.stdout.strip(), env=idle_env)
+    assert f"by {user} (carina cancel)" in carina("status", submitted.stdout.strip(), env=idle_env).stdout
 
 
 def test_submit_wait_on_a_terminal_draws_a_progress_bar(deployment, tmp_path):

@@ -77,11 +77,14 @@ def test_a_stage_sent_to_the_wrong_host_is_rerouted_to_the_holder(deployment, tm
     np.testing.assert_array_equal(read_volume(tmp_path / "out" / "output.mhd")[0], np.ones((3, 4, 5)))
 
 
-def test_a_plain_celery_app_can_send_a_stage_by_name(deployment, sample, tmp_path):
+def test_an_app_with_a_trusted_key_can_send_a_stage_by_name(deployment, sample, tmp_path):
+    from queues.signing import configure
+
     path, _ = sample
     url = deployment.settings.redis_url
     outsider = Celery("someapp", broker=url, backend=url)
-    outsider.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
+    outsider.conf.update(result_accept_content=["json"])
+    configure(outsider, deployment.settings)  # its messages signed with this deployment's key
     payload = {"job": "outsider-job", "pipeline": "fastio-itk", "input": str(path), "output": str(tmp_path / "out"),
                "config": None, "params": {}, "handles": {}, "trace": []}
     result = outsider.send_task("carina.fastio_itk.read_volume", args=[payload], queue="io").get(timeout=30)
@@ -188,3 +191,14 @@ def test_redis_down_at_submit_is_a_clear_error(sample, tmp_path):
                          env={"CARINA_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and "cannot reach Redis" in cli.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+def test_integer_types_itk_does_not_wrap_for_cropping_run_through_in_their_own_type(deployment, tmp_path, dtype):
+    volume = (np.arange(8 * 10 * 12) * 40_000).astype(dtype).reshape(8, 10, 12)
+    path = write_volume(volume, GEOMETRY, tmp_path / "in" / "ct.nii.gz")
+    status = run_job(deployment, path, tmp_path / "out", params={"crop_start": [1, 2, 3], "crop_size": [4, 5, 2]})
+    assert status.state == "done", status.error
+    written, _ = read_volume(tmp_path / "out" / "output.mhd")
+    assert written.dtype == dtype
+    np.testing.assert_array_equal(written, volume[3:5, 2:7, 1:5])

@@ -151,3 +151,16 @@ def test_a_metaimage_header_and_its_data_file_are_one_drop(deployment, inbox):
     assert not (inbox / "failed").exists()  # the data file was never taken for a drop of its own
     [result] = (inbox.parent / "results").iterdir()
     assert result.name.startswith("ct.mhd-") and (result / "output.mhd").is_file()
+
+
+def test_an_empty_folder_waits_for_its_files_and_a_lone_sidecar_is_named(deployment, inbox):
+    watcher = make_watcher(deployment, inbox, stable_s=0.2)
+    (inbox / "study").mkdir()  # a copier makes the folder first
+    for _ in range(8):
+        watcher.scan()
+        time.sleep(0.1)
+    assert not (inbox / "failed").exists() and watcher.records() == {}
+    volume_file(inbox / "study" / "ct.mhd")
+    (inbox / "notes.txt").write_text("for the radiologist")
+    scan_until(watcher, lambda: (inbox / "done" / "study").exists() and (inbox / "failed" / "notes.txt").exists())
+    assert "(notes.txt)" in (inbox / "failed" / "notes.txt.error.txt").read_text()

@@ -127,3 +127,23 @@ def test_render_files_default_and_copied(tmp_path):
     (config / "config_render.json").write_text('{"mine": true}')
     write_render_files(out, meta, config)
     assert json.loads((out / "config_render.json").read_text()) == {"mine": True}
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.uint32, np.int64, np.uint64])
+def test_volumes_of_types_itk_does_not_wrap_crop_exactly_in_their_own_type(dtype):
+    from tests.helpers import GEOMETRY
+
+    info = np.iinfo(dtype)
+    volume = np.linspace(max(info.min, -2**40), min(info.max, 2**40), 6 * 7 * 8).astype(dtype).reshape(6, 7, 8)
+    region = CropRegion((1, 2, 3), (4, 3, 2))  # (x, y, z)
+    cropped, geometry = crop_volume(volume, GEOMETRY, region)
+    assert cropped.dtype == dtype
+    np.testing.assert_array_equal(cropped, volume[3:5, 2:5, 1:5])
+    assert geometry == crop_volume(volume.astype(np.float64), GEOMETRY, region)[1]
+
+
+def test_a_64_bit_volume_float64_cannot_hold_is_refused():
+    with pytest.raises(InvalidCrop, match="beyond 2\\*\\*53"):
+        crop_volume(np.full((2, 2, 2), 2**60, np.int64), {"spacing": [1, 1, 1], "origin": [0, 0, 0],
+                                                           "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+                    CropRegion((0, 0, 0), (1, 1, 1)))

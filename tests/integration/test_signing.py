@@ -1,0 +1,71 @@
+"""Signed messages: the workers run only what a trusted key signed. Messages are pushed
+straight into Redis, as anyone with the Redis password could."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from queues import signing
+from queues.errors import ConfigError, UnknownJob
+from queues.settings import Settings
+
+from tests.helpers import assert_no_memory_held
+
+
+def forge(app: Celery, sample, tmp_path) -> None:
+    payload = {"job": "forged-job", "pipeline": "fastio-itk", "input": str(sample[0]), "output": str(tmp_path / "out"),
+               "config": None, "params": {}, "handles": {}, "trace": [], "restarts": 0}
+    app.send_task("carina.fastio_itk.read_volume", args=[payload], queue="io")
+
+
+def assert_refused(deployment, send, marker: str, tmp_path, job_recorded: bool = False) -> None:
+    """After ``send()``, a worker logs ``marker`` and nothing runs: no output, no memory held,
+    and no record of the forged job (unless a front door recorded it: ``job_recorded``)."""
+    before = deployment.log_tail(10**7).count(marker)
+    send()
+    deadline = time.monotonic() + 30
+    while deployment.log_tail(10**7).count(marker) == before:
+        assert time.monotonic() < deadline, deployment.log_tail()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    if not job_recorded:
+        with pytest.raises(UnknownJob):
+            deployment.jobs().get("forged-job")
+    assert_no_memory_held(deployment)
+
+
+def test_an_unsigned_message_is_refused_and_nothing_runs(deployment, sample, tmp_path):
+    url = deployment.settings.redis_url
+    forger = Celery("forger", broker=url, backend=url)
+    forger.conf.update(task_serializer="json", accept_content=["json"])
+    assert_refused(deployment, lambda: forge(forger, sample, tmp_path),
+                   "Refusing to deserialize untrusted content of type json", tmp_path)
+
+
+def test_a_message_signed_by_a_key_the_store_does_not_trust_is_refused(deployment, sample, tmp_path):
+    # A process signs with one key (Celery's auth serializer is process-wide): the CLI, with its own.
+    keys = tmp_path / "stranger"
+    signing.make_keys(keys, name="stranger")
+    env = {**deployment.env, **signing.environment(keys)}
+    submitted = []
+
+    def send() -> None:
+        cli = subprocess.run([sys.executable, "-m", "carina", "submit", "fastio-itk", "-i", str(sample[0]), "-o",
+                              str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+        submitted.append(cli.stdout.strip())
+
+    assert_refused(deployment, send, "Unknown certificate", tmp_path, job_recorded=True)
+    assert deployment.jobs().get(submitted[0]).state == "queued"  # its front door recorded it; no stage ran
+
+
+def test_signing_settings_go_together():
+    with pytest.raises(ConfigError, match="go together"):
+        signing.signing_enabled(dataclasses.replace(Settings(), signing_key=Path("k")))
