@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from carina.cli.common import EXIT_FAILED, log_to_stderr
+from queues.errors import ConfigError
 from queues.listeners import check_listener
 from queues.settings import get_settings
 
@@ -68,6 +69,8 @@ def watch(args: argparse.Namespace) -> int:
     stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
     poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
     inbox = (args.inbox or settings.watch_inbox).absolute()
+    if inbox.exists() and not inbox.is_dir():
+        raise ConfigError(f"inbox {inbox} is a file, not a folder")
     inbox.mkdir(parents=True, exist_ok=True)
     output = (args.output or settings.watch_output).absolute()
     watch_inbox(inbox, output, rules, settings, stable_s, poll_s, use_watchdog=not args.poll)

@@ -93,3 +93,8 @@ def test_jobs_lists_recent_jobs_newest_first_with_filters(deployment, sample, tm
     failed = carina("jobs", "--state", "failed", "-n", "50", env=deployment.env).stdout
     assert ids[2] in failed and ids[0] not in failed
     assert ids[0] not in carina("jobs", "--pipeline", "3dblur", "-n", "50", env=deployment.env).stdout
+
+
+def test_watch_on_a_file_is_one_line(idle_env, sample):
+    refused = carina("watch", str(sample[0]), env=idle_env)
+    assert refused.returncode == 2 and refused.stderr.strip() == f"carina: error: inbox {sample[0]} is a file, not a folder"
