@@ -76,8 +76,9 @@ def run_demo(out: Path) -> bool:
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://:{password}@127.0.0.1:{ports['redis']}/0",
            "CARINA_TRITON_URL": f"127.0.0.1:{ports['triton']}", "CARINA_API_PORT": str(ports["api"]),
            "CARINA_FLOWER_PORT": str(ports["flower"]), "CARINA_METRICS_PORT": str(ports["metrics"]),
-           "CARINA_NAMESPACE": "carina-demo", "CARINA_DATA_ROOT": str(out.absolute()), "CARINA_WATCH_INBOX": str(inbox),
-           "CARINA_WATCH_OUTPUT": str(out / "result-watch"), "CARINA_REDIS_DIR": str(out / "redis"), "CARINA_WATCH_STABLE_S": "1",
+           "CARINA_NAMESPACE": "carina-demo", "CARINA_DATA_ROOT": str(out.absolute()),
+           "CARINA_WATCH_INBOX": str(inbox), "CARINA_WATCH_OUTPUT": str(out / "result-watch"),
+           "CARINA_REDIS_DIR": str(out / "redis"), "CARINA_WATCH_STABLE_S": "1",
            "CARINA_WATCH_POLL_S": "0.5", "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": "",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            **signing_environment(keys)}

@@ -149,8 +149,8 @@ class Settings:
     def __post_init__(self) -> None:
         parse_sentinel_url(self.redis_url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
-                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries", "host_lost_s",
-                     "max_windows", "max_tiles"):
+                     "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
+                     "host_lost_s", "max_windows", "max_tiles"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):

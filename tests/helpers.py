@@ -1,7 +1,8 @@
 """Helpers shared by several test modules (and nothing else: fixtures live in conftest.py).
 
 - pipelines on real workers: :func:`run_job`, :func:`assert_no_memory_held`,
-  :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`, :func:`digest`, :data:`GEOMETRY`;
+  :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`,
+  :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
 - arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
 - generated whole slides: :func:`write_slide`, :func:`opened_test_slide`, :func:`tissue_at`, :func:`slide_pixels`;

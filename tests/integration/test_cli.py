@@ -97,4 +97,5 @@ def test_jobs_lists_recent_jobs_newest_first_with_filters(deployment, sample, tm
 
 def test_watch_on_a_file_is_one_line(idle_env, sample):
     refused = carina("watch", str(sample[0]), env=idle_env)
-    assert refused.returncode == 2 and refused.stderr.strip() == f"carina: error: inbox {sample[0]} is a file, not a folder"
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"carina: error: inbox {sample[0]} is a file, not a folder"

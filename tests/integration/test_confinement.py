@@ -45,7 +45,8 @@ def escaping_header(folder: Path, data_file: str) -> Path:
 
 @pytest.mark.parametrize("how", ["relative", "absolute"])
 def test_a_header_whose_data_file_leads_out_fails_the_job_and_writes_nothing(deployment, outside, tmp_path, how):
-    data_file = os.path.relpath(outside / "secret.raw", tmp_path / "in") if how == "relative" else outside / "secret.raw"
+    secret = outside / "secret.raw"
+    data_file = os.path.relpath(secret, tmp_path / "in") if how == "relative" else secret
     header = escaping_header(tmp_path / "in", str(data_file))
     status = run(deployment, "fastio-itk", header, tmp_path / "out")
     assert status.state == "failed" and status.error.startswith("PathRefused: ")
