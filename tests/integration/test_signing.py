@@ -16,7 +16,7 @@ from queues import signing
 from queues.errors import ConfigError, UnknownJob
 from queues.settings import Settings
 
-from tests.helpers import assert_no_memory_held
+from tests.helpers import assert_no_memory_held, digest
 
 
 def forge(app: Celery, sample, tmp_path) -> None:
@@ -69,3 +69,27 @@ def test_a_message_signed_by_a_key_the_store_does_not_trust_is_refused(deploymen
 def test_signing_settings_go_together():
     with pytest.raises(ConfigError, match="go together"):
         signing.signing_enabled(dataclasses.replace(Settings(), signing_key=Path("k")))
+
+
+def test_a_replayed_signed_message_acts_on_nothing(deployment, sample, tmp_path):
+    """A genuine message captured from Redis and pushed again once its job is done: its
+    signature is good, and the lifecycle drops it (the job has ended); nothing is rewritten."""
+    from queues.broker import priority_lists
+    from queues.pipelines import submit, wait
+
+    client = deployment.client()
+    job = submit(deployment.app, deployment.settings, "fastio-itk", sample[0], tmp_path / "out", host="host-z")
+    [held] = [name for name in priority_lists("io.host-z") if client.llen(name)]  # no worker of host-z
+    captured = client.lindex(held, 0)
+    client.delete(held)
+    client.lpush(held.replace("io.host-z", "io"), captured)  # delivered where a worker reads
+    assert wait(deployment.jobs(), job, 60).state == "done"
+    before = digest(tmp_path / "out")
+    replays = deployment.log_tail(10**7).count("redelivered late, dropped")
+    client.lpush(held.replace("io.host-z", "io"), captured)
+    deadline = time.monotonic() + 30
+    while deployment.log_tail(10**7).count("redelivered late, dropped") == replays:
+        assert time.monotonic() < deadline, deployment.log_tail()
+        time.sleep(0.2)
+    assert digest(tmp_path / "out") == before and deployment.jobs().get(job).state == "done"
+    assert_no_memory_held(deployment)

@@ -85,3 +85,11 @@ def test_a_compose_client_accepts_the_file_and_demands_the_secrets(tmp_path):
         del env[missing]
         refused = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
         assert refused.returncode != 0 and missing in refused.stderr, (missing, refused.stderr)
+
+
+def test_the_services_image_runs_as_an_unprivileged_user():
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.strip()]
+    users = [words[1] for words in lines if words[0] == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    services = compose()["services"]
+    assert all(service.get("user", "") not in ("root", "0") for service in services.values())
