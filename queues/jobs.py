@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from queues.connection import connect, redacted
-from queues.settings import Settings
-
 from queues.errors import BrokerUnavailable, JobStateError, UnknownJob
+from queues.settings import Settings
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)

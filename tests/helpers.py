@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (and nothing else: fixtures live in conftest.py).
 
 - pipelines on real workers: :func:`run_job`, :func:`assert_no_memory_held`,
-  :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`,
+  :func:`worker_env`, :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`,
   :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
 - arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
@@ -54,6 +54,16 @@ def assert_no_memory_held(deployment, hosts=("host-a", "host-b")) -> None:
         assert registry.live() == {}, f"segments still in use on {host}"
         pooled |= set(registry.pooled())
     assert files <= pooled, f"segment files neither in use nor pooled: {sorted(files - pooled)}"
+
+
+def worker_env(redis_url: str, namespace: str, triton_url: str, host: str = "host-a", shm_dir: str = "/dev/shm",
+               **variables: str) -> dict[str, str]:
+    """The environment of one host's workers on a Redis and namespace of their own, beating
+    every second; ``variables`` add or override ``CARINA_*`` ones (``CARINA_HOST_LOST_S="3"``)."""
+    import os
+
+    return {**os.environ, "CARINA_REDIS_URL": redis_url, "CARINA_NAMESPACE": namespace, "CARINA_SHM_DIR": shm_dir,
+            "CARINA_HOST_ID": host, "CARINA_TRITON_URL": triton_url, "CARINA_WORKER_HEARTBEAT_S": "1", **variables}
 
 
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.05) -> None:

@@ -20,15 +20,13 @@ from carina.local import start_worker, stop_process_group
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.helpers import pool_processes, remove_segments, slide_job_under_inference
+from tests.helpers import pool_processes, remove_segments, slide_job_under_inference, worker_env
 
 
 @pytest.fixture
 def lone_worker(redis_server, project_triton, tmp_path):
     """One worker (one pool process) on a database of its own."""
-    env = {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/5"),
-           "CARINA_NAMESPACE": f"chaos{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
-           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1"}
+    env = worker_env(redis_server.url.replace("/0", "/5"), f"chaos{uuid.uuid4().hex[:6]}", project_triton.url)
     settings = Settings.from_env(env)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")

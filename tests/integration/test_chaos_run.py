@@ -25,7 +25,7 @@ from queues.jobs import JobStore
 from queues.pipelines import submit, wait
 from queues.settings import Settings
 
-from tests.helpers import GEOMETRY, pool_processes, remove_segments, wait_until
+from tests.helpers import GEOMETRY, pool_processes, remove_segments, wait_until, worker_env
 
 PIPELINES = ("fastio-itk", "3dblur", "spleen-seg", "nuclei-seg")
 # The stages that count units of work: there, "mid-stage" is "some windows or tiles done".
@@ -46,15 +46,8 @@ def inputs(tmp_path_factory):
             "nuclei-seg": he_slide(root / "slide.tif", (3000, 4000), seed=21)}
 
 
-def stack_env(server: LocalRedis, triton_url: str, namespace: str) -> dict[str, str]:
-    """One host's workers, beating every second and sweeping every second."""
-    return {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": namespace, "CARINA_SHM_DIR": "/dev/shm",
-            "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": triton_url, "CARINA_WORKER_HEARTBEAT_S": "1",
-            "CARINA_JANITOR_INTERVAL_S": "1"}
-
-
 def start_stack(server: LocalRedis, triton_url: str, tmp_path, name: str):
-    env = stack_env(server, triton_url, f"{name}{uuid.uuid4().hex[:6]}")
+    env = worker_env(server.url, f"{name}{uuid.uuid4().hex[:6]}", triton_url, CARINA_JANITOR_INTERVAL_S="1")
     settings = Settings.from_env(env)
     worker = start_worker(env, tmp_path / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
     return settings, worker, JobStore(redis.Redis.from_url(server.url), settings.namespace, settings.job_ttl_s)
@@ -142,7 +135,7 @@ def test_pool_processes_killed_at_random_every_job_done(project_triton, inputs, 
 def test_a_whole_worker_killed_for_good_another_alive_the_job_completes(project_triton, inputs, tmp_path):
     server = LocalRedis(persistent=True).start()
     settings, first, jobs = start_stack(server, project_triton.url, tmp_path, "whole")
-    env = stack_env(server, project_triton.url, settings.namespace)
+    env = worker_env(server.url, settings.namespace, project_triton.url, CARINA_JANITOR_INTERVAL_S="1")
     second = start_worker(env, tmp_path / "second.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
     workers = [first, second]
     try:

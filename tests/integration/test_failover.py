@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -13,7 +12,7 @@ from fastio.registry import Registry
 from queues.pipelines import wait
 from queues.settings import Settings
 
-from tests.helpers import slide_job_under_inference, wait_until
+from tests.helpers import slide_job_under_inference, wait_until, worker_env
 
 MASTER = "carina-test"
 
@@ -42,9 +41,7 @@ def test_a_job_completes_across_a_sentinel_failover_in_the_middle_of_its_stage(s
                                                                                 tmp_path):
     primary, replica, sentinels = sentinel_group
     url = ";".join(f"sentinel://:{primary.password}@127.0.0.1:{s.port}/0" for s in sentinels)
-    env = {**os.environ, "CARINA_REDIS_URL": url, "CARINA_REDIS_MASTER_NAME": MASTER,
-           "CARINA_NAMESPACE": f"failover{uuid.uuid4().hex[:6]}", "CARINA_SHM_DIR": "/dev/shm",
-           "CARINA_HOST_ID": "host-a", "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1"}
+    env = worker_env(url, f"failover{uuid.uuid4().hex[:6]}", project_triton.url, CARINA_REDIS_MASTER_NAME=MASTER)
     settings = Settings.from_env(env)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log, "io,cpu,gpu", concurrency=1, host_id="host-a")

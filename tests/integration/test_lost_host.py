@@ -17,7 +17,7 @@ from fastio.registry import Registry
 from queues.pipelines import wait
 from queues.settings import Settings
 
-from tests.helpers import slide_job_under_inference
+from tests.helpers import slide_job_under_inference, worker_env
 
 HOSTS = ("host-a", "host-b")
 
@@ -28,10 +28,9 @@ def two_hosts(redis_server, project_triton, tmp_path):
     cannot map from the other), beating every second and lost after 3 s of silence."""
     namespace = f"lost{uuid.uuid4().hex[:6]}"
     folders = {host: Path(tempfile.mkdtemp(prefix=f"carina-{host}-", dir="/dev/shm")) for host in HOSTS}
-    envs = {host: {**os.environ, "CARINA_REDIS_URL": redis_server.url.replace("/0", "/10"),
-                   "CARINA_NAMESPACE": namespace, "CARINA_SHM_DIR": str(folders[host]), "CARINA_HOST_ID": host,
-                   "CARINA_TRITON_URL": project_triton.url, "CARINA_WORKER_HEARTBEAT_S": "1",
-                   "CARINA_JANITOR_INTERVAL_S": "1", "CARINA_HOST_LOST_S": "3"} for host in HOSTS}
+    envs = {host: worker_env(redis_server.url.replace("/0", "/10"), namespace, project_triton.url, host=host,
+                             shm_dir=str(folders[host]), CARINA_JANITOR_INTERVAL_S="1", CARINA_HOST_LOST_S="3")
+            for host in HOSTS}
     workers = {}
     try:
         for host in HOSTS:
