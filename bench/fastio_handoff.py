@@ -80,6 +80,9 @@ def consumer(conn, redis_url: str, config: FastIOConfig) -> None:
             raise ValueError(method)
         ready = time.perf_counter()
         value = checksum(array)
+        # Done with it, as a stage is when it returns: a view kept alive holds its segment
+        # (fastio/segments.py), and the writer's free could then neither pool nor reuse it.
+        del array
         conn.send((ready, time.perf_counter(), value))
 
 
