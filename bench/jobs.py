@@ -70,7 +70,7 @@ def measure(server: LocalRedis, finished: int, running: int, repeats: int) -> di
     client = redis.Redis.from_url(server.url)
     worker = "bench-worker@bench"
     fill(client, namespace, finished, running, worker)
-    beat(client, namespace, worker, ["cpu"], interval_s=3600)  # the running jobs' worker is alive
+    beat(client, namespace, worker, settings.host_id, ["cpu"], interval_s=3600)  # the running jobs' worker is alive
     result = {"janitor_ms": median_ms(lambda: janitor_pass(settings), repeats),
               "scrape_ms": median_ms(lambda: dumps(settings, client), repeats)}
     os.rmdir(shm)
