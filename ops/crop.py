@@ -1,62 +1,19 @@
-"""The seed's crop: ITK's ExtractImageFilter over a region given by start and size."""
+"""The seed's crop: ITK's ExtractImageFilter over a region given by start and size (the region
+itself is resolved and checked by :mod:`queues.crop`, at submit and in the worker)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ops.errors import InvalidCrop
 from ops.volume import geometry_of, image_view
 
-DEFAULT = -1  # the seed's "not set": start 0, size to the end of the axis
-
-
-class CropRegion(NamedTuple):
-    """A region in ITK index order (x, y, z): first voxel and extent per axis."""
-
-    start: tuple[int, int, int]
-    size: tuple[int, int, int]
-
-
-def resolve_crop(shape_zyx: Sequence[int], start_xyz: Sequence[int], size_xyz: Sequence[int]) -> CropRegion:
-    """Apply the seed's -1 defaults and check the region lies inside the image.
-
-    Args:
-        shape_zyx: the array's shape, (z, y, x).
-        start_xyz: CROP_START_X/Y/Z; -1 means 0.
-        size_xyz: CROP_SIZE_X/Y/Z; -1 means to the end of the axis.
-
-    Raises:
-        InvalidCrop: a value is not an integer, is below -1, the start is outside the image,
-            the size is 0, or the region runs past the image's edge.
-    """
-    if len(shape_zyx) != 3 or len(start_xyz) != 3 or len(size_xyz) != 3:
-        raise InvalidCrop("crop start and size need three values (x, y, z) for a 3D image")
-    dims = tuple(int(d) for d in reversed(shape_zyx))
-    start: list[int] = []
-    size: list[int] = []
-    for axis, dim, s0, n0 in zip("XYZ", dims, start_xyz, size_xyz, strict=True):
-        for label, value in ((f"CROP_START_{axis}", s0), (f"CROP_SIZE_{axis}", n0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise InvalidCrop(f"{label}={value!r} is not an integer")
-            if value < DEFAULT:
-                raise InvalidCrop(f"{label}={value} is negative (use -1 for the default)")
-        s = 0 if s0 == DEFAULT else int(s0)
-        if s >= dim:
-            raise InvalidCrop(f"CROP_START_{axis}={s} is outside the image (size {dim} along {axis})")
-        n = dim - s if n0 == DEFAULT else int(n0)
-        if n == 0:
-            raise InvalidCrop(f"CROP_SIZE_{axis}=0: the crop would be empty")
-        if s + n > dim:
-            raise InvalidCrop(f"crop along {axis} runs to {s + n}, past the image's edge at {dim}")
-        start.append(s)
-        size.append(n)
-    return CropRegion(tuple(start), tuple(size))  # type: ignore[arg-type]
-
-
-def crop_volume(array: np.ndarray, geometry: dict[str, Any], region: CropRegion) -> tuple[np.ndarray, dict[str, Any]]:
-    """Extract ``region`` from a (z, y, x) volume with ITK's ExtractImageFilter.
+def crop_volume(array: np.ndarray, geometry: dict[str, Any], start_xyz: Sequence[int],
+                size_xyz: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Extract the region of ``size_xyz`` voxels from ``start_xyz`` (ITK order, inside the
+    volume) from a (z, y, x) volume with ITK's ExtractImageFilter.
 
     Returns:
         ``(cropped, geometry)``: a new C-contiguous array (z, y, x) of the input dtype, and
@@ -74,17 +31,17 @@ def crop_volume(array: np.ndarray, geometry: dict[str, Any], region: CropRegion)
 
     carrier = _itk_carrier(array)
     if carrier != array.dtype:
-        cropped, out_geometry = crop_volume(array.astype(carrier), geometry, region)
+        cropped, out_geometry = crop_volume(array.astype(carrier), geometry, start_xyz, size_xyz)
         return cropped.astype(array.dtype), out_geometry
     image = image_view(array, geometry)
     extract = itk.ExtractImageFilter.New(image)
-    extract.SetExtractionRegion(itk.ImageRegion[3](list(region.start), list(region.size)))
+    extract.SetExtractionRegion(itk.ImageRegion[3](list(start_xyz), list(size_xyz)))
     extract.SetDirectionCollapseToSubmatrix()
     extract.Update()
     output = extract.GetOutput()
     cropped = itk.array_from_image(output)
     out_geometry = geometry_of(output)
-    out_geometry["origin"] = [float(v) for v in image.TransformIndexToPhysicalPoint(list(region.start))]
+    out_geometry["origin"] = [float(v) for v in image.TransformIndexToPhysicalPoint(list(start_xyz))]
     return cropped, out_geometry
 
 

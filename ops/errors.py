@@ -5,7 +5,7 @@
     OpsError
      ├── VolumeReadError      missing, unreadable, truncated or unsupported input image
      ├── VolumeWriteError     the output cannot be written
-     ├── InvalidCrop (also ValueError)   a crop region outside the image, empty or malformed
+     ├── InvalidCrop (also ValueError)   a volume that cannot be cropped exactly (64-bit values past 2**53)
      ├── InvalidParameter (also ValueError)   an operator's argument out of range or malformed
      │    └── WorkTooLarge     a job asks for more work (windows, tiles) than its limit allows
      ├── DicomError           a DICOM series cannot be read or written (ops.dicom)

@@ -18,16 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from queues.errors import PathRefused
-
-# Header suffix → the separator of its key/value lines and the keys naming its data files.
-DATA_FILE_KEYS = {
-    ".mhd": ("=", ("elementdatafile",)),
-    ".mha": ("=", ("elementdatafile",)),
-    ".nhdr": (":", ("data file", "datafile")),
-    ".nrrd": (":", ("data file", "datafile")),
-}
-HEADER_BYTES = 65536  # headers are short; the pixels after an attached one are not read
-
+from queues.headers import DATA_FILE_KEYS, header_data_files
 
 def real_roots(roots: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(Path(os.path.realpath(root)) for root in roots)
@@ -76,39 +67,6 @@ def check_output(path: Path, roots: Sequence[Path]) -> None:
     inside(path.parent, roots, "the folder of the output")
     if path.exists() or path.is_symlink():
         inside(path, roots, "output")
-
-
-def header_data_files(header: Path) -> list[Path]:
-    """The data files (or, for a pattern, the folder of them) that a detached header names,
-    as paths relative to its folder; none for pixels held in the header itself (``LOCAL``).
-
-    Raises:
-        PathRefused: a pattern that puts a placeholder in a folder name (no folder to check).
-    """
-    separator, keys = DATA_FILE_KEYS[header.suffix.lower()]
-    try:
-        with open(header, "rb") as f:
-            lines = f.read(HEADER_BYTES).decode("latin-1").splitlines()
-    except OSError:
-        return []
-    for n, line in enumerate(lines):
-        if separator == ":" and not line.strip():
-            break  # an attached NRRD's pixels follow the blank line that ends its header
-        key, found, value = line.partition(separator)
-        if not found or key.strip().lower() not in keys:
-            continue
-        value = value.strip()
-        if value.upper() == "LOCAL" or not value:
-            return []
-        if value.upper().startswith("LIST"):
-            return [header.parent / name.strip() for name in lines[n + 1:] if name.strip()]
-        if "%" in value:
-            pattern = value.split()[0]
-            if "%" in os.path.dirname(pattern):
-                raise PathRefused(f"{header}: the data-file pattern {pattern!r} has a placeholder in a folder name")
-            return [header.parent / (os.path.dirname(pattern) or ".")]
-        return [header.parent / value]
-    return []
 
 
 def check_job(input: str | Path, output: str | Path, config: str | Path | None, roots: Iterable[Path]) -> None:

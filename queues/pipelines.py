@@ -15,7 +15,10 @@ from typing import Any, Callable
 import redis
 from celery import Celery, chain
 
+from queues.crop import DEFAULT as DEFAULT_CROP
+from queues.crop import resolve_crop
 from queues.errors import InvalidJobRequest, UnknownPipeline
+from queues.headers import volume_file, volume_size
 from queues.jobs import RUNNING, JobStatus, JobStore, connected_store
 from queues.payload import Payload, first_payload
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings
@@ -33,10 +36,16 @@ class Stage:
 
 @dataclass(frozen=True)
 class Pipeline:
+    """A pipeline: its stages, and the checks of a submission. ``validate`` takes the job's
+    parameters and returns them checked, with defaults; ``check_header`` holds the checked
+    parameters to the input where the front door can read it (its header), and raises
+    InvalidJobRequest."""
+
     name: str
     stages: tuple[Stage, ...]
     description: str
     validate: Callable[[dict[str, Any]], dict[str, Any]]
+    check_header: Callable[[Path, dict[str, Any]], None] | None = None
 
 
 def _xyz(params: dict[str, Any], key: str) -> list[int] | None:
@@ -54,6 +63,19 @@ def _fastio_itk_params(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidJobRequest(f"fastio-itk does not take {sorted(unknown)}")
     return {k: v for k in ("crop_start", "crop_size") if (v := _xyz(params, k)) is not None}
+
+
+def _fastio_itk_header(input: Path, params: dict[str, Any]) -> None:
+    """The crop against the size the input's header declares; a volume the front door cannot
+    size here (no such file on this host, an unreadable header) is left to the worker."""
+    volume = volume_file(input)
+    size = volume_size(volume) if volume else None
+    if size is None or not ({"crop_start", "crop_size"} & params.keys()):
+        return
+    try:
+        resolve_crop(size, params.get("crop_start", [DEFAULT_CROP] * 3), params.get("crop_size", [DEFAULT_CROP] * 3))
+    except InvalidJobRequest as e:
+        raise InvalidJobRequest(f"{volume.name}: {e}") from None
 
 
 DEFAULT_SIGMA_MM = 1.0
@@ -149,6 +171,7 @@ PIPELINES: dict[str, Pipeline] = {
             ),
             description="read a volume (MetaImage/NIfTI) → crop with ITK → write output.mhd + render files",
             validate=_fastio_itk_params,
+            check_header=_fastio_itk_header,
         ),
         Pipeline(
             name="3dblur",
@@ -250,7 +273,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     the reason); relative ones are made absolute here, against the caller's directory.
 
     Raises:
-        UnknownPipeline, InvalidJobRequest: refused before anything is queued.
+        UnknownPipeline, InvalidJobRequest: refused before anything is queued (a crop
+            outside the volume its header describes, for one).
         BrokerUnavailable: Redis cannot be reached; nothing was queued.
     """
     spec = get_pipeline(pipeline)
@@ -259,6 +283,8 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     if not str(input) or not str(output):
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
+    if spec.check_header is not None:
+        spec.check_header(Path(input), params)
     job_id = job_id or uuid.uuid4().hex
     payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
                             str(Path(config).absolute()) if config else None, params)

@@ -37,9 +37,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from queues.confine import check_input, header_data_files, inside, real_roots
+from queues.confine import check_input, inside, real_roots
 from queues.connection import connect
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, PathRefused, UnknownJob
+from queues.headers import header_data_files
 from queues.jobs import JobStore
 from queues.pipelines import PIPELINES, submit
 from queues.settings import PRIORITIES, Settings

@@ -46,12 +46,12 @@ def warm_itk(**_: object) -> None:
     """
     import numpy as np
 
-    from ops.crop import CropRegion, crop_volume
+    from ops.crop import crop_volume
     from ops.volume import image_view
 
     probe = np.zeros((2, 2, 2), np.int16)
     geometry = {"spacing": [1.0] * 3, "origin": [0.0] * 3, "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]}
-    crop_volume(probe, geometry, CropRegion((0, 0, 0), (1, 1, 1)))
+    crop_volume(probe, geometry, (0, 0, 0), (1, 1, 1))
     image_view(probe.astype(np.float32), geometry)
     import itk
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ops.crop import crop_volume, resolve_crop
+from ops.crop import crop_volume
 from ops.render import volume_meta, write_render_files
 from ops.volume import find_volume
 from ops.volume import read_volume as read_image
 from ops.volume import write_volume as write_image
 from queues.app import app
+from queues.crop import resolve_crop
 from queues.payload import Payload
 from queues.settings import get_settings
 from workers.stage import StageTask
@@ -15,7 +16,6 @@ from workers.stage import StageTask
 # The seed's publication names.
 VOLUME = "fastio_itk"
 CROPPED = "fastio_itk_filtered"
-
 
 
 @app.task(name="carina.fastio_itk.read_volume", base=StageTask, bind=True)
@@ -28,9 +28,9 @@ def read_volume(self: StageTask, payload: Payload) -> Payload:
 def filter_volume(self: StageTask, payload: Payload) -> Payload:
     settings, params = get_settings(), payload["params"]
     source = self.published(payload, VOLUME)
-    region = resolve_crop(source.array.shape, params.get("crop_start", settings.crop_start),
+    region = resolve_crop(source.array.shape[::-1], params.get("crop_start", settings.crop_start),
                           params.get("crop_size", settings.crop_size))
-    cropped, geometry = crop_volume(source.array, source.metadata, region)
+    cropped, geometry = crop_volume(source.array, source.metadata, region.start, region.size)
     return self.publish(payload, cropped, CROPPED, geometry)
 
 

@@ -25,6 +25,9 @@ def data_root(tmp_path_factory):
     (root / "study").mkdir()
     ct_series(root / "dicom-study", ct_phantom((6, 16, 16)))
     write_volume(np.arange(6 * 8 * 10, dtype=np.int16).reshape(6, 8, 10), GEOMETRY, root / "study" / "ct.mhd")
+    (root / "truncated").mkdir()
+    write_volume(np.zeros((6, 8, 10), np.int16), GEOMETRY, root / "truncated" / "ct.mhd")
+    (root / "truncated" / "ct.raw").write_bytes(b"\0" * 10)
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.mhd").write_text("not yours")
     (root / "escape").symlink_to(outside)
@@ -123,10 +126,10 @@ def test_delete_cancels_a_job_and_query_then_answers_410(api, deployment):
 
 
 def test_failed_job_is_a_500_with_the_reason(api):
-    _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "study", "crop_start": [50, 0, 0]})
+    _, body = call(f"{api}/job/", "POST", {"job_name": "fastio-itk", "in_dir": "truncated"})
     status, reply, _ = follow(api, body["uid"])
     assert status == 500 and reply["msg"] == "Job has failed"
-    assert "CROP_START_X=50 is outside" in reply["error"] and reply["stage"].endswith("filter_volume")
+    assert "is truncated" in reply["error"] and reply["stage"].endswith("read_volume")
 
 
 def test_unknown_uid_is_404(api):
@@ -140,11 +143,14 @@ def test_unknown_uid_is_404(api):
     ({"in_dir": "study"}, None, "application/json", 400, "job_name is required"),
     ({"job_name": "fastio-itk"}, None, "application/json", 400, "in_dir must be"),
     ({"job_name": "fastio-itk", "in_dir": "study", "crop_size": "big"}, None, "application/json", 400, "three integers"),
+    ({"job_name": "fastio-itk", "in_dir": "study", "crop_start": [50, 0, 0]}, None, "application/json", 400,
+     "ct.mhd: CROP_START_X=50 is outside the image (size 10 along X)"),
     ({"job_name": "fastio-itk", "in_dir": "study"}, None, "text/plain", 415, "application/json"),
     ({"job_name": "fastio-itk", "in_dir": "/etc"}, None, "application/json", 403, "outside the data root"),
     ({"job_name": "fastio-itk", "in_dir": "study/../../etc"}, None, "application/json", 403, "'..'"),
     ({"job_name": "fastio-itk", "in_dir": "escape/secret.mhd"}, None, "application/json", 403, "outside the data root"),
-], ids=["malformed", "not-object", "unknown-pipeline", "no-job-name", "no-in-dir", "bad-param", "content-type",
+], ids=["malformed", "not-object", "unknown-pipeline", "no-job-name", "no-in-dir", "bad-param", "crop-outside",
+        "content-type",
         "absolute-outside", "dot-dot", "symlink-escape"])
 def test_bad_requests_are_refused_with_a_reason(api, body, raw, content_type, code, message):
     status, reply = call(f"{api}/job/", "POST", body, raw=raw, content_type=content_type)

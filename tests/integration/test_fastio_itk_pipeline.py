@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -107,20 +108,14 @@ def test_an_app_with_a_trusted_key_can_send_a_stage_by_name(deployment, sample, 
         (lambda d: (d / "notes.mhd").write_text("just text, no header") and d / "notes.mhd", {}, "not a MetaImage header"),
         (lambda d: (d / "scan.dcm").write_bytes(b"\0" * 200) and d / "scan.dcm", {}, "not a volume format"),
         ("truncated", {}, "truncated"),
-        ("sample", {"crop_start": [16, 0, 0]}, "CROP_START_X=16 is outside"),
-        ("sample", {"crop_size": [0, -1, -1]}, "CROP_SIZE_X=0"),
-        ("sample", {"crop_start": [10, 0, 0], "crop_size": [10, -1, -1]}, "past the image's edge"),
     ],
-    ids=["missing", "empty-folder", "text-as-mhd", "not-an-image", "truncated-raw", "crop-outside",
-         "crop-size-0", "crop-past-edge"],
+    ids=["missing", "empty-folder", "text-as-mhd", "not-an-image", "truncated-raw"],
 )
 def test_bad_input_fails_the_job_with_the_reason_and_loses_nothing(deployment, sample, tmp_path,
                                                                    make_input, params, reason):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    if make_input == "sample":
-        path = sample[0]
-    elif make_input == "truncated":
+    if make_input == "truncated":
         path = write_volume(np.zeros((4, 4, 4), np.int16), GEOMETRY, inbox / "t.mhd")
         (inbox / "t.raw").write_bytes(b"\0" * 10)
     else:
@@ -131,6 +126,22 @@ def test_bad_input_fails_the_job_with_the_reason_and_loses_nothing(deployment, s
     assert reason in status.error
     assert digest(path.parent) == before
     assert_no_memory_held(deployment)
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"crop_start": [16, 0, 0]}, "CROP_START_X=16 is outside the image (size 16 along X)"),
+    ({"crop_size": [0, -1, -1]}, "CROP_SIZE_X=0"),
+    ({"crop_start": [10, 0, 0], "crop_size": [10, -1, -1]}, "past the image's edge"),
+], ids=["crop-outside", "crop-size-0", "crop-past-edge"])
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_a_crop_outside_the_volume_is_refused_at_submit_naming_the_file(deployment, sample, tmp_path, params,
+                                                                        reason, given):
+    path = sample[0]
+    before = deployment.jobs().recent(1)
+    with pytest.raises(InvalidJobRequest, match=f"^{re.escape(path.name)}: .*{re.escape(reason)}"):
+        submit(deployment.app, deployment.settings, "fastio-itk", path if given == "file" else path.parent,
+               tmp_path / "out", params=params)
+    assert deployment.jobs().recent(1) == before and not (tmp_path / "out").exists()
 
 
 def test_cli_submit_wait_and_status(deployment, sample, tmp_path):
@@ -148,7 +159,7 @@ def test_cli_submit_wait_and_status(deployment, sample, tmp_path):
     bad = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", str(tmp_path / "o2"),
                                 "--crop-start", "99", "0", "0", "--wait"],
                          env=deployment.env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "CROP_START_X=99 is outside" in bad.stderr
+    assert bad.returncode == 2 and "CROP_START_X=99 is outside" in bad.stderr  # refused at submit
 
     nonint = subprocess.run(cli + ["submit", "fastio-itk", "-i", str(path), "-o", "x", "--crop-size", "a", "1", "1"],
                             env=deployment.env, capture_output=True, text=True)

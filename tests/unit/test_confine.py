@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from queues.confine import check_input, check_output, header_data_files, real_roots
+from queues.confine import check_input, check_output, real_roots
 from queues.errors import PathRefused
+from queues.headers import header_data_files
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ops.crop import CropRegion, crop_volume, resolve_crop
+from ops.crop import crop_volume
 from ops.errors import InvalidCrop, VolumeReadError
 from ops.render import write_render_files, volume_meta
 from ops.volume import read_volume, write_volume
@@ -31,42 +31,11 @@ def test_write_then_read_keeps_voxels_and_geometry(tmp_path, suffix):
         np.testing.assert_allclose(geometry[key], ROTATED[key], atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "start, size, expected",
-    [
-        ((-1, -1, -1), (-1, -1, -1), CropRegion((0, 0, 0), (6, 5, 4))),
-        ((1, 2, 3), (-1, -1, -1), CropRegion((1, 2, 3), (5, 3, 1))),
-        ((0, 0, 0), (2, 3, 1), CropRegion((0, 0, 0), (2, 3, 1))),
-        ((5, 4, 3), (1, 1, 1), CropRegion((5, 4, 3), (1, 1, 1))),
-    ],
-)
-def test_resolve_crop_applies_the_seed_defaults(start, size, expected):
-    assert resolve_crop((4, 5, 6), start, size) == expected
-
-
-@pytest.mark.parametrize(
-    "start, size, message",
-    [
-        ((6, 0, 0), (-1, -1, -1), "CROP_START_X=6 is outside"),
-        ((0, 0, 0), (0, -1, -1), "CROP_SIZE_X=0"),
-        ((0, 3, 0), (-1, 3, -1), "past the image's edge"),
-        ((-2, 0, 0), (-1, -1, -1), "negative"),
-        ((0, 0, 1.5), (-1, -1, -1), "CROP_START_Z=1.5 is not an integer"),
-        ((0, 0, "1"), (-1, -1, -1), "not an integer"),
-        ((0, 0), (-1, -1, -1), "three values"),
-    ],
-)
-def test_resolve_crop_refuses_bad_regions(start, size, message):
-    with pytest.raises(InvalidCrop, match=message):
-        resolve_crop((4, 5, 6), start, size)
-
-
 def test_crop_matches_slicing_and_itk_origin():
     import itk
 
     array = volume()
-    region = CropRegion((1, 2, 3), (4, 2, 1))
-    cropped, geometry = crop_volume(array, ROTATED, region)
+    cropped, geometry = crop_volume(array, ROTATED, (1, 2, 3), (4, 2, 1))
     np.testing.assert_array_equal(cropped, array[3:4, 2:4, 1:5])
     assert cropped.flags.c_contiguous and not np.shares_memory(cropped, array)
     # origin = origin + direction @ (index * spacing), computed by hand for this rotation
@@ -135,15 +104,15 @@ def test_volumes_of_types_itk_does_not_wrap_crop_exactly_in_their_own_type(dtype
 
     info = np.iinfo(dtype)
     volume = np.linspace(max(info.min, -2**40), min(info.max, 2**40), 6 * 7 * 8).astype(dtype).reshape(6, 7, 8)
-    region = CropRegion((1, 2, 3), (4, 3, 2))  # (x, y, z)
-    cropped, geometry = crop_volume(volume, GEOMETRY, region)
+    start, size = (1, 2, 3), (4, 3, 2)  # (x, y, z)
+    cropped, geometry = crop_volume(volume, GEOMETRY, start, size)
     assert cropped.dtype == dtype
     np.testing.assert_array_equal(cropped, volume[3:5, 2:5, 1:5])
-    assert geometry == crop_volume(volume.astype(np.float64), GEOMETRY, region)[1]
+    assert geometry == crop_volume(volume.astype(np.float64), GEOMETRY, start, size)[1]
 
 
 def test_a_64_bit_volume_float64_cannot_hold_is_refused():
     with pytest.raises(InvalidCrop, match="beyond 2\\*\\*53"):
         crop_volume(np.full((2, 2, 2), 2**60, np.int64), {"spacing": [1, 1, 1], "origin": [0, 0, 0],
                                                            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
-                    CropRegion((0, 0, 0), (1, 1, 1)))
+                    (0, 0, 0), (1, 1, 1))
