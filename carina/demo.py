@@ -69,11 +69,14 @@ def run_demo(out: Path) -> bool:
     for folder in (inbox, out / "result-watch", out / "redis"):  # a fresh tour each time
         shutil.rmtree(folder, ignore_errors=True)
     ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
-    password = secrets.token_urlsafe(18)  # the demo's Redis lets in only its own services
+    # The demo's Redis lets in only its own services, each as its role's user (queues/roles.py).
+    password, role_passwords = secrets.token_urlsafe(18), {role: secrets.token_urlsafe(18) for role in ("worker", "front")}
+    role_urls = {f"CARINA_REDIS_{role.upper()}_URL": f"redis://carina-{role}:{pw}@127.0.0.1:{ports['redis']}/0"
+                 for role, pw in role_passwords.items()}
     keys = out / "keys"  # and its workers run only what its own front doors signed
     shutil.rmtree(keys, ignore_errors=True)
     make_keys(keys)
-    env = {**os.environ, "CARINA_REDIS_URL": f"redis://:{password}@127.0.0.1:{ports['redis']}/0",
+    env = {**os.environ, "CARINA_REDIS_URL": f"redis://:{password}@127.0.0.1:{ports['redis']}/0", **role_urls,
            "CARINA_TRITON_URL": f"127.0.0.1:{ports['triton']}", "CARINA_API_PORT": str(ports["api"]),
            "CARINA_FLOWER_PORT": str(ports["flower"]), "CARINA_METRICS_PORT": str(ports["metrics"]),
            "CARINA_NAMESPACE": "carina-demo", "CARINA_DATA_ROOT": str(out.absolute()),

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from carina.errors import ServiceError
+from queues.roles import ROLES, user_name, user_rule
 
 
 def redis_server_binary() -> str:
@@ -125,12 +126,25 @@ class LocalRedis:
     replica_of: int | None = None  # the port of the primary this one replicates (same password)
     # Required of every client (and of a replica by its primary); generated for each server.
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # The users of queues.roles besides the admin (workers, front doors), each with its own
+    # generated password, in this namespace's keys.
+    role_users: bool = False
+    namespace: str = "carina"
     process: subprocess.Popen | None = None
     workdir: Path | None = None
+    role_passwords: dict[str, str] = field(default_factory=lambda: {role: secrets.token_urlsafe(24)
+                                                                     for role in ROLES if role != "admin"})
 
     @property
     def url(self) -> str:
+        """The admin's URL (Redis's default user)."""
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def url_for(self, role: str) -> str:
+        """The URL of ``role``'s user (``worker``, ``front``; ``admin`` is :attr:`url`)."""
+        if role == "admin":
+            return self.url
+        return f"redis://{user_name(role)}:{self.role_passwords[role]}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> "LocalRedis":
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="carina-redis-"))
@@ -142,6 +156,9 @@ class LocalRedis:
         # Passwords through stdin ("-" reads the configuration there), never the command line:
         # any local user may read /proc/*/cmdline.
         secrets_conf = f"requirepass {self.password}\n" + (f"masterauth {self.password}\n" if self.replica_of else "")
+        if self.role_users:
+            secrets_conf += "".join(f"{user_rule(role, password, self.namespace)}\n"
+                                    for role, password in self.role_passwords.items())
         self.process = subprocess.Popen([cmd[0], "-", *cmd[1:]], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, umask=0o077)
         self.process.stdin.write(secrets_conf.encode())

@@ -215,24 +215,20 @@ def cancel(app: Celery, settings: Settings, job_id: str, by: str) -> JobStatus:
     """Ask for a job to be cancelled on behalf of ``by``; returns its status now.
 
     The request is recorded, the stage under way (if any) is stopped (its process killed),
-    and a worker of the host holding the job's memory (any io worker if it holds none) ends
-    the job: memory freed, then the state ``cancelled`` with who and when. Stages still
-    queued are dropped as they come. A job that has already ended is left as it is.
+    and an io worker, sent on to the host holding the job's memory, ends the job: memory
+    freed, then the state ``cancelled`` with who and when. Stages still queued are dropped as
+    they come. A job that has already ended is left as it is.
 
     Raises:
         UnknownJob: no such job. BrokerUnavailable: Redis cannot be reached.
     """
-    from fastio.registry import Registry
-
     with connected_store(settings) as jobs:
         status = jobs.get(job_id)
         if status.finished or not jobs.request_cancel(job_id, by):
             return jobs.get(job_id)
         if status.state == RUNNING and status.stage_task:
             app.control.revoke(status.stage_task, terminate=True, signal="SIGKILL")
-        holders = sorted(set(Registry(jobs.redis, settings.fastio_config()).job_segments(job_id).values()))
-        queue = settings.host_queue("io", holders[0]) if holders else "io"
-        app.send_task(CANCEL_TASK, args=[job_id], queue=queue, priority=PRIORITIES["immediate"])
+        app.send_task(CANCEL_TASK, args=[job_id], queue="io", priority=PRIORITIES["immediate"])
         return jobs.get(job_id)
 
 

@@ -62,6 +62,11 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     # The primary's name, with a sentinel:// URL (Redis Sentinel).
     redis_master_name: str = DEFAULT_REDIS_MASTER_NAME
+    # The URLs of the role users (queues/roles.py), each with its user and password: a
+    # process the CLI starts as a worker or a front door reaches Redis as its role's user
+    # where that URL is set (`adopt_role`), and `carina redis` creates both users.
+    redis_worker_url: str = ""
+    redis_front_url: str = ""
     host_id: str = field(default_factory=socket.gethostname)
     namespace: str = DEFAULT_NAMESPACE
     shm_dir: Path = POSIX_SHM_DIR
@@ -147,7 +152,9 @@ class Settings:
         return settings
 
     def __post_init__(self) -> None:
-        parse_sentinel_url(self.redis_url)
+        for url in (self.redis_url, self.redis_worker_url, self.redis_front_url):
+            if url:
+                parse_sentinel_url(url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
                      "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
                      "host_lost_s", "max_windows", "max_tiles"):
@@ -160,6 +167,10 @@ class Settings:
                               "CARINA_VISIBILITY_TIMEOUT_S is required (a stage stopped before Redis redelivers it)")
         if self.watch_stable_s < 0:
             raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
+
+    def role_url(self, role: str) -> str:
+        """The Redis URL of ``role`` (worker, front): its own where set, else CARINA_REDIS_URL."""
+        return {"worker": self.redis_worker_url, "front": self.redis_front_url}.get(role) or self.redis_url
 
     @property
     def data_root(self) -> Path:
@@ -216,6 +227,8 @@ def _crop_var(env: Mapping[str, str], name: str) -> int:
 _VARIABLES = {
     "redis_url": str,
     "redis_master_name": str,
+    "redis_worker_url": str,
+    "redis_front_url": str,
     "host_id": str,
     "namespace": str,
     "shm_dir": Path,
@@ -263,3 +276,14 @@ _VARIABLES = {
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings.from_env()
+
+
+def adopt_role(role: str) -> Settings:
+    """Make this process, and every process it starts (a worker's pool, a supervised child),
+    reach Redis as ``role``'s user, where CARINA_REDIS_<ROLE>_URL is set; return the settings.
+    The environment is where the URL goes, because Celery's children read theirs anew."""
+    url = get_settings().role_url(role)
+    if url != get_settings().redis_url:
+        os.environ["CARINA_REDIS_URL"] = url
+        get_settings.cache_clear()
+    return get_settings()

@@ -29,7 +29,7 @@ from queues.app import app
 from queues.errors import UnknownJob
 from queues.jobs import CANCELLED, DONE, FAILED
 from queues.pipelines import CANCEL_TASK
-from queues.settings import get_settings
+from queues.settings import PRIORITIES, get_settings
 from workers import results
 from workers.runtime import fastio_context, job_store
 
@@ -87,9 +87,20 @@ def settle(job_id: str) -> bool:
     return False
 
 
+MAX_CANCEL_HOPS = 2  # the memory may move while the cancel travels; it is not chased for ever
+
+
 @app.task(name=CANCEL_TASK, acks_late=True)
-def cancel(job_id: str) -> None:
-    """End a job that was asked to be cancelled (``queues.cancel`` sends this)."""
+def cancel(job_id: str, hops: int = 0) -> None:
+    """End a job that was asked to be cancelled. ``queues.cancel`` sends this to any io
+    worker; it is sent on to a worker of the host holding the job's memory, where that memory
+    can be freed (the front door does not read the memory registry)."""
+    settings = get_settings()
+    holders = sorted(set(fastio_context(job_id).registry.job_segments(job_id).values()))
+    if holders and settings.host_id not in holders and hops < MAX_CANCEL_HOPS:
+        app.send_task(CANCEL_TASK, args=[job_id, hops + 1], queue=settings.host_queue("io", holders[0]),
+                      priority=PRIORITIES["immediate"])
+        return
     settle(job_id)
 
 

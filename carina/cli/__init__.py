@@ -5,7 +5,10 @@
 - :mod:`carina.cli.workers`: worker, janitor;
 - :mod:`carina.cli.local`: redis, triton, demo.
 
-Every :class:`~queues.errors.CarinaError` is reported as one line and exit status 2.
+Every :class:`~queues.errors.CarinaError` is reported as one line and exit status 2. A
+command run as a worker (worker, janitor, metrics, flower, health) or a front door (submit,
+status, cancel, jobs, api, watch) reaches Redis as that role's user where its URL is set
+(:func:`queues.settings.adopt_role`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 from carina.cli import jobs, local, services, workers
 from carina.cli.common import EXIT_REFUSED
 from queues.errors import CarinaError
+from queues.settings import adopt_role
 
 FILE_INTERFACE = ("dicom-to-hdf5", "hdf5-to-dicom")
 
@@ -30,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execv(sys.executable, [sys.executable, "-m", "ops.dicom", *argv])
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "role", None):
+            adopt_role(args.role)
         return args.run(args) or 0
     except CarinaError as e:
         print(f"carina: error: {e}", file=sys.stderr)

@@ -44,23 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default normal)")
     p.add_argument("--wait", action="store_true", help="follow the job; exit 1 with the reason if it fails")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)")
-    p.set_defaults(run=submit)
+    p.set_defaults(run=submit, role="front")
 
     p = sub.add_parser("status", help="state, stage and error of a job")
     p.add_argument("job", help="job id")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    p.set_defaults(run=status)
+    p.set_defaults(run=status, role="front")
 
     p = sub.add_parser("cancel", help="cancel a job: queued stages dropped, the running one stopped, memory freed")
     p.add_argument("job", help="job id")
     p.add_argument("--wait", action="store_true", help="wait until a worker has ended it")
-    p.set_defaults(run=cancel)
+    p.set_defaults(run=cancel, role="front")
 
     p = sub.add_parser("jobs", help="recent jobs: pipeline, state, stage, age (newest first)")
     p.add_argument("--state", choices=STATES, help="only jobs in this state")
     p.add_argument("--pipeline", help="only jobs of this pipeline")
     p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
-    p.set_defaults(run=jobs)
+    p.set_defaults(run=jobs, role="front")
 
     p = sub.add_parser("pipelines", help="list the pipelines")
     p.set_defaults(run=pipelines)

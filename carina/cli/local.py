@@ -12,8 +12,11 @@ from queues.settings import get_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port (loopback; append-only file "
-                                     "in CARINA_REDIS_DIR, fsync'd every second)")
+    p = sub.add_parser("redis", help="a local redis-server on CARINA_REDIS_URL's port, its password required, with "
+                                     "the role users of CARINA_REDIS_WORKER_URL and CARINA_REDIS_FRONT_URL "
+                                     "(append-only file in CARINA_REDIS_DIR, fsync'd every second)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; a private one for other hosts or containers)")
     p.set_defaults(run=redis_server)
 
     p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
@@ -43,10 +46,12 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def redis_server(args: argparse.Namespace) -> int:
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
     from carina.local import redis_server_binary
     from queues.connection import parse_sentinel_url
+    from queues.listeners import check_listener
+    from queues.roles import deployment_rules
 
     settings = get_settings()
     if parse_sentinel_url(settings.redis_url) is not None:
@@ -54,6 +59,7 @@ def redis_server(args: argparse.Namespace) -> int:
               "redis://127.0.0.1:PORT (see the README's Redis Sentinel section)", file=sys.stderr)
         return EXIT_REFUSED
     url = urlparse(settings.redis_url)
+    check_listener("carina redis", args.host, url.password or "", "a password in CARINA_REDIS_URL")
     if not url.password:
         print("carina redis: CARINA_REDIS_URL has no password; every client must give one, e.g. "
               "CARINA_REDIS_URL=redis://:$(openssl rand -hex 16)@127.0.0.1:6379/0", file=sys.stderr)
@@ -63,11 +69,12 @@ def redis_server(args: argparse.Namespace) -> int:
     # The password through stdin ("-" reads the configuration there), not the command line,
     # which every local user can read.
     read_end, write_end = os.pipe()
-    os.write(write_end, f"requirepass {url.password}\n".encode())
+    os.write(write_end, "".join(f"{line}\n" for line in [f"requirepass {unquote(url.password)}",
+                                                          *deployment_rules(settings)]).encode())
     os.close(write_end)
     os.dup2(read_end, 0)
     os.umask(0o077)  # the append-only file holds job records: names of patients' files
-    os.execv(binary, [binary, "-", "--port", str(url.port or 6379), "--bind", "127.0.0.1", "--save", "",
+    os.execv(binary, [binary, "-", "--port", str(url.port or 6379), "--bind", args.host, "--save", "",
                       "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(settings.redis_dir.absolute())])
     return 0  # not reached
 

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("api", help="serve the HTTP job API (POST /job/, GET /query/<uid>)")
     p.add_argument("--host", help="address to listen on (default CARINA_API_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default CARINA_API_PORT, 8080)")
-    p.set_defaults(run=api)
+    p.set_defaults(run=api, role="front")
 
     p = sub.add_parser("watch", help="watch an inbox folder: each stable file or folder dropped in starts a job")
     p.add_argument("inbox", type=Path, nargs="?",
@@ -31,23 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stable-s", type=float, help="seconds an entry must stay unchanged (default CARINA_WATCH_STABLE_S, 10)")
     p.add_argument("--poll-s", type=float, help="seconds between scans (default CARINA_WATCH_POLL_S, 5)")
     p.add_argument("--poll", action="store_true", help="scan only, no change notifications (network filesystems)")
-    p.set_defaults(run=watch)
+    p.set_defaults(run=watch, role="front")
 
     p = sub.add_parser("health", help="check Redis, the workers, Triton and FastIO on this host")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds each check waits (default 3)")
-    p.set_defaults(run=health)
+    p.set_defaults(run=health, role="worker")
 
     p = sub.add_parser("metrics", help="serve Carina's Prometheus metrics (jobs, stages, queues, FastIO)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default CARINA_METRICS_PORT, 9808)")
     p.add_argument("--once", action="store_true", help="print them once and exit")
-    p.set_defaults(run=metrics)
+    p.set_defaults(run=metrics, role="worker")
 
     p = sub.add_parser("flower", help="the Flower dashboard with the project's configuration")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default CARINA_FLOWER_PORT, 5555)")
-    p.set_defaults(run=flower)
+    p.set_defaults(run=flower, role="worker")
 
 
 def api(args: argparse.Namespace) -> int:

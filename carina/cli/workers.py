@@ -23,12 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", help="GPU workers: one process per device (e.g. 0,1), pinned with "
                                   "CUDA_VISIBLE_DEVICES, concurrency 1, on the gpu queues (ignores --queues)")
     p.add_argument("--loglevel", "-l", default="info")
-    p.set_defaults(run=worker)
+    p.set_defaults(run=worker, role="worker")
 
     p = sub.add_parser("janitor", help="reclaim FastIO memory of dead jobs on this host; requeue stages of lost workers")
     p.add_argument("--drain", action="store_true", help="also unlink the pool of free segments")
     p.add_argument("--interval", type=float, help="repeat every N seconds instead of once")
-    p.set_defaults(run=janitor)
+    p.set_defaults(run=janitor, role="worker")
 
 
 def worker(args: argparse.Namespace) -> int:

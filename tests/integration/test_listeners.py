@@ -16,7 +16,8 @@ from carina.local import free_port
 from tests.helpers import http_get
 
 # Each listener, and the setting that gives it credentials.
-CREDENTIALS = {"api": "CARINA_API_TOKEN", "flower": "CARINA_FLOWER_AUTH", "metrics": "CARINA_METRICS_TOKEN"}
+CREDENTIALS = {"api": "CARINA_API_TOKEN", "flower": "CARINA_FLOWER_AUTH", "metrics": "CARINA_METRICS_TOKEN",
+               "redis": "CARINA_REDIS_URL"}
 
 
 def listeners() -> dict[str, str]:
@@ -33,7 +34,7 @@ def listeners() -> dict[str, str]:
 def test_every_listener_is_known_and_refuses_every_interface_without_credentials(redis_server):
     assert set(listeners()) == set(CREDENTIALS)  # a new listener: give it credentials and list it here
     bare = {k: v for k, v in os.environ.items() if k not in CREDENTIALS.values()}
-    bare["CARINA_REDIS_URL"] = redis_server.url
+    bare["CARINA_REDIS_URL"] = f"redis://127.0.0.1:{redis_server.port}/0"  # Redis's credentials: none
     for command, option in listeners().items():
         refused = subprocess.run([sys.executable, "-m", "carina", command, option, "0.0.0.0"], env=bare,
                                  capture_output=True, text=True, timeout=60)

@@ -39,9 +39,18 @@ def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
             assert port.startswith("127.0.0.1:"), (name, port)
     assert ":?" in services["api"]["environment"]["CARINA_API_TOKEN"]
     assert ":?" in services["flower"]["environment"]["CARINA_FLOWER_AUTH"]
-    assert ":?" in services["redis"]["environment"]["CARINA_REDIS_PASSWORD"]
-    assert "requirepass" in " ".join(services["redis"]["command"])
-    assert "${CARINA_REDIS_PASSWORD:?" in compose()["x-carina"]["environment"]["CARINA_REDIS_URL"]
+    assert ":?" in services["metrics"]["environment"]["CARINA_METRICS_TOKEN"]
+    assert services["redis"]["command"][:2] == ["carina", "redis"]  # the role users made with the server
+    assert "${CARINA_REDIS_PASSWORD:?" in services["redis"]["environment"]["CARINA_REDIS_URL"]
+
+
+def test_each_service_reaches_redis_as_its_role_and_only_redis_knows_the_admin_password():
+    shared = compose()["x-carina"]["environment"]
+    assert shared["CARINA_REDIS_WORKER_URL"].startswith("redis://carina-worker:${CARINA_REDIS_WORKER_PASSWORD:?")
+    assert shared["CARINA_REDIS_FRONT_URL"].startswith("redis://carina-front:${CARINA_REDIS_FRONT_PASSWORD:?")
+    for name, service in compose()["services"].items():
+        if name != "redis":
+            assert "CARINA_REDIS_PASSWORD" not in str(service.get("environment", shared)), name
 
 
 def test_every_procfile_command_is_a_carina_command_that_exists():
@@ -77,7 +86,9 @@ def test_a_compose_client_accepts_the_file_and_demands_the_secrets(tmp_path):
     if client is None:
         pytest.skip("no Compose client: `make compose` installs one (root)")
     command = [*client, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
-    secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret", "CARINA_REDIS_PASSWORD": "r3dis"}
+    secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret", "CARINA_REDIS_PASSWORD": "r3dis",
+               "CARINA_REDIS_WORKER_PASSWORD": "w0rker", "CARINA_REDIS_FRONT_PASSWORD": "fr0nt",
+               "CARINA_METRICS_TOKEN": "m3trics"}
     ok = subprocess.run(command, env={**os.environ, **secrets}, capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     for missing in secrets:  # each one is demanded by name
