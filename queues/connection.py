@@ -1,6 +1,10 @@
 """How every part of Carina reaches Redis: one server (``redis://``, ``rediss://``, ``unix://``)
 or the primary that Redis Sentinel names (``sentinel://``).
 
+``rediss://`` is Redis over TLS, for Redis on another host: the server's certificate is
+verified, against ``CARINA_REDIS_CA`` where given (a private CA), else the system's CAs, and
+its host name checked; the password then travels encrypted.
+
 The sentinel form is kombu's and Celery's: ``sentinel://[:password@]host:port[/db]``, one per
 sentinel, joined by ``;``; the primary's name comes from ``CARINA_REDIS_MASTER_NAME``. A
 client made here asks the sentinels for the primary on each new connection, so after a
@@ -10,6 +14,7 @@ failover its retries land on the promoted replica.
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -73,11 +78,26 @@ def redacted(url: str) -> str:
     return re.sub(r"(?<=://)([^:@/;]*):[^@/;]*@", r"\1:***@", url)
 
 
+def tls_options(settings: "Settings") -> dict[str, Any]:
+    """What redis-py needs for a ``rediss://`` URL (none for others): the server's certificate
+    required and verified."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    return {"ssl_cert_reqs": "required", **({"ssl_ca_certs": str(settings.redis_ca)} if settings.redis_ca else {})}
+
+
+def celery_tls_options(settings: "Settings") -> dict[str, Any] | None:
+    """The same for kombu's broker and Celery's result backend (``broker_use_ssl``,
+    ``redis_backend_use_ssl``), which take the ssl module's constant; None without TLS."""
+    options = tls_options(settings)
+    return {**options, "ssl_cert_reqs": ssl.CERT_REQUIRED} if options else None
+
+
 def connect(settings: "Settings", **options: Any) -> redis.Redis:
     """A client of the deployment's Redis, with ``options`` (timeouts, retry) as redis-py takes them."""
     address = parse_sentinel_url(settings.redis_url)
     if address is None:
-        return redis.Redis.from_url(settings.redis_url, **options)
+        return redis.Redis.from_url(settings.redis_url, **tls_options(settings), **options)
     timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=timeouts)
     return sentinel.master_for(settings.redis_master_name, db=address.db, password=address.password, **options)

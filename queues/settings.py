@@ -67,6 +67,9 @@ class Settings:
     # where that URL is set (`adopt_role`), and `carina redis` creates both users.
     redis_worker_url: str = ""
     redis_front_url: str = ""
+    # The CA that signed a rediss:// (TLS) server's certificate, where it is not one the
+    # system trusts.
+    redis_ca: Path | None = None
     host_id: str = field(default_factory=socket.gethostname)
     namespace: str = DEFAULT_NAMESPACE
     shm_dir: Path = POSIX_SHM_DIR
@@ -229,6 +232,7 @@ _VARIABLES = {
     "redis_master_name": str,
     "redis_worker_url": str,
     "redis_front_url": str,
+    "redis_ca": Path,
     "host_id": str,
     "namespace": str,
     "shm_dir": Path,

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "(append-only file in CARINA_REDIS_DIR, fsync'd every second)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; a private one for other hosts or containers)")
+    p.add_argument("--acl", action="store_true",
+                   help="print the role users' ACL lines (passwords hashed) for another Redis's aclfile, and exit")
     p.set_defaults(run=redis_server)
 
     p = sub.add_parser("triton", help="serve the project's model repository with a local Triton (loopback)")
@@ -54,6 +56,9 @@ def redis_server(args: argparse.Namespace) -> int:
     from queues.roles import deployment_rules
 
     settings = get_settings()
+    if args.acl:
+        print("\n".join(deployment_rules(settings)))
+        return 0
     if parse_sentinel_url(settings.redis_url) is not None:
         print("carina redis: CARINA_REDIS_URL names sentinels; carina redis runs one server on "
               "redis://127.0.0.1:PORT (see the README's Redis Sentinel section)", file=sys.stderr)

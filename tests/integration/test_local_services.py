@@ -89,6 +89,16 @@ def test_carina_redis_creates_the_role_users_and_each_command_adopts_its_role(tm
         stop_process_group(server)
 
 
+def test_carina_redis_prints_the_role_users_for_another_servers_acl_file():
+    env = {**os.environ, "CARINA_REDIS_WORKER_URL": "rediss://carina-worker:w-secret@redis.example:6380/0",
+           "CARINA_REDIS_FRONT_URL": "rediss://carina-front:f-secret@redis.example:6380/0"}
+    printed = subprocess.run([sys.executable, "-m", "carina", "redis", "--acl"], env=env, capture_output=True,
+                             text=True, timeout=30)
+    lines = printed.stdout.splitlines()
+    assert printed.returncode == 0 and [line.split()[1] for line in lines] == ["carina-worker", "carina-front"]
+    assert "secret" not in printed.stdout and all(" on #" in line for line in lines)
+
+
 def test_carina_redis_refuses_a_role_url_without_a_user(tmp_path):
     port = free_port()
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://:pw@127.0.0.1:{port}/0", "CARINA_REDIS_DIR": str(tmp_path),
