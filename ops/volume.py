@@ -20,6 +20,16 @@ from ops.errors import VolumeReadError, VolumeWriteError
 
 READABLE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
 
+# The format each suffix names, and ITK's readers by the format they read (others go by
+# their class name).
+FORMAT_OF_SUFFIX = {".mhd": "MetaImage", ".mha": "MetaImage", ".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD",
+                    ".nhdr": "NRRD"}
+FORMAT_OF_READER = {"MetaImageIO": "MetaImage", "NiftiImageIO": "NIfTI", "NrrdImageIO": "NRRD", "GDCMImageIO": "DICOM",
+                    "PNGImageIO": "PNG", "JPEGImageIO": "JPEG", "TIFFImageIO": "TIFF", "BMPImageIO": "BMP"}
+# File pixel types ITK's Python wheels cannot read into an image of their own type, each read
+# as the smallest wrapped type that holds every value exactly (64-bit integers up to 2**53).
+READ_AS = {"char": "SS", "long": "D", "unsigned_long": "D", "long_long": "D", "unsigned_long_long": "D"}
+
 _MET_TYPES = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
     "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
@@ -54,10 +64,13 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
 
     Returns:
         ``(array, geometry)``: the array is a read-only-by-convention view of ITK's buffer
-        (it keeps the ITK image alive), shape (z, y, x), the file's pixel type.
+        (it keeps the ITK image alive), shape (z, y, x), the file's pixel type; int8 comes
+        back as int16 and 64-bit integers as float64 (:data:`READ_AS`), which ITK's wheels
+        read and filter.
 
     Raises:
-        VolumeReadError: the file is missing, not an image, truncated, not 3D, or not scalar.
+        VolumeReadError: the file is missing, not an image, its content not the format its
+            name says, truncated, not 3D, or not scalar (the components found named).
     """
     import itk
 
@@ -68,21 +81,48 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise VolumeReadError(f"input {path.name}: not a volume format ({', '.join(READABLE_SUFFIXES)})")
     if path.suffix.lower() == ".mhd":
         _check_metaimage_data(path)
+    component = _check_header(path)
     try:
-        image = itk.imread(str(path))
+        read_as = READ_AS.get(component)
+        image = itk.imread(str(path), getattr(itk, read_as)) if read_as else itk.imread(str(path))
     except (RuntimeError, OSError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise VolumeReadError(f"cannot read {path.name} as an image: {reason}") from e
-    except itk.TemplateTypeError as e:  # a pixel type, or a number of components, ITK's wheels lack
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VolumeReadError(f"cannot read {path.name}: its pixel type is not one ITK's Python wheels read "
-                              f"({first})") from e
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise VolumeReadError(f"{path.name}: {image.GetNumberOfComponentsPerPixel()} components per pixel; "
-                              "a scalar volume is expected")
-    if image.GetImageDimension() != 3:
-        raise VolumeReadError(f"{path.name}: a {image.GetImageDimension()}D image; a 3D volume is expected")
+    except itk.TemplateTypeError as e:  # a pixel type ITK's wheels lack that READ_AS does not name
+        raise VolumeReadError(f"cannot read {path.name}: its pixel type ({component}) is not one ITK's Python "
+                              "wheels read") from e
     return itk.array_view_from_image(image), geometry_of(image)
+
+
+def _check_header(path: Path) -> str:
+    """The component type (ITK's name: ``short``, ``char``, ``double``…) of a volume file whose
+    content is the format its name says, with one component and three dimensions.
+
+    Raises:
+        VolumeReadError: no reader knows the file, or it is another format, or it is not a 3D scalar image.
+    """
+    import itk
+
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise VolumeReadError(f"cannot read {path.name} as an image: no reader knows its content")
+    found = FORMAT_OF_READER.get(io.GetNameOfClass(), io.GetNameOfClass())
+    expected = next(form for suffix, form in FORMAT_OF_SUFFIX.items() if path.name.lower().endswith(suffix))
+    if found != expected:
+        raise VolumeReadError(f"{path.name}: its content is {found}, not the {expected} its name says")
+    io.SetFileName(str(path))
+    try:
+        io.ReadImageInformation()
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise VolumeReadError(f"cannot read {path.name} as an image: {reason}") from e
+    components, dimensions = io.GetNumberOfComponents(), io.GetNumberOfDimensions()
+    if components != 1:
+        raise VolumeReadError(f"{path.name}: {components} components per pixel "
+                              f"({io.GetPixelTypeAsString(io.GetPixelType())}); a scalar volume is expected")
+    if dimensions != 3:
+        raise VolumeReadError(f"{path.name}: a {dimensions}D image; a 3D volume is expected")
+    return io.GetComponentTypeAsString(io.GetComponentType())
 
 
 def write_volume(array: np.ndarray, geometry: dict[str, Any], path: str | Path) -> Path:

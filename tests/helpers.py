@@ -4,7 +4,7 @@
   :func:`worker_env`, :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`,
   :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
-- arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model);
+- arrays: :func:`dice`, :func:`darkness` (a stand-in nuclei model), :func:`write_nifti` (any pixel type);
 - generated whole slides: :func:`write_slide`, :func:`opened_test_slide`, :func:`tissue_at`, :func:`slide_pixels`;
 - a Triton python-backend ``model.py`` run outside Triton: :func:`load_triton_model`.
 """
@@ -31,6 +31,29 @@ from queues.settings import Settings
 # A (z, y, x) volume's geometry with a rotated direction, so a lost axis swap shows.
 GEOMETRY = {"spacing": [0.7, 0.8, 2.5], "origin": [-50.0, 20.0, 300.0],
             "direction": [0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0]}
+
+
+NIFTI_DATATYPES = {np.dtype(t): code for t, code in (
+    (np.uint8, 2), (np.int16, 4), (np.int32, 8), (np.float32, 16), (np.float64, 64), (np.int8, 256),
+    (np.uint16, 512), (np.uint32, 768), (np.int64, 1024), (np.uint64, 1280))}
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing_xyz=(1.0, 1.0, 2.0)) -> Path:
+    """A NIfTI-1 file of a (z, y, x) array in its own pixel type, even one ITK's wheels cannot
+    write (int8, 64-bit integers): the 348-byte header written field by field."""
+    import struct
+
+    z, y, x = array.shape
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, x, y, z, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, NIFTI_DATATYPES[array.dtype], array.dtype.itemsize * 8)
+    struct.pack_into("<8f", header, 76, 1.0, *spacing_xyz, 0.0, 0.0, 0.0, 0.0)
+    struct.pack_into("<ff", header, 108, 352.0, 1.0)  # vox_offset, scl_slope
+    header[344:348] = b"n+1\0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(header) + bytes(4) + np.ascontiguousarray(array).tobytes())
+    return path
 
 
 # --- pipelines on real workers ------------------------------------------------------------------

@@ -204,6 +204,19 @@ def test_redis_down_at_submit_is_a_clear_error(sample, tmp_path):
     assert cli.returncode == 2 and "cannot reach Redis" in cli.stderr
 
 
+@pytest.mark.parametrize("dtype, written_as", [(np.int8, np.int16), (np.int64, np.float64), (np.uint64, np.float64)])
+def test_pixel_types_itk_cannot_read_run_through_in_the_type_documented(deployment, tmp_path, dtype, written_as):
+    from tests.helpers import write_nifti
+
+    volume = (np.arange(8 * 10 * 12) % 120).astype(dtype).reshape(8, 10, 12)
+    path = write_nifti(tmp_path / "in" / "ct.nii", volume)
+    status = run_job(deployment, path, tmp_path / "out", params={"crop_start": [1, 2, 3], "crop_size": [4, 5, 2]})
+    assert status.state == "done", status.error
+    written, _ = read_volume(tmp_path / "out" / "output.mhd")
+    assert written.dtype == written_as
+    np.testing.assert_array_equal(written, volume[3:5, 2:7, 1:5].astype(written_as))
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32])
 def test_integer_types_itk_does_not_wrap_for_cropping_run_through_in_their_own_type(deployment, tmp_path, dtype):
     volume = (np.arange(8 * 10 * 12) * 40_000).astype(dtype).reshape(8, 10, 12)

@@ -93,3 +93,28 @@ def test_a_replayed_signed_message_acts_on_nothing(deployment, sample, tmp_path)
         time.sleep(0.2)
     assert digest(tmp_path / "out") == before and deployment.jobs().get(job).state == "done"
     assert_no_memory_held(deployment)
+
+
+def test_a_signed_message_whose_payload_is_altered_to_name_another_job_is_refused(deployment, sample, tmp_path):
+    """A genuine message with its payload changed to name another job (the forger's way to
+    write that job's volume where it likes): the signature no longer matches, nothing runs."""
+    import base64
+    import json
+
+    from queues.broker import priority_lists
+    from queues.pipelines import submit
+
+    client = deployment.client()
+    job = submit(deployment.app, deployment.settings, "fastio-itk", sample[0], tmp_path / "out", host="host-z")
+    [held] = [name for name in priority_lists("io.host-z") if client.llen(name)]  # no worker of host-z
+    message = json.loads(client.lindex(held, 0))
+    client.delete(held)
+    signed = base64.b64decode(base64.b64decode(message["body"]))
+    other = "0" * len(job)
+    assert job.encode() in signed  # the payload names it (and the last stage takes it as its task id)
+    message["body"] = base64.b64encode(base64.b64encode(signed.replace(job.encode(), other.encode()))).decode()
+    assert_refused(deployment, lambda: client.lpush(held.replace("io.host-z", "io"), json.dumps(message)),
+                   "Bad signature", tmp_path, job_recorded=True)
+    with pytest.raises(UnknownJob):
+        deployment.jobs().get(other)
+    assert deployment.jobs().get(job).state == "queued"  # no stage of it ran either

@@ -44,6 +44,13 @@ def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
     assert "${CARINA_REDIS_PASSWORD:?" in services["redis"]["environment"]["CARINA_REDIS_URL"]
 
 
+def test_tritons_tensor_regions_are_made_private_in_the_container_too():
+    from carina.triton import SHM_REGION_PREFIX
+
+    command = " ".join(compose()["services"]["triton"]["command"])
+    assert f"chmod 600 /dev/shm/{SHM_REGION_PREFIX}*" in command and "exec tritonserver" in command
+
+
 def test_each_service_reaches_redis_as_its_role_and_only_redis_knows_the_admin_password():
     shared = compose()["x-carina"]["environment"]
     assert shared["CARINA_REDIS_WORKER_URL"].startswith("redis://carina-worker:${CARINA_REDIS_WORKER_PASSWORD:?")
@@ -104,3 +111,14 @@ def test_the_services_image_runs_as_an_unprivileged_user():
     assert users and users[-1] not in ("root", "0")
     services = compose()["services"]
     assert all(service.get("user", "") not in ("root", "0") for service in services.values())
+
+
+def test_an_installed_carina_has_every_package_of_the_house():
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    tops = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench", "models"}
+    ours = {".".join(p.parent.relative_to(ROOT).parts) for top in tops for p in (ROOT / top).glob("**/__init__.py")}
+    assert ours and ours <= set(find_packages(str(ROOT), include=include))

@@ -116,3 +116,34 @@ def test_a_64_bit_volume_float64_cannot_hold_is_refused():
         crop_volume(np.full((2, 2, 2), 2**60, np.int64), {"spacing": [1, 1, 1], "origin": [0, 0, 0],
                                                            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
                     (0, 0, 0), (1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype, read_as", [(np.int8, np.int16), (np.int64, np.float64), (np.uint64, np.float64),
+                                            (np.int32, np.int32), (np.uint32, np.uint32)])
+def test_pixel_types_itk_cannot_read_as_such_come_back_exactly_in_the_type_it_can(tmp_path, dtype, read_as):
+    from tests.helpers import write_nifti
+
+    info = np.iinfo(dtype)
+    values = np.linspace(max(info.min, -2**52), min(info.max, 2**52), 2 * 3 * 4).astype(dtype).reshape(2, 3, 4)
+    array, geometry = read_volume(write_nifti(tmp_path / "v.nii", values))
+    assert array.dtype == read_as
+    np.testing.assert_array_equal(array.astype(dtype), values)
+    assert geometry["spacing"] == [1.0, 1.0, 2.0]
+
+
+def test_a_multi_component_image_fails_naming_what_was_found(tmp_path):
+    import itk
+
+    itk.imwrite(itk.image_from_array(np.zeros((4, 5, 6, 3), np.uint8), is_vector=True), str(tmp_path / "rgb.mha"))
+    with pytest.raises(VolumeReadError, match=r"^rgb.mha: 3 components per pixel \(vector\); a scalar volume"):
+        read_volume(tmp_path / "rgb.mha")
+
+
+def test_a_file_whose_content_is_another_format_than_its_name_fails_naming_both(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "ct.nii")
+    with pytest.raises(VolumeReadError, match="^ct.nii: its content is DICOM, not the NIfTI its name says$"):
+        read_volume(tmp_path / "ct.nii")
