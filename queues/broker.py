@@ -1,9 +1,10 @@
 """Everything Carina knows of kombu's Redis transport, in one place.
 
-Celery hides the broker behind kombu, but two jobs need to look inside: recovery (a stage
+Celery hides the broker behind kombu, but three jobs need to look inside: recovery (a stage
 whose whole worker died stays in kombu's ``unacked`` hash until the visibility timeout; we
-find it by task id and put it back at the front of its queue) and metrics (queue depths,
-summed over the per-priority lists kombu keeps). kombu's layout, as of kombu 5:
+find it by task id and put it back at the front of its queue), the search for a job's lost
+message (is it anywhere?), and metrics (queue depths, summed over the per-priority lists
+kombu keeps). kombu's layout, as of kombu 5:
 
 - a queue ``q`` is the list ``q`` for priority 0 and ``q\\x06\\x16<p>`` for each other step
   ``p`` of ``priority_steps``; publishers ``LPUSH``, consumers ``BRPOP`` (the right end is
@@ -60,6 +61,22 @@ def unacked_delivery_tag(client: redis.Redis, task_id: str) -> str | None:
         if message.get("headers", {}).get("id") == task_id:
             return tag.decode()
     return None
+
+
+def messages_held(client: redis.Redis, queues: Iterable[str]) -> set[str]:
+    """The task ids of every message the broker holds for ``queues`` — waiting in their lists,
+    at any priority, or delivered and not yet acknowledged. A message in neither is gone: a
+    consumer's BRPOP took it off its list and the connection dropped before the reply (kombu
+    records it as unacknowledged only once the reply is read)."""
+    held = set()
+    for raw in client.hvals(UNACKED_KEY):
+        held.add(json.loads(raw)[0].get("headers", {}).get("id", ""))
+    for queue in queues:
+        for key in priority_lists(queue):
+            for raw in client.lrange(key, 0, -1):
+                held.add(json.loads(raw).get("headers", {}).get("id", ""))
+    held.discard("")
+    return held
 
 
 def restore_unacked(app: Celery, delivery_tag: str) -> None:

@@ -52,6 +52,11 @@ class JobStatus:
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
     staging: str = ""  # where the stages write the results until the job ends
+    # The message the job waits for: its next stage's task id, that stage's index, and since
+    # when (queued at submit, or when the stage before it ended). See workers/recovery.py.
+    awaiting_task: str = ""
+    awaiting_index: int = 0
+    awaiting_since: float = 0.0
     created: float = 0.0
     updated: float = 0.0
 
@@ -146,6 +151,11 @@ class JobStore:
         return bool(script(keys=[self.key(job_id)],
                            args=[restarts, *(str(x) for kv in fields.items() for x in kv)]))
 
+    def awaiting(self, job_id: str, task_id: str, index: int) -> None:
+        """The message of stage ``index`` (task ``task_id``) is about to be queued: from now the
+        job waits for it. Noted before the message is sent, so its start always comes after."""
+        self._update(job_id, awaiting_task=task_id, awaiting_index=index, awaiting_since=time.time())
+
     def requeued(self, job_id: str, requeues: int) -> None:
         """The stage under way went back to its queue: its worker was lost."""
         self._update(job_id, state=QUEUED, worker="", requeues=requeues)
@@ -229,6 +239,8 @@ class JobStore:
             origin=json.loads(raw.get("origin") or "{}"), host=raw.get("host", ""),
             submitted_by=raw.get("submitted_by", ""), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
             cancel=json.loads(raw.get("cancel") or "{}"), staging=raw.get("staging", ""),
+            awaiting_task=raw.get("awaiting_task", ""), awaiting_index=int(raw.get("awaiting_index", 0)),
+            awaiting_since=float(raw.get("awaiting_since", 0.0)),
             created=float(raw["created"]), updated=float(raw["updated"]))
 
     def recent(self, limit: int = 20, offset: int = 0) -> list[str]:

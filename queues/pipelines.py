@@ -288,30 +288,32 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         jobs.redis.ping()
         jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority, origin=dict(payload),
                     host=host or "", by=by)
-        _queue_chain(app, settings, spec, payload, priority, host)
+        _queue_chain(app, settings, jobs, spec, payload, priority, host)
     return job_id
 
 
-def queue_restart(app: Celery, settings: Settings, status: JobStatus) -> None:
+def queue_restart(app: Celery, settings: Settings, jobs: JobStore, status: JobStatus) -> None:
     """Queue the job of ``status`` again from its first stage, on the shared queues (any
     host). The caller has recorded the restart (``JobStore.restart``) and freed the job's
     memory: the new chain publishes its names again."""
     payload = Payload(**{**status.origin, "restarts": status.restarts + 1})  # type: ignore[typeddict-item]
-    _queue_chain(app, settings, get_pipeline(status.pipeline), payload, status.priority or DEFAULT_PRIORITY)
+    _queue_chain(app, settings, jobs, get_pipeline(status.pipeline), payload, status.priority or DEFAULT_PRIORITY)
 
 
-def _queue_chain(app: Celery, settings: Settings, spec: Pipeline, payload: Payload, priority: str,
+def _queue_chain(app: Celery, settings: Settings, jobs: JobStore, spec: Pipeline, payload: Payload, priority: str,
                  host: str | None = None) -> None:
     first, *rest = spec.stages
     first_queue = settings.host_queue(first.queue, host) if host else first.queue
     level = PRIORITIES[priority]
-    signatures = [app.signature(first.task, args=(payload,), queue=first_queue, priority=level)]
-    signatures += [app.signature(s.task, queue=s.queue, priority=level) for s in rest]
     # The first chain's last task takes the job id; a restart's a new one, so that no two
     # messages (the lost host's may still be about) share an id to revoke or look up.
-    task_id = payload["job"] if not payload.get("restarts") else None
+    last_id = payload["job"] if not payload.get("restarts") else uuid.uuid4().hex
+    first_id = last_id if not rest else uuid.uuid4().hex
+    signatures = [app.signature(first.task, args=(payload,), queue=first_queue, priority=level, task_id=first_id)]
+    signatures += [app.signature(s.task, queue=s.queue, priority=level) for s in rest]
+    jobs.awaiting(payload["job"], first_id, 1)
     chain(*signatures).apply_async(
-        task_id=task_id, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+        task_id=last_id, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
 
 
 def wait(jobs: JobStore, job_id: str, timeout_s: float, on_change: Callable[[JobStatus], None] | None = None,

@@ -43,6 +43,7 @@ DEFAULT_TILE_BATCH_SIZE = 16  # nuclei_unet's max_batch_size
 DEFAULT_WORKER_HEARTBEAT_S = 10.0
 DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_HOST_LOST_S = 300.0
+DEFAULT_LOST_MESSAGE_S = 60.0
 DEFAULT_MAX_RESTARTS = 2
 DEFAULT_MAX_WINDOWS = 20_000  # about 2.5 h of 96³ windows on one CPU-only worker
 DEFAULT_MAX_TILES = 1_000_000  # a 100k × 200k px slide's tissue at 256 px tiles is about a third of it
@@ -85,6 +86,9 @@ class Settings:
     # holds start again from their input elsewhere, at most this many times each.
     host_lost_s: float = DEFAULT_HOST_LOST_S
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    # A job that has waited this long for its next stage, whose message the broker holds
+    # nowhere (lost between a consumer's BRPOP and its reply), starts again from its input.
+    lost_message_s: float = DEFAULT_LOST_MESSAGE_S
     # The most work one job may ask for: sliding windows (spleen-seg), tissue tiles (nuclei-seg).
     max_windows: int = DEFAULT_MAX_WINDOWS
     max_tiles: int = DEFAULT_MAX_TILES
@@ -160,7 +164,7 @@ class Settings:
                 parse_sentinel_url(url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
                      "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
-                     "host_lost_s", "max_windows", "max_tiles"):
+                     "host_lost_s", "max_windows", "max_tiles", "lost_message_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -244,6 +248,7 @@ _VARIABLES = {
     "max_deliveries": _positive_int,
     "host_lost_s": float,
     "max_restarts": _positive_int,
+    "lost_message_s": float,
     "max_windows": _positive_int,
     "max_tiles": _positive_int,
     "visibility_timeout_s": float,

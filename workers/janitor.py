@@ -6,15 +6,15 @@ from fastio import JanitorReport, sweep
 from queues.app import app
 from queues.settings import Settings
 from workers.lifecycle import job_failed, settle
-from workers.recovery import requeue_lost_stages, restart_jobs_of_lost_hosts
+from workers.recovery import requeue_lost_stages, restart_jobs_of_lost_hosts, restart_jobs_whose_message_was_lost
 from workers.runtime import job_store, redis_client
 
 
 def janitor_pass(settings: Settings) -> tuple[JanitorReport, list[str]]:
     """Sweep this host's FastIO memory, end the jobs whose lease expired (their memory is
     already freed), settle the jobs under way (a cancel asked for, an end interrupted), start
-    again elsewhere the jobs of lost hosts and requeue the stages of lost workers; returns the
-    sweep's report and the jobs of lost hosts and workers acted on."""
+    again elsewhere the jobs of lost hosts, requeue the stages of lost workers and start again
+    the jobs whose next message the broker lost; returns the sweep's report and the jobs acted on."""
     report = sweep(redis_client(), settings.fastio_config())
     for job_id in job_store().active():
         settle(job_id)
@@ -23,4 +23,5 @@ def janitor_pass(settings: Settings) -> tuple[JanitorReport, list[str]]:
                                "lease and was reclaimed")
     lost = restart_jobs_of_lost_hosts(app, redis_client(), settings)
     lost += requeue_lost_stages(app, redis_client(), settings)
+    lost += restart_jobs_whose_message_was_lost(app, redis_client(), settings)
     return report, lost

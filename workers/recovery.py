@@ -20,28 +20,37 @@ queues, where any host takes them (a job whose input only the lost host saw then
 that reason). Messages of the run before a restart are dropped when they start (the job
 record counts restarts); the lost host's segments are reclaimed by its own janitor if it
 comes back.
+
+A message can also be lost by the broker itself: kombu's consumer takes a message off its
+list with BRPOP and records it as unacknowledged only once the reply is read, so a
+connection that drops in between (Redis restarted at that instant) loses it. The job record
+names the message each job waits for (its next stage's task id, noted before it is sent);
+:func:`restart_jobs_whose_message_was_lost` starts again from its input, like a lost host's,
+a job that has waited ``CARINA_LOST_MESSAGE_S`` for a message the broker holds nowhere.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from celery import Celery
 
 from fastio.registry import Registry
-from queues.broker import restore_unacked, unacked_delivery_tag
+from queues.broker import known_queues, messages_held, restore_unacked, unacked_delivery_tag
 from queues.errors import UnknownJob
 from queues.jobs import JobStatus
 from queues.pipelines import queue_restart
 from queues.presence import is_alive, silent_for
-from queues.settings import Settings
+from queues.settings import QUEUE_KINDS, Settings
 from workers.lifecycle import job_failed
 from workers.runtime import fastio_context, job_store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEUES = 3
+LOOK_AGAIN_S = 1.0  # a message is off its list and not yet unacknowledged for an instant
 
 
 def requeue_lost_stages(app: Celery, client: redis.Redis, settings: Settings,
@@ -88,22 +97,69 @@ def restart_jobs_of_lost_hosts(app: Celery, client: redis.Redis, settings: Setti
             silence[host] = silent_for(client, settings.namespace, host)
         lost = sorted(h for h in hosts if (silence[h] or 0.0) > settings.host_lost_s)
         if lost:
-            _restart_elsewhere(app, settings, status, f"host {lost[0]} was lost (no worker heard from for "
-                                                      f"{silence[lost[0]]:.0f} s; CARINA_HOST_LOST_S="
-                                                      f"{settings.host_lost_s:g})")
+            _start_again(app, settings, status, "HostLost", f"host {lost[0]} was lost (no worker heard from for "
+                                                            f"{silence[lost[0]]:.0f} s; CARINA_HOST_LOST_S="
+                                                            f"{settings.host_lost_s:g})")
             acted.append(job_id)
     return acted
 
 
-def _restart_elsewhere(app: Celery, settings: Settings, status: JobStatus, lost: str) -> None:
+def _waits_for_lost_message(status: JobStatus, now: float, settings: Settings) -> bool:
+    """The job has waited longer than CARINA_LOST_MESSAGE_S for a stage that has not started."""
+    return (not status.finished and not status.cancel and bool(status.awaiting_task)
+            and status.stage_index < status.awaiting_index and now - status.awaiting_since > settings.lost_message_s)
+
+
+def restart_jobs_whose_message_was_lost(app: Celery, client: redis.Redis, settings: Settings) -> list[str]:
+    """Start again from their input the jobs that have waited ``CARINA_LOST_MESSAGE_S`` for
+    their next stage while the broker holds its message nowhere (not queued, not delivered):
+    looked for twice, :data:`LOOK_AGAIN_S` apart. Returns the jobs acted on."""
+    jobs = job_store()
+    waiting = []
+    for job_id in jobs.active():
+        try:
+            status = jobs.get(job_id)
+        except UnknownJob:
+            continue
+        if _waits_for_lost_message(status, time.time(), settings):
+            waiting.append(status)
+    if not waiting:
+        return []
+    queues = set(known_queues(client, settings.namespace))
+    queues |= {settings.host_queue(kind, s.host) for s in waiting if s.host for kind in QUEUE_KINDS}
+    missing = [s for s in waiting if s.awaiting_task not in messages_held(client, queues)]
+    if not missing:
+        return []
+    time.sleep(LOOK_AGAIN_S)
+    held = messages_held(client, queues)
+    acted = []
+    for status in missing:
+        try:
+            now = jobs.get(status.job_id)
+        except UnknownJob:
+            continue
+        if (now.awaiting_task == status.awaiting_task and now.awaiting_task not in held
+                and _waits_for_lost_message(now, time.time(), settings)):
+            stage = now.stages[now.awaiting_index - 1] if now.awaiting_index <= len(now.stages) else "?"
+            _start_again(app, settings, now, "MessageLost",
+                         f"the message of its stage {stage} was lost by the broker (not queued nor delivered "
+                         f"{time.time() - now.awaiting_since:.0f} s after it was sent; CARINA_LOST_MESSAGE_S="
+                         f"{settings.lost_message_s:g})")
+            acted.append(now.job_id)
+    return acted
+
+
+def _start_again(app: Celery, settings: Settings, status: JobStatus, kind: str, why: str) -> None:
+    """Start the job again from its input on the shared queues, as restart number
+    ``restarts + 1``; past CARINA_MAX_RESTARTS it fails, with ``kind: why`` as the reason."""
     if status.restarts >= settings.max_restarts:
-        job_failed(status.job_id, status.stage, f"HostLost: {lost}; the job had started again {status.restarts} "
+        job_failed(status.job_id, status.stage, f"{kind}: {why}; the job had started again {status.restarts} "
                                                 f"times (CARINA_MAX_RESTARTS={settings.max_restarts})")
     elif not status.origin:
-        job_failed(status.job_id, status.stage, f"HostLost: {lost}; the job has no first payload to start "
+        job_failed(status.job_id, status.stage, f"{kind}: {why}; the job has no first payload to start "
                                                 "again from (submitted by an older version)")
     elif job_store().restart(status.job_id, status.restarts):  # another host's janitor may be first
         fastio_context(status.job_id).free_all()
-        queue_restart(app, settings, status)
-        log.warning("job %s: %s; started again from its input (restart %d)", status.job_id, lost,
+        queue_restart(app, settings, job_store(), status)
+        log.warning("job %s: %s; started again from its input (restart %d)", status.job_id, why,
                     status.restarts + 1)

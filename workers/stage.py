@@ -56,7 +56,16 @@ class StageTask(Task):
             queue = get_settings().host_queue(queue_kind(self._queue()), e.holder)
             log.warning("job %s: %s re-routed to %s (%s)", payload["job"], self.name, queue, e)
             raise self.retry(exc=e, queue=queue, countdown=0, max_retries=MAX_REROUTES)
-        if not self.request.called_directly and not self.request.chain:
+        if self.request.called_directly:
+            return result
+        if self.request.chain:
+            # Before Celery sends the next stage: from here the job waits for that message,
+            # which a broker can lose (workers/recovery.py finds such jobs).
+            stages, following = self._stages(payload), self.request.chain[-1]
+            if self.name in stages:
+                job_store().awaiting(payload["job"], following.get("options", {}).get("task_id", ""),
+                                     stages.index(self.name) + 2)
+        else:
             # The last stage ends its job here, before Celery stores the stage's success: a
             # process lost after that store (in on_success) would leave the job running for ever,
             # as the stage is then not redelivered. Lost before it, the stage is redelivered and
