@@ -61,15 +61,15 @@ def recent(limit: int = 20, state: str | None = None, pipeline: str | None = Non
         return jobs.recent_statuses(limit, state, pipeline)
 
 
-def unserved(job_id: str) -> list[tuple[str, str]]:
-    """The stages still ahead of the job whose queue kind no live worker reads:
-    ``[(stage task, queue kind)]`` (see :func:`queues.pipelines.unserved_stages`)."""
+def unserved(job_id: str) -> list[tuple[str, str, str]]:
+    """The stages still ahead of the job that no live worker would take:
+    ``[(stage kind, queue kind, why)]`` (see :func:`queues.pipelines.unserved_stages`)."""
     from queues.pipelines import unserved_stages
-    from queues.presence import live_queues
+    from queues.presence import live_workers
     from queues.settings import get_settings
 
     with _jobs() as jobs:
-        return unserved_stages(jobs.get(job_id), live_queues(jobs.redis, get_settings().namespace))
+        return unserved_stages(get_settings(), jobs.get(job_id), live_workers(jobs.redis, get_settings().namespace))
 
 
 

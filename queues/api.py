@@ -38,7 +38,8 @@ from queues.connection import connect
 from queues.errors import (BrokerUnavailable, InvalidJobRequest, PathRefused, UnknownJob,
                            UnknownPipeline)
 from queues.jobs import CANCELLED, DONE, FAILED, JobStore
-from queues.pipelines import PIPELINES, cancel, submit
+from queues.catalogue import catalogue, get_pipeline
+from queues.pipelines import cancel, submit
 from queues.listeners import bearer_matches, check_listener
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, Settings
 
@@ -114,12 +115,11 @@ async def post_job(request: web.Request) -> web.Response:
     pipeline = body.pop("job_name", None)
     if not isinstance(pipeline, str):
         return _json(400, msg="Bad request", error="job_name is required, a string")
-    if pipeline not in PIPELINES:
-        raise UnknownPipeline(pipeline, sorted(PIPELINES))
+    settings = request.app[SETTINGS]
+    get_pipeline(settings, pipeline)  # UnknownPipeline (a 400) before any path is looked at
     priority = body.pop("priority", DEFAULT_PRIORITY)
     if not isinstance(priority, str):
         raise InvalidJobRequest(f"priority must be one of {', '.join(PRIORITIES)}")
-    settings = request.app[SETTINGS]
     in_dir = await asyncio.to_thread(resolve_inside, settings, body.pop("in_dir", None), "in_dir")
     config = body.pop("config_dir", None)
     config_dir = None if config is None else await asyncio.to_thread(resolve_inside, settings, config, "config_dir")
@@ -215,7 +215,12 @@ border-bottom:1px solid #ddd;text-align:left}}.failed{{color:#b00}}.done{{color:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(openapi_document(sorted(catalogue(request.app[SETTINGS]))))
+
+
+async def list_pipelines(request: web.Request) -> web.Response:
+    """Every pipeline's definition, with where it came from (``carina pipelines`` prints the same)."""
+    return web.json_response([p.summary() for p in catalogue(request.app[SETTINGS]).values()])
 
 
 def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> web.Application:
@@ -229,6 +234,7 @@ def create_api(settings: Settings, celery_app: Celery, client: redis.Redis) -> w
     app.router.add_get("/query/{uid}", query_job)
     app.router.add_delete("/job/{uid}", cancel_job)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/pipelines", list_pipelines)
     app.router.add_get("/status", status_page)
     return app
 
@@ -241,45 +247,52 @@ def run(settings: Settings, celery_app: Celery, host: str, port: int) -> None:
 
 
 _ERROR = {"type": "object", "properties": {"msg": {"type": "string"}, "error": {"type": "string"}}}
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "Carina job API", "version": "1",
-             "description": "Submit imaging pipelines and follow them. Paths are relative to the data root."},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                   "schemas": {"Error": _ERROR}},
-    "security": [{"bearer": []}],
-    "paths": {
-        "/job/": {"post": {
-            "summary": "Queue a job",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["job_name", "in_dir"],
-                "properties": {"job_name": {"type": "string", "enum": sorted(PIPELINES)},
-                               "in_dir": {"type": "string"}, "config_dir": {"type": "string"},
-                               "priority": {"type": "string", "enum": list(PRIORITIES), "default": DEFAULT_PRIORITY}},
-                "additionalProperties": True}}}},
-            "responses": {
-                "201": {"description": "queued", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"uid": {"type": "string"}}}}}},
-                **{code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-                   for code, text in (("400", "malformed or unknown job"), ("401", "token missing or wrong"),
-                                      ("403", "path outside the data root"), ("413", "body too large"),
-                                      ("415", "not JSON"), ("503", "queue unreachable"))}}}},
-        "/query/{uid}": {"get": {
-            "summary": "A job's state",
-            "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {
-                "200": {"description": "Job has completed (output_dir)"},
-                "202": {"description": "Job is running"},
-                "404": {"description": "unknown uid"},
-                "410": {"description": "Job was cancelled (error: by whom and when)"},
-                "500": {"description": "Job has failed (error, stage)"}}}},
-        "/job/{uid}": {"delete": {
-            "summary": "Cancel a job: queued stages are dropped, a running one stopped, its memory freed",
-            "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {
-                "202": {"description": "Job is being cancelled (GET /query/<uid> answers 410 once it is)"},
-                "200": {"description": "Job had already been cancelled"},
-                "404": {"description": "unknown uid"},
-                "409": {"description": "Job has already ended (done or failed)"}}}},
-    },
-}
+
+
+def openapi_document(pipelines: list[str]) -> dict[str, Any]:
+    """The API's OpenAPI description, with the names of the catalogue's ``pipelines``."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Carina job API", "version": "1",
+                 "description": "Submit imaging pipelines and follow them. Paths are relative to the data root."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": {"Error": _ERROR}},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/job/": {"post": {
+                "summary": "Queue a job",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["job_name", "in_dir"],
+                    "properties": {"job_name": {"type": "string", "enum": pipelines},
+                                   "in_dir": {"type": "string"}, "config_dir": {"type": "string"},
+                                   "priority": {"type": "string", "enum": list(PRIORITIES), "default": DEFAULT_PRIORITY}},
+                    "additionalProperties": True}}}},
+                "responses": {
+                    "201": {"description": "queued", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"uid": {"type": "string"}}}}}},
+                    **{code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                       for code, text in (("400", "malformed or unknown job"), ("401", "token missing or wrong"),
+                                          ("403", "path outside the data root"), ("413", "body too large"),
+                                          ("415", "not JSON"), ("503", "queue unreachable"))}}}},
+            "/query/{uid}": {"get": {
+                "summary": "A job's state",
+                "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "Job has completed (output_dir)"},
+                    "202": {"description": "Job is running"},
+                    "404": {"description": "unknown uid"},
+                    "410": {"description": "Job was cancelled (error: by whom and when)"},
+                    "500": {"description": "Job has failed (error, stage)"}}}},
+            "/job/{uid}": {"delete": {
+                "summary": "Cancel a job: queued stages are dropped, a running one stopped, its memory freed",
+                "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "202": {"description": "Job is being cancelled (GET /query/<uid> answers 410 once it is)"},
+                    "200": {"description": "Job had already been cancelled"},
+                    "404": {"description": "unknown uid"},
+                    "409": {"description": "Job has already ended (done or failed)"}}}},
+            "/pipelines": {"get": {
+                "summary": "Every pipeline's definition: parameters, stages, and where it came from",
+                "responses": {"200": {"description": "a list of definitions"}}}},
+        },
+    }

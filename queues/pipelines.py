@@ -1,4 +1,5 @@
-"""The pipeline catalogue and ``submit``: each pipeline is a Celery chain of named tasks.
+"""``submit``, ``cancel`` and ``wait``: a job is a Celery chain of its pipeline's stages, as
+the catalogue (:mod:`queues.catalogue`) defines them.
 
 Every stage takes the job payload (:class:`queues.payload.Payload`, a small JSON dict) as
 its first argument and returns it, updated, for the next one.
@@ -8,206 +9,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import redis
 from celery import Celery, chain
 
-from queues.crop import DEFAULT as DEFAULT_CROP
-from queues.crop import resolve_crop
-from queues.errors import InvalidJobRequest, UnknownPipeline
-from queues.headers import volume_file, volume_size
+from queues.catalogue import Pipeline, catalogue, get_pipeline
+from queues.errors import InvalidJobRequest
 from queues.jobs import RUNNING, JobStatus, JobStore, connected_store
 from queues.payload import Payload, first_payload
+from queues.presence import Worker
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings
 
 OUTAGE_POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A task by name and the kind of queue (io, cpu, gpu) it runs on."""
-
-    task: str
-    queue: str
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A pipeline: its stages, and the checks of a submission. ``validate`` takes the job's
-    parameters and returns them checked, with defaults; ``check_header`` holds the checked
-    parameters to the input where the front door can read it (its header), and raises
-    InvalidJobRequest."""
-
-    name: str
-    stages: tuple[Stage, ...]
-    description: str
-    validate: Callable[[dict[str, Any]], dict[str, Any]]
-    check_header: Callable[[Path, dict[str, Any]], None] | None = None
-
-
-def _xyz(params: dict[str, Any], key: str) -> list[int] | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if (not isinstance(value, (list, tuple)) or len(value) != 3
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
-        raise InvalidJobRequest(f"{key}={value!r}: expected three integers X Y Z")
-    return list(value)
-
-
-def _fastio_itk_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - {"crop_start", "crop_size"}
-    if unknown:
-        raise InvalidJobRequest(f"fastio-itk does not take {sorted(unknown)}")
-    return {k: v for k in ("crop_start", "crop_size") if (v := _xyz(params, k)) is not None}
-
-
-def _fastio_itk_header(input: Path, params: dict[str, Any]) -> None:
-    """The crop against the size the input's header declares; a volume the front door cannot
-    size here (no such file on this host, an unreadable header) is left to the worker."""
-    volume = volume_file(input)
-    size = volume_size(volume) if volume else None
-    if size is None or not ({"crop_start", "crop_size"} & params.keys()):
-        return
-    try:
-        resolve_crop(size, params.get("crop_start", [DEFAULT_CROP] * 3), params.get("crop_size", [DEFAULT_CROP] * 3))
-    except InvalidJobRequest as e:
-        raise InvalidJobRequest(f"{volume.name}: {e}") from None
-
-
-DEFAULT_SIGMA_MM = 1.0
-MAX_OVERLAP = 0.9  # of a sliding window
-
-
-def _blur_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - {"sigma_mm", "series_uid"}
-    if unknown:
-        raise InvalidJobRequest(f"3dblur does not take {sorted(unknown)}")
-    sigma = params.get("sigma_mm", DEFAULT_SIGMA_MM)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < 1000:
-        raise InvalidJobRequest(f"sigma_mm={sigma!r}: a number of millimetres > 0 (and < 1000)")
-    checked: dict[str, Any] = {"sigma_mm": float(sigma)}
-    series = params.get("series_uid")
-    if series is not None:
-        if not isinstance(series, str) or not series.replace(".", "").isdigit() or len(series) > 64:
-            raise InvalidJobRequest(f"series_uid={series!r}: a DICOM UID (digits and dots)")
-        checked["series_uid"] = series
-    return checked
-
-
-def _spleen_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - {"overlap", "sw_batch_size", "model"}
-    if unknown:
-        raise InvalidJobRequest(f"spleen-seg does not take {sorted(unknown)}")
-    checked: dict[str, Any] = {}
-    overlap = params.get("overlap", 0.25)
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= MAX_OVERLAP:
-        raise InvalidJobRequest(f"overlap={overlap!r}: a fraction from 0 to {MAX_OVERLAP} (MONAI's users stay "
-                                "at or below it; more multiplies the windows for nothing)")
-    checked["overlap"] = float(overlap)
-    if "sw_batch_size" in params:
-        size = params["sw_batch_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 64:
-            raise InvalidJobRequest(f"sw_batch_size={size!r}: an integer from 1 to 64")
-        checked["sw_batch_size"] = size
-    checked["model"] = _model_name(params, "spleen_ct")
-    return checked
-
-
-TILE_SIZE_MULTIPLE = 16  # the pyramid writer's (ops.pyramid.TILE_MULTIPLE: JPEG blocks); a test holds the two
-MAX_TILE_SIZE = 4096
-DEFAULT_MASK_PIXEL_COUNT_LIMIT = 1024 * 1024  # the seed's default
-
-
-def _whole(params: dict[str, Any], key: str, default: int | None, low: int, high: int, what: str) -> int | None:
-    value = params.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidJobRequest(f"{key}={value!r}: {what}")
-    return value
-
-
-def _model_name(params: dict[str, Any], default: str) -> str:
-    model = params.get("model", default)
-    if not isinstance(model, str) or not model.replace("_", "").replace("-", "").isalnum():
-        raise InvalidJobRequest(f"model={model!r}: a Triton model name")
-    return model
-
-
-def _nuclei_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - {"tile_size", "overlap", "model", "num_workers", "mask_pixel_count_limit"}
-    if unknown:
-        raise InvalidJobRequest(f"nuclei-seg does not take {sorted(unknown)}")
-    tile = params.get("tile_size", 256)
-    if (isinstance(tile, bool) or not isinstance(tile, int) or not TILE_SIZE_MULTIPLE <= tile <= MAX_TILE_SIZE
-            or tile % TILE_SIZE_MULTIPLE):
-        raise InvalidJobRequest(f"tile_size={tile!r}: pixels, a multiple of {TILE_SIZE_MULTIPLE} up to {MAX_TILE_SIZE}")
-    checked = {
-        "tile_size": tile,
-        "overlap": _whole(params, "overlap", 0, 0, tile // 2, f"pixels of context around each tile, 0 to {tile // 2}"),
-        "model": _model_name(params, "nuclei_unet"),
-        "mask_pixel_count_limit": _whole(params, "mask_pixel_count_limit", DEFAULT_MASK_PIXEL_COUNT_LIMIT, 64 * 64,
-                                         2**28, "pixels of the tissue mask, 4096 to 2**28"),
-    }
-    workers = _whole(params, "num_workers", None, 1, 256, "parallel tile batches, 1 to 256")
-    if workers is not None:
-        checked["num_workers"] = workers
-    return checked
-
-
-PIPELINES: dict[str, Pipeline] = {
-    p.name: p
-    for p in (
-        Pipeline(
-            name="fastio-itk",
-            stages=(
-                Stage("carina.fastio_itk.read_volume", "io"),
-                Stage("carina.fastio_itk.filter_volume", "cpu"),
-                Stage("carina.fastio_itk.write_volume", "io"),
-            ),
-            description="read a volume (MetaImage/NIfTI) → crop with ITK → write output.mhd + render files",
-            validate=_fastio_itk_params,
-            check_header=_fastio_itk_header,
-        ),
-        Pipeline(
-            name="3dblur",
-            stages=(
-                Stage("carina.3dblur.read_series", "io"),
-                Stage("carina.3dblur.blur", "cpu"),
-                Stage("carina.3dblur.write_series", "io"),
-            ),
-            description="DICOM series → 3D Gaussian (sigma_mm, per-axis from spacing) → DICOM series",
-            validate=_blur_params,
-        ),
-        Pipeline(
-            name="spleen-seg",
-            stages=(
-                Stage("carina.spleen.read_volume", "io"),
-                Stage("carina.spleen.infer", "gpu"),
-                Stage("carina.spleen.write_results", "io"),
-            ),
-            description="CT (NIfTI/MetaImage/DICOM) → 96³ sliding-window UNet on Triton → label .mhd + publish folder",
-            validate=_spleen_params,
-        ),
-        Pipeline(
-            name="nuclei-seg",
-            stages=(
-                Stage("carina.nuclei.find_tissue", "cpu"),
-                Stage("carina.nuclei.segment", "gpu"),
-                Stage("carina.nuclei.write_results", "io"),
-            ),
-            description="whole slide (SVS/TIFF/OpenSlide formats) → tissue tiles → UNet on Triton (Dask) → "
-                        "nuclei overlaid in a pyramidal image.tif + config.meta, config_render.json, thumbnail",
-            validate=_nuclei_params,
-        ),
-    )
-}
-
-
 CANCEL_TASK = "carina.lifecycle.cancel"  # registered by workers.lifecycle
 
 
@@ -232,23 +47,22 @@ def cancel(app: Celery, settings: Settings, job_id: str, by: str) -> JobStatus:
         return jobs.get(job_id)
 
 
-def unserved_stages(status: JobStatus, live_queues: set[str]) -> list[tuple[str, str]]:
-    """The stages still ahead of a job (the one under way included) whose queue kind no live
-    worker reads, on its shared queue or any host's: ``[(stage task, queue kind)]``. Such a
-    job waits in silence until a worker of that kind starts."""
-    spec = PIPELINES.get(status.pipeline)
+def unserved_stages(settings: Settings, status: JobStatus, live: list[Worker]) -> list[tuple[str, str, str]]:
+    """The stages still ahead of a job (the one under way included) that no live worker would
+    take: ``[(stage kind, queue kind, why)]``, ``why`` being ``"queue"`` (no live worker reads
+    that kind of queue) or ``"kind"`` (those that do do not run that stage kind: the package
+    providing it is not installed there). Such a job waits in silence until one starts."""
+    spec = catalogue(settings).get(status.pipeline)
     if spec is None or status.finished:
         return []
-    ahead = spec.stages[max(status.stage_index - 1, 0):]
-    served = {queue.split(".", 1)[0] for queue in live_queues}
-    return [(stage.task, stage.queue) for stage in ahead if stage.queue not in served]
-
-
-def get_pipeline(name: str) -> Pipeline:
-    try:
-        return PIPELINES[name]
-    except KeyError:
-        raise UnknownPipeline(name, sorted(PIPELINES)) from None
+    unserved = []
+    for stage in spec.stages[max(status.stage_index - 1, 0):]:
+        readers = [w for w in live if w.reads(stage.queue)]
+        if not readers:
+            unserved.append((stage.task, stage.queue, "queue"))
+        elif not any(w.runs(stage.task) for w in readers):
+            unserved.append((stage.task, stage.queue, "kind"))
+    return unserved
 
 
 def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, output: str | Path,
@@ -273,14 +87,13 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
             outside the volume its header describes, for one).
         BrokerUnavailable: Redis cannot be reached; nothing was queued.
     """
-    spec = get_pipeline(pipeline)
+    spec = get_pipeline(settings, pipeline)
     if priority not in PRIORITIES:
         raise InvalidJobRequest(f"priority={priority!r}: one of {', '.join(PRIORITIES)}")
     if not str(input) or not str(output):
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
-    if spec.check_header is not None:
-        spec.check_header(Path(input), params)
+    spec.check_input(Path(input), params)
     job_id = job_id or uuid.uuid4().hex
     payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
                             str(Path(config).absolute()) if config else None, params)
@@ -297,7 +110,8 @@ def queue_restart(app: Celery, settings: Settings, jobs: JobStore, status: JobSt
     host). The caller has recorded the restart (``JobStore.restart``) and freed the job's
     memory: the new chain publishes its names again."""
     payload = Payload(**{**status.origin, "restarts": status.restarts + 1})  # type: ignore[typeddict-item]
-    _queue_chain(app, settings, jobs, get_pipeline(status.pipeline), payload, status.priority or DEFAULT_PRIORITY)
+    _queue_chain(app, settings, jobs, get_pipeline(settings, status.pipeline), payload,
+                 status.priority or DEFAULT_PRIORITY)
 
 
 def _queue_chain(app: Celery, settings: Settings, jobs: JobStore, spec: Pipeline, payload: Payload, priority: str,

@@ -1,7 +1,8 @@
 """Which workers are alive, and which queues they read.
 
 Each worker's main process beats (:func:`beat`) every ``CARINA_WORKER_HEARTBEAT_S``: one field
-of the hash ``<ns>:workers``, node name → ``{"host": host id, "queues": [...], "beat": time, "ttl": seconds}``.
+of the hash ``<ns>:workers``, node name → ``{"host": host id, "queues": [...], "kinds": [the
+stage kinds it registers], "beat": time, "ttl": seconds}``.
 A worker is alive while its last beat is younger than its ttl (three beats). The front door
 reads it to warn of a job waiting on a queue nobody reads; recovery (``workers.recovery``),
 to find the stages of a worker that was lost and the hosts gone for good; metrics, to find
@@ -31,6 +32,15 @@ class Worker:
     queues: tuple[str, ...]
     beat: float
     ttl_s: float
+    kinds: frozenset[str] | None = None  # the stage kinds it runs; None from a worker that does not say
+
+    def reads(self, queue_kind: str) -> bool:
+        """Whether it reads a queue of ``queue_kind`` (io, cpu, gpu), the shared one or a host's."""
+        return any(q.split(".", 1)[0] == queue_kind for q in self.queues)
+
+    def runs(self, kind: str) -> bool:
+        """Whether it registers the stage kind ``kind`` (assumed of a worker that does not say)."""
+        return self.kinds is None or kind in self.kinds
 
     def alive(self, now: float) -> bool:
         return now - self.beat < self.ttl_s
@@ -41,9 +51,11 @@ def workers_key(namespace: str) -> str:
 
 
 def beat(client: redis.Redis, namespace: str, node: str, host: str, queues: Iterable[str],
-         interval_s: float) -> None:
-    """Say that worker ``node`` of ``host``, reading ``queues``, is alive for the next three intervals."""
-    record = {"host": host, "queues": sorted(queues), "beat": time.time(), "ttl": HEARTBEATS_PER_TTL * interval_s}
+         interval_s: float, kinds: Iterable[str] = ()) -> None:
+    """Say that worker ``node`` of ``host``, reading ``queues`` and running the stage kinds
+    ``kinds``, is alive for the next three intervals."""
+    record = {"host": host, "queues": sorted(queues), "kinds": sorted(kinds), "beat": time.time(),
+              "ttl": HEARTBEATS_PER_TTL * interval_s}
     client.hset(workers_key(namespace), node, json.dumps(record))
 
 
@@ -69,7 +81,9 @@ def is_alive(client: redis.Redis, namespace: str, node: str) -> bool:
 
 def _parse(node: str, raw: bytes) -> Worker:
     record = json.loads(raw)
-    return Worker(node, record.get("host", ""), tuple(record["queues"]), float(record["beat"]), float(record["ttl"]))
+    kinds = frozenset(record["kinds"]) if "kinds" in record else None
+    return Worker(node, record.get("host", ""), tuple(record["queues"]), float(record["beat"]), float(record["ttl"]),
+                  kinds)
 
 
 def silent_for(client: redis.Redis, namespace: str, host: str) -> float | None:
@@ -82,10 +96,10 @@ def silent_for(client: redis.Redis, namespace: str, host: str) -> float | None:
     return now - max((w.beat for w in beats), default=float("-inf"))
 
 
-def live_queues(client: redis.Redis, namespace: str) -> set[str]:
-    """The queues that at least one live worker reads."""
+def live_workers(client: redis.Redis, namespace: str) -> list[Worker]:
+    """The workers alive now."""
     now = time.time()
-    return {q for w in workers(client, namespace).values() if w.alive(now) for q in w.queues}
+    return [w for w in workers(client, namespace).values() if w.alive(now)]
 
 
 def seen_queues(client: redis.Redis, namespace: str) -> set[str]:

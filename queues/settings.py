@@ -135,6 +135,8 @@ class Settings:
     signing_key: Path | None = None
     signing_cert: Path | None = None
     cert_store: Path | None = None
+    # A folder of pipeline definitions beside the project's own (queues/catalogue.py).
+    pipelines_dir: Path | None = None
     # Where `carina redis` keeps its append-only file.
     redis_dir: Path = Path("redis-data")
 
@@ -278,6 +280,7 @@ _VARIABLES = {
     "cert_store": Path,
     "triton_venv": Path,
     "redis_dir": Path,
+    "pipelines_dir": Path,
 }
 
 

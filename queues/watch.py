@@ -42,8 +42,9 @@ from queues.connection import connect
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, PathRefused, UnknownJob
 from queues.headers import header_data_files
 from queues.jobs import JobStore
-from queues.pipelines import PIPELINES, submit
-from queues.settings import PRIORITIES, Settings
+from queues.catalogue import catalogue
+from queues.pipelines import submit
+from queues.settings import PRIORITIES, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ DEFAULT_RULES = (
 )
 
 
-def load_rules(path: str | Path) -> tuple[Rule, ...]:
+def load_rules(path: str | Path, settings: Settings | None = None) -> tuple[Rule, ...]:
     """Rules from a JSON file: a list of objects with the fields of :class:`Rule`, e.g.
     ``[{"match": "*.svs", "pipeline": "nuclei-seg", "params": {"tile_size": 512}},
     {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur", "priority": "higher"}]``.
@@ -120,8 +121,9 @@ def load_rules(path: str | Path) -> tuple[Rule, ...]:
             rule = Rule(**item)
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from e
-        if rule.pipeline not in PIPELINES:
-            raise ConfigError(f"{where}: unknown pipeline {rule.pipeline!r} ({', '.join(PIPELINES)})")
+        known = catalogue(settings or get_settings())
+        if rule.pipeline not in known:
+            raise ConfigError(f"{where}: unknown pipeline {rule.pipeline!r} ({', '.join(known)})")
         if rule.kind is not None and rule.kind not in KINDS:
             raise ConfigError(f"{where}: kind {rule.kind!r} is not one of {', '.join(KINDS)}")
         if rule.priority not in PRIORITIES:

@@ -66,6 +66,7 @@ def start_janitor(sender: object = None, **_: object) -> None:
     settings = get_settings()
     node = getattr(sender, "hostname", "") or ""
     queues = list(sender.app.amqp.queues.consume_from)
+    kinds = [name for name in sender.app.tasks if not name.startswith("celery.")]
     stop = threading.Event()
     if not signing_enabled(settings):
         log.warning("messages are not signed: anyone who can write to Redis can run stages here; set "
@@ -74,7 +75,8 @@ def start_janitor(sender: object = None, **_: object) -> None:
     def heartbeat() -> None:
         while True:
             try:
-                beat(redis_client(), settings.namespace, node, settings.host_id, queues, settings.worker_heartbeat_s)
+                beat(redis_client(), settings.namespace, node, settings.host_id, queues, settings.worker_heartbeat_s,
+                     kinds)
             except Exception:
                 log.exception("worker heartbeat failed")
             if stop.wait(settings.worker_heartbeat_s):

@@ -20,6 +20,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from fastio import AlreadyPublished, FastIOAllocation, NotLocal
 from monitoring.metrics import record_stage
 from queues.confine import check_job
+from queues.errors import UnknownJob
 from queues.jobs import MOVED_PAST
 from queues.payload import Payload
 from queues.settings import get_settings
@@ -205,7 +206,9 @@ class StageTask(Task):
 
     @staticmethod
     def _stages(payload: Payload) -> list[str]:
-        from queues.pipelines import PIPELINES
-
-        spec = PIPELINES.get(payload.get("pipeline", ""))
-        return [s.task for s in spec.stages] if spec else []
+        """The job's stages as its record has them (from the definition it was submitted
+        with: a worker needs the stage kinds, not the definitions); [] for an unknown job."""
+        try:
+            return job_store().get(payload["job"]).stages
+        except UnknownJob:
+            return []

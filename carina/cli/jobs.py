@@ -8,8 +8,8 @@ import sys
 import time
 
 from carina.cli.common import EXIT_FAILED
+from queues.errors import CarinaError
 from queues.jobs import STATES, JobStatus
-from queues.pipelines import TILE_SIZE_MULTIPLE
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, get_settings
 
 CANCEL_WAIT_S = 60.0
@@ -34,11 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "read around each tile (default 0). The seed's -o: here -o is --output")
     p.add_argument("--model", "-m", help="spleen-seg, nuclei-seg: the Triton model (default spleen_ct, nuclei_unet)")
     p.add_argument("--tile-size", "-t", type=int,
-                   help=f"nuclei-seg: tile side in pixels, a multiple of {TILE_SIZE_MULTIPLE} (default 256)")
+                   help="nuclei-seg: tile side in pixels, a multiple of 16 (default 256)")
     p.add_argument("--num-workers", "-w", type=int,
                    help="nuclei-seg: tile batches in parallel, hence requests in flight (default: the worker's CPUs)")
     p.add_argument("--mask-pixel-count-limit", type=int,
                    help="nuclei-seg: most pixels of the low-resolution tissue mask (default 1048576)")
+    p.add_argument("--param", "-p", action="append", default=[], type=_parameter, metavar="NAME=VALUE",
+                   help="any parameter of the pipeline (`carina pipelines` lists them); VALUE is JSON where it "
+                        "parses as JSON (3, 0.5, [1,2,3]), else text; repeatable")
     p.add_argument("--priority", choices=list(PRIORITIES), default=DEFAULT_PRIORITY,
                    help="Clara's job priorities: an immediate job's stages go ahead of waiting normal ones "
                         "(default normal)")
@@ -62,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
     p.set_defaults(run=jobs, role="front")
 
-    p = sub.add_parser("pipelines", help="list the pipelines")
+    p = sub.add_parser("pipelines", help="the pipelines: stages, parameters and where each came from; "
+                                         "`pipelines show NAME` prints one's definition")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", help="the pipeline to show")
     p.set_defaults(run=pipelines)
 
 
@@ -74,12 +80,23 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def _parameter(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--param``: the value as JSON where it parses, else as text."""
+    name, found, value = text.partition("=")
+    if not found or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
+
+
 def submit(args: argparse.Namespace) -> int:
     import queues
     from queues.app import app
     from queues.pipelines import submit as submit_job
 
-    params = {k: v for k in SUBMIT_OPTIONS if (v := getattr(args, k)) is not None}
+    params = {k: v for k in SUBMIT_OPTIONS if (v := getattr(args, k)) is not None} | dict(args.param)
     job_id = submit_job(app, get_settings(), args.pipeline, args.input, args.output, args.config, params,
                         priority=args.priority, by=f"{who()} (carina submit)")
     print(job_id, flush=True)
@@ -89,11 +106,15 @@ def submit(args: argparse.Namespace) -> int:
     return follow(job_id, args.timeout)
 
 
-def warn_unserved(stages: list[tuple[str, str]]) -> None:
+def warn_unserved(stages: list[tuple[str, str, str]]) -> None:
     """One line per stage ahead that no live worker would take."""
-    for task, kind in stages:
-        print(f"warning: no live worker reads the {kind} queue: {task} will wait until one starts "
-              f"(carina worker --queues {kind})", file=sys.stderr)
+    for task, kind, why in stages:
+        if why == "queue":
+            print(f"warning: no live worker reads the {kind} queue: {task} will wait until one starts "
+                  f"(carina worker --queues {kind})", file=sys.stderr)
+        else:
+            print(f"warning: no live worker of the {kind} queue runs the stage kind {task}: it will wait until one "
+                  "does (install the package that provides it where the workers run)", file=sys.stderr)
 
 
 def follow(job_id: str, timeout_s: float) -> int:
@@ -216,8 +237,20 @@ def age(seconds: float) -> str:
 
 
 def pipelines(args: argparse.Namespace) -> int:
-    from queues.pipelines import PIPELINES
+    import yaml
 
-    for spec in PIPELINES.values():
-        print(f"{spec.name:12} {spec.description}")
+    from queues.catalogue import catalogue, get_pipeline
+
+    if args.action == "show":
+        if not args.name:
+            raise CarinaError("carina pipelines show NAME: name the pipeline")
+        print(yaml.safe_dump(get_pipeline(get_settings(), args.name).summary(), sort_keys=False,
+                             allow_unicode=True), end="")
+        return 0
+    for spec in catalogue(get_settings()).values():
+        print(f"{spec.name:12} {spec.description}  [{spec.source}]")
+        print(f"{'':12} stages: " + " → ".join(f"{s.task} ({s.queue})" for s in spec.stages))
+        params = ", ".join(f"{p.name} ({p.type}" + (f", default {p.default}" if p.default is not None else "") + ")"
+                           for p in spec.parameters)
+        print(f"{'':12} parameters: {params or 'none'}")
     return 0

@@ -65,7 +65,7 @@ def watch(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     settings = get_settings()
-    rules = load_rules(args.rules) if args.rules else DEFAULT_RULES
+    rules = load_rules(args.rules, settings) if args.rules else DEFAULT_RULES
     stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
     poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
     inbox = (args.inbox or settings.watch_inbox).absolute()

@@ -246,3 +246,12 @@ def test_a_fuzz_of_malformed_requests_is_answered_4xx_in_json_and_the_server_sta
         assert isinstance(json.loads(reply), dict), answers[-1]
     print(f"\nAPI fuzz: {len(answers)} malformed requests, {sum(a[0] >= 500 for a in answers)} answered 5xx")
     assert call(f"{api}/openapi.json", token=None)[0] == 200
+
+
+def test_the_pipelines_are_served_with_their_definitions_and_sources(api):
+    status, pipelines = call(f"{api}/pipelines")
+    assert status == 200 and [p["name"] for p in pipelines] == ["3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"]
+    spleen = next(p for p in pipelines if p["name"] == "spleen-seg")
+    assert spleen["source"] == "carina" and spleen["parameters"]["overlap"]["maximum"] == 0.9
+    assert [s["queue"] for s in spleen["stages"]] == ["io", "gpu", "io"]
+    assert call(f"{api}/pipelines", token="wrong")[0] == 401

@@ -16,22 +16,27 @@ import redis
 from carina.local import free_port, stop_process_group
 
 
+def start_carina_redis(env: dict[str, str], client: redis.Redis) -> subprocess.Popen:
+    """``carina redis`` in its own process group, once ``client`` (its admin) gets an answer."""
+    server = subprocess.Popen([sys.executable, "-m", "carina", "redis"], env=env, stdout=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and server.poll() is None, "carina redis did not start"
+            time.sleep(0.1)
+
+
 def test_carina_redis_keeps_an_append_only_file_fsynced_every_second(tmp_path):
     port = free_port()
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://:pw-{port}@127.0.0.1:{port}/0",
            "CARINA_REDIS_DIR": str(tmp_path / "aof")}
-    server = subprocess.Popen([sys.executable, "-m", "carina", "redis"], env=env, stdout=subprocess.DEVNULL,
-                              start_new_session=True)
     client = redis.Redis(port=port, password=f"pw-{port}")
+    server = start_carina_redis(env, client)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline and server.poll() is None, "carina redis did not start"
-                time.sleep(0.1)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         assert client.config_get("bind")["bind"] == "127.0.0.1"
@@ -60,18 +65,9 @@ def test_carina_redis_creates_the_role_users_and_each_command_adopts_its_role(tm
     env = {**os.environ, "CARINA_REDIS_URL": f"redis://:admin-{port}@127.0.0.1:{port}/0",
            "CARINA_REDIS_DIR": str(tmp_path / "aof"), "CARINA_REDIS_WORKER_URL": urls["worker"],
            "CARINA_REDIS_FRONT_URL": urls["front"]}
-    server = subprocess.Popen([sys.executable, "-m", "carina", "redis"], env=env, stdout=subprocess.DEVNULL,
-                              start_new_session=True)
     admin = redis.Redis(port=port, password=f"admin-{port}")
+    server = start_carina_redis(env, admin)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline and server.poll() is None, "carina redis did not start"
-                time.sleep(0.1)
         front, worker = (redis.Redis.from_url(urls[role]) for role in ("front", "worker"))
         assert front.hset("carina:job:x", "state", "queued") == 1 and worker.get("carina:fastio:leases") is None
         with pytest.raises(redis.exceptions.NoPermissionError):

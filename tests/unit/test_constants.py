@@ -4,7 +4,8 @@ held to its source, so the two sides of the boundary cannot drift."""
 from __future__ import annotations
 
 from ops import pyramid, tissue, volume, wsi
-from queues import pipelines, watch
+from queues import watch
+from queues.catalogue import get_pipeline
 from queues.settings import Settings
 
 from fastio.config import POSIX_SHM_DIR
@@ -19,7 +20,9 @@ def test_the_watch_folder_takes_every_slide_format_the_reader_finds():
 
 
 def test_submit_checks_tile_sizes_by_the_tiler_s_rule():
-    assert (pipelines.TILE_SIZE_MULTIPLE, pipelines.MAX_TILE_SIZE) == (pyramid.TILE_MULTIPLE, tissue.MAX_TILE_SIZE)
+    [tile] = [p for p in get_pipeline(Settings(), "nuclei-seg").parameters if p.name == "tile_size"]
+    assert (tile.multiple_of, tile.minimum, tile.maximum) == (pyramid.TILE_MULTIPLE, pyramid.TILE_MULTIPLE,
+                                                              tissue.MAX_TILE_SIZE)
     assert tissue.TILE_SIZE_MULTIPLE is pyramid.TILE_MULTIPLE
 
 
