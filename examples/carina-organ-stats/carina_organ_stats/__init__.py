@@ -1,0 +1,1 @@
+"""An example Carina plugin: organ volume and HU statistics per label (see README.md)."""

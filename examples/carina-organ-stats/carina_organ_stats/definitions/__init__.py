@@ -1,0 +1,1 @@
+"""The plugin's pipeline definitions: the *.yaml files of this folder."""
