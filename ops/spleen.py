@@ -178,6 +178,8 @@ def segment(
     mode: str = "gaussian",
     progress: Progress | None = None,
     use_gpu: bool = False,
+    target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ,
+    intensity_window: Sequence[float] = HU_WINDOW,
 ) -> np.ndarray:
     """Segment a CT volume: :func:`preprocess`, sliding-window inference, :func:`postprocess`.
 
@@ -192,6 +194,8 @@ def segment(
             ``overlap=0.5``; 0.25 is MONAI's default and the seed's).
         use_gpu: run pre- and post-processing with cupy on the current device (the windows
             still go to the predictor as numpy arrays). Needs cupy and a GPU.
+        target_spacing_xyz, intensity_window: the model's recipe, as :func:`preprocess`
+            takes them (its ``hu_window``); the spleen model's by default.
 
     Returns:
         A new uint8 (z, y, x) label volume on the input's grid (its geometry is ``geometry``):
@@ -203,7 +207,8 @@ def segment(
         ImportError: ``use_gpu`` without cupy installed.
     """
     volume = _check_volume(volume)
-    resampled, resampled_geometry = preprocess(to_device(volume) if use_gpu else volume, geometry)
+    resampled, resampled_geometry = preprocess(to_device(volume) if use_gpu else volume, geometry,
+                                               target_spacing_xyz, intensity_window)
     logits = sliding_window_inference(
         to_host(resampled)[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode,
         progress=progress,
@@ -212,10 +217,11 @@ def segment(
     return to_host(labels)
 
 
-def request_nbytes(sw_batch_size: int, roi_size: Sequence[int] = ROI_SIZE) -> int:
+def request_nbytes(sw_batch_size: int, roi_size: Sequence[int] = ROI_SIZE,
+                   output_channels: int = OUTPUT_CHANNELS) -> int:
     """Bytes of one batch of windows and of its logits (float32): what a request to the model
     moves each way together."""
-    return sw_batch_size * (1 + OUTPUT_CHANNELS) * math.prod(roi_size) * np.dtype(np.float32).itemsize
+    return sw_batch_size * (1 + output_channels) * math.prod(roi_size) * np.dtype(np.float32).itemsize
 
 
 def _pull_transform(

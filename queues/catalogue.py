@@ -21,6 +21,10 @@ integers X Y Z). Bounds: ``minimum``/``maximum`` (inclusive; ``maximum`` may be
 passed only when given. ``explain`` says what a good value is, in the error a bad one gets.
 ``checks`` name the checks of :data:`CHECKS` that hold the parameters to the input itself.
 
+``settings`` is the pipeline's recipe, which its stages read and a job cannot change: the
+model's spacing, intensity window, window size, output channels (:data:`KIND_SETTINGS` says
+which each of the project's stage kinds takes, and of what form; a package's kinds take any).
+
 Definitions come from three places, in this order: the project's own (``queues/definitions``),
 a folder (``CARINA_PIPELINES_DIR``), and Python packages through the entry-point group
 ``carina.pipelines`` (each names a module; its ``*.yaml``, ``*.yml`` and ``*.json`` files are
@@ -59,9 +63,31 @@ BUILTIN_STAGE_KINDS = (
     "carina.nuclei.find_tissue", "carina.nuclei.segment", "carina.nuclei.write_results",
 )
 TYPES = ("integer", "number", "string", "xyz")
+
+
+def _numbers(count: int, positive: bool = False, integers: bool = False) -> Callable[[Any], bool]:
+    def holds(value: Any) -> bool:
+        kinds = (int,) if integers else (int, float)
+        return (isinstance(value, list) and len(value) == count
+                and all(isinstance(v, kinds) and not isinstance(v, bool) and (not positive or v > 0) for v in value))
+    return holds
+
+
+# The settings each of the project's stage kinds reads: name → (test of a value, what it must be).
+_SEGMENTATION = {
+    "roi_size": (_numbers(3, positive=True, integers=True), "the window in voxels, three positive integers (z, y, x)"),
+    "target_spacing_xyz": (_numbers(3, positive=True), "the model's voxel size in mm, three positive numbers (x, y, z)"),
+    "intensity_window": (lambda v: _numbers(2)(v) and v[0] < v[1], "[low, high]: the values mapped to 0 and 1"),
+    "output_channels": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256,
+                        "the model's output channels, 1 to 256"),
+}
+KIND_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "carina.spleen.read_volume": {k: _SEGMENTATION[k] for k in ("roi_size", "target_spacing_xyz")},
+    "carina.spleen.infer": _SEGMENTATION,
+}
 PARAMETER_FIELDS = {"type", "default", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum",
                     "multiple_of", "pattern", "max_length", "explain", "description"}
-DEFINITION_FIELDS = {"name", "description", "parameters", "checks", "stages"}
+DEFINITION_FIELDS = {"name", "description", "parameters", "settings", "checks", "stages"}
 STAGE_FIELDS = {"kind", "queue"}
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 RELATIVE_BOUND = re.compile(r"(\w+)\s*/\s*(\d+)")  # "tile_size / 2"
@@ -149,6 +175,7 @@ class Pipeline:
     description: str
     stages: tuple[Stage, ...]
     parameters: tuple[Parameter, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
     checks: tuple[str, ...] = ()
     source: str = "carina"  # "carina", "folder <path>" or "package <distribution> (<entry point>)"
     path: str = ""  # the definition's file
@@ -232,7 +259,7 @@ def parse_definition(raw: Any, where: str, stage_kinds: set[str], source: str = 
     stages = raw.get("stages")
     if not isinstance(stages, list) or not stages:
         raise fail("stages", "expected a list of stages, each {kind, queue}")
-    parsed = []
+    parsed: list[Stage] = []
     for n, stage in enumerate(stages):
         at = f"stages[{n}]"
         if not isinstance(stage, dict) or set(stage) - STAGE_FIELDS or "kind" not in stage or "queue" not in stage:
@@ -243,8 +270,24 @@ def parse_definition(raw: Any, where: str, stage_kinds: set[str], source: str = 
         if stage["queue"] not in QUEUE_KINDS:
             raise fail(f"{at}.queue", f"{stage['queue']!r} is not a kind of queue ({', '.join(QUEUE_KINDS)})")
         parsed.append(Stage(stage["kind"], stage["queue"]))
+    settings = _settings(raw.get("settings") or {}, parsed, fail)
     return Pipeline(name=name, description=" ".join(description.split()), stages=tuple(parsed),
-                    parameters=parameters, checks=tuple(checks), source=source, path=where, definition=raw)
+                    parameters=parameters, settings=settings, checks=tuple(checks), source=source, path=where,
+                    definition=raw)
+
+
+def _settings(raw: Any, stages: list[Stage], fail: Callable[[str, str], DefinitionError]) -> dict[str, Any]:
+    """The recipe, each setting read by one of the stages' kinds and of the form it takes."""
+    if not isinstance(raw, dict):
+        raise fail("settings", "expected a mapping of setting → value")
+    taken = {name: form for stage in stages for name, form in KIND_SETTINGS.get(stage.task, {}).items()}
+    free = any(stage.task not in KIND_SETTINGS for stage in stages)  # a package's kind may read any setting
+    for name, value in raw.items():
+        if name in taken and not taken[name][0](value):
+            raise fail(f"settings.{name}", f"{value!r}: {taken[name][1]}")
+        if name not in taken and not free:
+            raise fail(f"settings.{name}", f"no stage of this pipeline reads it ({', '.join(sorted(taken)) or 'none'})")
+    return dict(raw)
 
 
 def _parameters(raw: Any, fail: Callable[[str, str], DefinitionError]) -> tuple[Parameter, ...]:

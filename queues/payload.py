@@ -18,6 +18,7 @@ class Payload(TypedDict):
     output: str  # absolute path of the output folder
     config: str | None  # absolute path of the job's configuration folder
     params: dict[str, Any]  # the pipeline's parameters, validated at submit
+    settings: NotRequired[dict[str, Any]]  # the definition's recipe for its stages (queues/catalogue.py)
     handles: dict[str, str]  # publication name → FastIO publication, added by each stage that publishes
     trace: list[TraceEntry]  # one entry per stage run, in order
     restarts: int  # how many times the job had started again from its input when this chain was queued
@@ -31,6 +32,6 @@ class Payload(TypedDict):
 
 
 def first_payload(job_id: str, pipeline: str, input: str, output: str, config: str | None,
-                  params: dict[str, Any]) -> Payload:
+                  params: dict[str, Any], settings: dict[str, Any] | None = None) -> Payload:
     return Payload(job=job_id, pipeline=pipeline, input=input, output=output, config=config, params=params,
-                   handles={}, trace=[], restarts=0)
+                   settings=settings or {}, handles={}, trace=[], restarts=0)

@@ -96,7 +96,7 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
     spec.check_input(Path(input), params)
     job_id = job_id or uuid.uuid4().hex
     payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
-                            str(Path(config).absolute()) if config else None, params)
+                            str(Path(config).absolute()) if config else None, params, spec.settings)
     with connected_store(settings) as jobs:
         jobs.redis.ping()
         jobs.create(job_id, pipeline, [s.task for s in spec.stages], params, priority, origin=dict(payload),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
+
 from ops.arrays import gpu_available
 from ops.errors import check_work
 from ops.render import write_segmentation_publish
-from ops.spleen import request_nbytes, segment, window_count
+from ops.spleen import ROI_SIZE, request_nbytes, segment, window_count
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
@@ -20,13 +22,21 @@ CT = "spleen_ct"
 LABELS = "spleen_labels"
 
 
+def recipe(payload: Payload, *names: str) -> dict[str, Any]:
+    """The definition's settings ``names`` (those it gives) as the op's keyword arguments;
+    the op's defaults, the spleen model's, stand for the others."""
+    settings = payload.get("settings", {})
+    return {name: tuple(v) if isinstance(v, list) else v for name in names if (v := settings.get(name)) is not None}
+
 
 @app.task(name="carina.spleen.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry, name = read_input(payload["input"])
-    windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"])
-    check_work(windows, get_settings().max_windows, f"windows of 96³ over the {'×'.join(map(str, grid))} voxels of "
-               f"{name} resampled (overlap {payload['params']['overlap']:g})", "CARINA_MAX_WINDOWS")
+    grid_recipe = recipe(payload, "roi_size", "target_spacing_xyz")
+    windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"], **grid_recipe)
+    roi = "×".join(map(str, grid_recipe.get("roi_size", ROI_SIZE)))
+    check_work(windows, get_settings().max_windows, f"windows of {roi} over the {'×'.join(map(str, grid))} voxels "
+               f"of {name} resampled (overlap {payload['params']['overlap']:g})", "CARINA_MAX_WINDOWS")
     return self.publish(payload, volume, CT, geometry, study=name)
 
 
@@ -35,9 +45,11 @@ def infer(self: StageTask, payload: Payload) -> Payload:
     params, ctx = payload["params"], fastio_context(payload["job"])
     ct = self.published(payload, CT)
     sw_batch_size = params.get("sw_batch_size", get_settings().sw_batch_size)
-    with triton_predictor(ctx, params["model"], request_nbytes(sw_batch_size)) as predictor:
+    nbytes = request_nbytes(sw_batch_size, **recipe(payload, "roi_size", "output_channels"))
+    with triton_predictor(ctx, params["model"], nbytes) as predictor:
         labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
-                         progress=partial(self.report_progress, payload), use_gpu=gpu_available())
+                         progress=partial(self.report_progress, payload), use_gpu=gpu_available(),
+                         **recipe(payload, "roi_size", "target_spacing_xyz", "intensity_window"))
     return self.publish(payload, labels, LABELS, ct.metadata)
 
 

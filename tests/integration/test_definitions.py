@@ -4,9 +4,11 @@ a faulty definition stops the front door with its file and field named."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -65,3 +67,33 @@ def test_a_faulty_definition_stops_the_front_door_naming_file_and_field(deployme
                                           "is not a stage kind the workers know (12 known: the project's and the "
                                           "carina.stages entry points)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_definition_s_settings_reach_its_stages(deployment, tmp_path):
+    """The spleen's stage kinds under another recipe (a coarser spacing): the windows the job
+    runs are those that recipe makes, not the spleen's."""
+    import numpy as np
+
+    from ops.samples import spleen_phantom
+    from ops.spleen import window_count
+    from ops.volume import write_volume
+    from queues.pipelines import submit, wait
+    from tests.helpers import GEOMETRY
+
+    spleen = yaml.safe_load((Path(__file__).resolve().parents[2] / "queues" / "definitions" / "spleen-seg.yaml")
+                            .read_text())
+    coarse = {**spleen, "name": "spleen-coarse", "settings": {**spleen["settings"], "target_spacing_xyz": [4, 4, 6]}}
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "coarse.yaml").write_text(yaml.safe_dump(coarse))
+    settings = dataclasses.replace(deployment.settings, pipelines_dir=folder)
+    ct, _ = spleen_phantom((48, 160, 160), (1.5, 1.5, 2.0), seed=900_011)
+    geometry = {**GEOMETRY, "spacing": [1.5, 1.5, 2.0]}
+    path = write_volume(ct, geometry, tmp_path / "in" / "ct.nii.gz")
+    status = wait(deployment.jobs(), submit(deployment.app, settings, "spleen-coarse", path, tmp_path / "out"), 240)
+    assert status.state == "done", status.error
+    expected = {name: window_count(ct.shape, geometry, 0.25, target_spacing_xyz=spacing)[0]
+                for name, spacing in (("coarse", (4, 4, 6)), ("spleen", (1.5, 1.5, 2.0)))}
+    assert status.progress_total == expected["coarse"] != expected["spleen"]
+    assert read_volume(tmp_path / "out" / "ct.mhd")[0].shape == ct.shape and np.isin(
+        read_volume(tmp_path / "out" / "ct.mhd")[0], [0, 1]).all()

@@ -164,3 +164,17 @@ def test_a_stage_no_live_worker_would_take_is_named_with_why():
     assert ("carina.spleen.infer", "gpu", "kind") in unserved_stages(SETTINGS, status, [io_cpu, gpu_without_infer])
     older = Worker("w3", "host-a", ("io", "cpu", "gpu"), 0.0, 30.0)  # says nothing of its kinds: taken to run all
     assert unserved_stages(SETTINGS, status, [older]) == []
+
+
+def test_the_spleen_recipe_is_the_definition_s_and_a_bad_one_is_named(tmp_path):
+    assert get_pipeline(SETTINGS, "spleen-seg").settings == {
+        "roi_size": [96, 96, 96], "target_spacing_xyz": [1.5, 1.5, 2.0], "intensity_window": [-57, 164],
+        "output_channels": 2}
+    for settings, field, problem in [({"roi_size": [96, 96]}, "settings.roi_size", "three positive integers"),
+                                     ({"intensity_window": [200, 100]}, "settings.intensity_window", "[low, high]"),
+                                     ({"learning_rate": 0.1}, "settings.learning_rate", "no stage of this pipeline")]:
+        path = tmp_path / "liver.yaml"
+        path.write_text(json.dumps({**GOOD, "settings": settings}))
+        with pytest.raises(DefinitionError) as refused:
+            read_definition(path, stage_kinds(), "folder")
+        assert str(refused.value).startswith(f"{path}: {field}: ") and problem in str(refused.value)

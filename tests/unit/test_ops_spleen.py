@@ -190,6 +190,23 @@ def test_segment_with_the_default_96_roi_pads_a_small_volume():
     np.testing.assert_array_equal(out, labels)  # the model's grid is the input's: nothing to resample
 
 
+def test_segment_follows_another_recipe_as_preprocess_does():
+    volume = np.linspace(-200, 300, 20 * 24 * 28, dtype=np.float32).reshape(20, 24, 28)
+    recipe = {"target_spacing_xyz": (2.0, 2.5, 3.0), "intensity_window": (-100.0, 200.0)}
+    seen = []
+
+    def predictor(batch):
+        seen.append(batch[:, 0].copy())
+        return threshold_predictor(batch)
+
+    segment(volume, CT, predictor, roi_size=(64, 64, 64), **recipe)
+    expected, _ = preprocess(volume, CT, recipe["target_spacing_xyz"], recipe["intensity_window"])
+    [window] = seen  # the resampled volume, padded with zeros to one 64³ window
+    assert window[0].size - np.count_nonzero(window[0]) >= window[0].size - expected.size
+    np.testing.assert_allclose(np.sort(window[0][window[0] != 0]), np.sort(expected[expected != 0]), atol=1e-6)
+    assert not np.allclose(preprocess(volume, CT)[0].sum(), expected.sum())  # the spleen's recipe differs
+
+
 @pytest.mark.parametrize("geometry", [CT, LPS], ids=["rotated", "lps"])
 def test_window_count_is_what_segment_runs_known_before_the_voxels(geometry):
     volume = np.full((40, 150, 130), -1000, np.int16)
