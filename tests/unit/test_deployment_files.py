@@ -44,11 +44,11 @@ def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
     assert "${CARINA_REDIS_PASSWORD:?" in services["redis"]["environment"]["CARINA_REDIS_URL"]
 
 
-def test_tritons_tensor_regions_are_made_private_in_the_container_too():
-    from carina.triton import SHM_REGION_PREFIX
-
-    command = " ".join(compose()["services"]["triton"]["command"])
-    assert f"chmod 600 /dev/shm/{SHM_REGION_PREFIX}*" in command and "exec tritonserver" in command
+def test_compose_s_triton_serves_the_native_onnx_repository_built_into_its_image():
+    triton = compose()["services"]["triton"]
+    dockerfile = (ROOT / triton["build"]["dockerfile"]).read_text()
+    assert "triton_configs.py --onnxruntime /models" in dockerfile
+    assert "--model-repository=/models" in triton["command"] and not triton.get("volumes")  # not the python one
 
 
 def test_each_service_reaches_redis_as_its_role_and_only_redis_knows_the_admin_password():
