@@ -85,18 +85,19 @@ def make_case(seed: int, keep_raw: bool = False) -> dict:
 
 
 def random_crop(case: dict, rng: np.random.Generator, size: int, positive_fraction: float = POSITIVE_FRACTION,
-                mirror_fraction: float = MIRROR_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+                mirror_fraction: float = MIRROR_FRACTION,
+                centre: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A (size³) crop of the preprocessed image and target, zero-padded where the volume is
-    smaller: centred near a spleen voxel (probability ``positive_fraction``), near its mirror
-    image across the volume's x centre (``mirror_fraction``: the liver, the hardest negative,
-    lies there), or anywhere."""
+    smaller: centred near ``centre`` where given; else near a spleen voxel (probability
+    ``positive_fraction``), near its mirror image across the volume's x centre
+    (``mirror_fraction``: the liver, the hardest negative, lies there), or anywhere."""
     image, target = case["image"], case["target"]
     draw = rng.uniform()
-    if draw < positive_fraction + mirror_fraction and target.any():
+    if centre is None and draw < positive_fraction + mirror_fraction and target.any():
         spleen = np.flatnonzero(target)
         z, y, x = np.unravel_index(spleen[rng.integers(len(spleen))], target.shape)
         centre = (z, y, x) if draw < positive_fraction else (z, y, target.shape[2] - 1 - x)
-    else:
+    elif centre is None:
         centre = tuple(int(rng.integers(n)) for n in target.shape)
     out_image = np.zeros((size,) * 3, np.float32)
     out_target = np.zeros((size,) * 3, np.uint8)
@@ -129,7 +130,8 @@ def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential
 
 
 class SpleenUNet(nn.Module):
-    """A compact 3D UNet: (N, 1, z, y, x) → (N, 2, z, y, x) logits; z, y, x multiples of 8.
+    """A compact 3D UNet: (N, 1, z, y, x) → (N, C, z, y, x) logits (C = ``out_channels``, 2
+    for the spleen); z, y, x multiples of 8.
 
     One convolution per block at full resolution (where convolutions cost the most), two below;
     max-pooling down, transposed convolutions up, skip connections by concatenation. Batch
@@ -138,7 +140,7 @@ class SpleenUNet(nn.Module):
     torch closely (its InstanceNormalization differs by ~1e-4 on such windows).
     """
 
-    def __init__(self, channels: tuple[int, ...] = CHANNELS):
+    def __init__(self, channels: tuple[int, ...] = CHANNELS, out_channels: int = 2):
         super().__init__()
         self.down = nn.ModuleList([conv_block(1, channels[0], 1)] + [
             conv_block(channels[i - 1], channels[i], 2) for i in range(1, len(channels))])
@@ -146,7 +148,7 @@ class SpleenUNet(nn.Module):
                                  for i in range(1, len(channels))])
         self.merge = nn.ModuleList([conv_block(2 * channels[i - 1], channels[i - 1], 1 if i == 1 else 2)
                                     for i in range(1, len(channels))])
-        self.head = nn.Conv3d(channels[0], 2, 1)
+        self.head = nn.Conv3d(channels[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -159,12 +161,15 @@ class SpleenUNet(nn.Module):
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus the soft Dice loss of the spleen channel over the whole batch."""
+    """Cross-entropy plus the soft Dice loss over the whole batch, averaged over the foreground
+    channels (the spleen's one)."""
     ce = F.cross_entropy(logits, target)
-    p = torch.softmax(logits, dim=1)[:, 1]
-    t = (target == 1).float()
-    dice = (2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5)
-    return ce + (1 - dice)
+    p = torch.softmax(logits, dim=1)
+    losses = []
+    for channel in range(1, logits.shape[1]):
+        t = (target == channel).float()
+        losses.append(1 - (2 * (p[:, channel] * t).sum() + 1e-5) / (p[:, channel].sum() + t.sum() + 1e-5))
+    return ce + torch.stack(losses).mean()
 
 
 def torch_predictor(model: nn.Module):

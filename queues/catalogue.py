@@ -59,7 +59,7 @@ PIPELINES_GROUP, STAGES_GROUP = "carina.pipelines", "carina.stages"
 BUILTIN_STAGE_KINDS = (
     "carina.fastio_itk.read_volume", "carina.fastio_itk.filter_volume", "carina.fastio_itk.write_volume",
     "carina.3dblur.read_series", "carina.3dblur.blur", "carina.3dblur.write_series",
-    "carina.spleen.read_volume", "carina.spleen.infer", "carina.spleen.write_results",
+    "carina.segmentation.read_volume", "carina.segmentation.infer", "carina.segmentation.write_results",
     "carina.nuclei.find_tissue", "carina.nuclei.segment", "carina.nuclei.write_results",
 )
 TYPES = ("integer", "number", "string", "xyz")
@@ -82,8 +82,8 @@ _SEGMENTATION = {
                         "the model's output channels, 1 to 256"),
 }
 KIND_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "carina.spleen.read_volume": {k: _SEGMENTATION[k] for k in ("roi_size", "target_spacing_xyz")},
-    "carina.spleen.infer": _SEGMENTATION,
+    "carina.segmentation.read_volume": {k: _SEGMENTATION[k] for k in ("roi_size", "target_spacing_xyz")},
+    "carina.segmentation.infer": _SEGMENTATION,
 }
 PARAMETER_FIELDS = {"type", "default", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum",
                     "multiple_of", "pattern", "max_length", "explain", "description"}

@@ -7,7 +7,7 @@ from importlib import metadata
 
 from queues.app import app
 from queues.catalogue import STAGES_GROUP
-from workers import blur, boot, fastio_itk, nuclei, spleen  # noqa: F401  (registers signal handlers and tasks)
+from workers import blur, boot, fastio_itk, nuclei, segmentation  # noqa: F401  (registers signal handlers and tasks)
 
 for _entry_point in metadata.entry_points(group=STAGES_GROUP):
     _entry_point.load()

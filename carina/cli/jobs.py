@@ -145,7 +145,7 @@ def follow(job_id: str, timeout_s: float) -> int:
 
 
 def progress_line(record: JobStatus) -> str:
-    """``running [2/3] carina.spleen.infer 12/32``: state, stage and units done."""
+    """``running [2/3] carina.segmentation.infer 12/32``: state, stage and units done."""
     step = f" [{record.stage_index}/{len(record.stages)}] {record.stage}" if record.stage else ""
     done = f" {record.progress_done}/{record.progress_total}" if record.progress_total else ""
     return f"{record.state}{step}{done}"

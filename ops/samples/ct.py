@@ -205,13 +205,32 @@ def _box_smooth(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
+ORGAN_LABELS = {"liver": 1, "kidney": 2, "spleen": 3}  # the values of abdomen_phantom's label
+
+
 def spleen_phantom(
     shape_zyx: tuple[int, int, int] = (96, 256, 256),
     spacing_xyz: tuple[float, float, float] = (1.2, 1.2, 2.5),
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A randomised abdominal CT phantom with its spleen label, for training and testing the
-    ``spleen_ct`` model.
+    ``spleen_ct`` model: :func:`abdomen_phantom`'s volume, and 1 where its label is the spleen.
+
+    Returns:
+        ``(volume, label)``: int16 HU and uint8 (1 = spleen), both (z, y, x) of ``shape_zyx``.
+    """
+    volume, organs = abdomen_phantom(shape_zyx, spacing_xyz, seed)
+    return volume, (organs == ORGAN_LABELS["spleen"]).astype(np.uint8)
+
+
+def abdomen_phantom(
+    shape_zyx: tuple[int, int, int] = (96, 256, 256),
+    spacing_xyz: tuple[float, float, float] = (1.2, 1.2, 2.5),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A randomised abdominal CT phantom with its organ labels (:data:`ORGAN_LABELS`: liver,
+    kidneys, spleen), for training and testing the ``spleen_ct`` and ``abdomen_ct`` models.
+    An organ's label is where it stays visible once everything is painted.
 
     The body is an ellipse that fills 70–95 % of the field of view (as a CT reconstruction
     would), so organ sizes in mm scale with ``shape × spacing``; z extents are in the same
@@ -230,7 +249,8 @@ def spleen_phantom(
         seed: everything random derives from it.
 
     Returns:
-        ``(volume, label)``: int16 HU and uint8 (1 = spleen), both (z, y, x) of ``shape_zyx``.
+        ``(volume, organs)``: int16 HU and uint8 (:data:`ORGAN_LABELS`, 0 elsewhere), both
+        (z, y, x) of ``shape_zyx``.
     """
     if len(shape_zyx) != 3 or min(shape_zyx) < 1:
         raise InvalidParameter(f"shape_zyx must be three positive sizes, got {shape_zyx}")
@@ -268,9 +288,12 @@ def spleen_phantom(
     # Between the organs: fat with bowel and vessels, from fatty (−80 HU) to dense (25 HU).
     volume = np.where(inner, u(-80, 30) + texture, volume).astype(np.float32)
 
-    def paint(mask: np.ndarray, hu: float | np.ndarray, within: np.ndarray | None = inner) -> np.ndarray:
+    organs = np.zeros(volume.shape, np.uint8)
+
+    def paint(mask: np.ndarray, hu: float | np.ndarray, within: np.ndarray | None = inner, organ: int = 0) -> np.ndarray:
         mask = mask & within if within is not None else mask
         np.copyto(volume, np.float32(hu) if np.isscalar(hu) else hu, where=mask)
+        organs[mask] = organ  # what is painted over an organ hides it
         return mask
 
     def blob(centre, radii, lobes=None, bend=0.0, **kwargs) -> np.ndarray:
@@ -307,7 +330,7 @@ def spleen_phantom(
                  (a * u(0.35, 0.55), b * u(0.5, 0.8), a * u(0.45, 0.9)),
                  rotation=_rotation(u(-0.3, 0.3), u(-0.2, 0.2), u(-0.2, 0.2)),
                  lobes=[(k, u(0, 0.06), u(0, 2 * np.pi)) for k in (2, 3)])
-    paint(liver, liver_hu + 0.5 * texture)
+    paint(liver, liver_hu + 0.5 * texture, organ=ORGAN_LABELS["liver"])
 
     # Kidneys, below the spleen, either side of the spine; a little renal sinus fat.
     for side in (-1, 1):
@@ -315,9 +338,10 @@ def spleen_phantom(
                   spleen_z - a * u(0.1, 0.4) + side * a * u(-0.05, 0.05))
         radii = (a * u(0.09, 0.14), b * u(0.12, 0.2), a * u(0.25, 0.4))
         rot = _rotation(side * u(0.2, 0.6), u(-0.2, 0.2), u(-0.2, 0.2))
-        kidney = paint(blob(centre, radii, rotation=rot, bend=u(0.1, 0.4) * side), u(25, 40))
+        kidney = paint(blob(centre, radii, rotation=rot, bend=u(0.1, 0.4) * side), u(25, 40),
+                       organ=ORGAN_LABELS["kidney"])
         paint(kidney & blob((centre[0] - side * radii[0] * 0.3, centre[1], centre[2]),
-                            tuple(r * 0.35 for r in radii), rotation=rot), u(-90, -40))
+                            tuple(r * 0.35 for r in radii), rotation=rot), u(-90, -40), organ=ORGAN_LABELS["kidney"])
 
     # Spine (cortex, marrow, a spinous process), paraspinal muscles, aorta, ribs.
     spine_x, spine_y, spine_r = cx + a * u(-0.03, 0.03), cy + b * u(0.35, 0.55), a * u(0.08, 0.14)
@@ -348,9 +372,9 @@ def spleen_phantom(
     spleen = blob(spleen_centre, spleen_radii,
                   rotation=_rotation(u(-0.7, 0.5), u(-0.25, 0.25), u(-0.25, 0.25)),
                   lobes=[(k, u(0, 0.1), u(0, 2 * np.pi)) for k in (2, 3, 5)], bend=u(0, 0.6))
-    spleen = paint(spleen, spleen_hu + 0.5 * texture)
+    paint(spleen, spleen_hu + 0.5 * texture, organ=ORGAN_LABELS["spleen"])
 
     volume += _smooth_field(grid, rng, wavelength_mm=2.0 * a, amplitude=u(0, 6)) * body + u(-6, 6) * body
     _box_smooth(volume)
     volume += rng.normal(0, u(4, 18), volume.shape).astype(np.float32)
-    return np.clip(volume, -1024, 3071).astype(np.int16), spleen.astype(np.uint8)
+    return np.clip(volume, -1024, 3071).astype(np.int16), organs

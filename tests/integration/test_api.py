@@ -250,7 +250,7 @@ def test_a_fuzz_of_malformed_requests_is_answered_4xx_in_json_and_the_server_sta
 
 def test_the_pipelines_are_served_with_their_definitions_and_sources(api):
     status, pipelines = call(f"{api}/pipelines")
-    assert status == 200 and [p["name"] for p in pipelines] == ["3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"]
+    assert status == 200 and {"3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"} <= {p["name"] for p in pipelines}
     spleen = next(p for p in pipelines if p["name"] == "spleen-seg")
     assert spleen["source"] == "carina" and spleen["parameters"]["overlap"]["maximum"] == 0.9
     assert [s["queue"] for s in spleen["stages"]] == ["io", "gpu", "io"]

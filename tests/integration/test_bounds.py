@@ -49,7 +49,7 @@ def test_a_sliding_window_job_past_its_window_limit_fails_before_inference(stric
     path = write_volume(volume, {"spacing": [1.4, 1.4, 2.5], "origin": [0.0] * 3, "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
                         tmp_path / "ct.nii.gz")
     status = run(strict_worker, "spleen-seg", path, tmp_path / "out", overlap=0.9)
-    assert status.state == "failed" and status.stage == "carina.spleen.read_volume"
+    assert status.state == "failed" and status.stage == "carina.segmentation.read_volume"
     assert "WorkTooLarge: the job asks for" in status.error and "more than CARINA_MAX_WINDOWS=10" in status.error
     assert "144 windows of 96³ over the 80×187×187 voxels of ct resampled (overlap 0.9)" in status.error
     assert not (tmp_path / "out").exists()

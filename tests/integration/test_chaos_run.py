@@ -29,7 +29,7 @@ from tests.helpers import GEOMETRY, pool_processes, remove_segments, wait_until,
 
 PIPELINES = ("fastio-itk", "3dblur", "spleen-seg", "nuclei-seg")
 # The stages that count units of work: there, "mid-stage" is "some windows or tiles done".
-COUNTING = {"spleen-seg": "carina.spleen.infer", "nuclei-seg": "carina.nuclei.segment"}
+COUNTING = {"spleen-seg": "carina.segmentation.infer", "nuclei-seg": "carina.nuclei.segment"}
 PARAMS = {"nuclei-seg": {"overlap": 16, "num_workers": 1}}
 
 

@@ -49,7 +49,7 @@ def idle_env(redis_server):
 def test_submit_and_status_warn_of_a_stage_no_live_worker_reads(idle_env, sample, tmp_path):
     submitted = carina("submit", "spleen-seg", "-i", str(sample[0]), "-o", str(tmp_path / "out"), env=idle_env)
     assert submitted.returncode == 0, submitted.stderr
-    for kind, stage in (("io", "carina.spleen.read_volume"), ("gpu", "carina.spleen.infer")):
+    for kind, stage in (("io", "carina.segmentation.read_volume"), ("gpu", "carina.segmentation.infer")):
         assert f"no live worker reads the {kind} queue: {stage} will wait" in submitted.stderr
     assert "cpu queue" not in submitted.stderr  # spleen-seg has no cpu stage
     status = carina("status", submitted.stdout.strip(), env=idle_env)

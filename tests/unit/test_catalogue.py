@@ -14,11 +14,12 @@ from queues.errors import InvalidJobRequest, UnknownPipeline
 from queues.settings import Settings
 
 SETTINGS = Settings()
+SEEDS = {"3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"}
 
 
 def test_the_project_s_four_pipelines_are_definitions_with_their_seed_stages():
     pipelines = load_catalogue(SETTINGS)
-    assert list(pipelines) == ["3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"]
+    assert SEEDS <= set(pipelines)
     assert [(s.task, s.queue) for s in pipelines["fastio-itk"].stages] == [
         ("carina.fastio_itk.read_volume", "io"), ("carina.fastio_itk.filter_volume", "cpu"),
         ("carina.fastio_itk.write_volume", "io")]
@@ -76,13 +77,13 @@ def test_a_bad_parameter_is_refused_with_what_it_should_be(pipeline, given, mess
 
 
 def test_an_unknown_pipeline_names_the_known_ones():
-    with pytest.raises(UnknownPipeline, match="known pipelines: 3dblur, fastio-itk, nuclei-seg, spleen-seg"):
+    with pytest.raises(UnknownPipeline, match="known pipelines: 3dblur, .*fastio-itk, nuclei-seg, spleen-seg"):
         get_pipeline(SETTINGS, "liver-seg")
 
 
 GOOD = {"name": "liver-seg", "description": "a liver", "parameters": {"overlap": {"type": "number", "default": 0.5,
                                                                                "minimum": 0, "maximum": 0.9}},
-        "stages": [{"kind": "carina.spleen.read_volume", "queue": "io"}, {"kind": "carina.spleen.infer", "queue": "gpu"}]}
+        "stages": [{"kind": "carina.segmentation.read_volume", "queue": "io"}, {"kind": "carina.segmentation.infer", "queue": "gpu"}]}
 
 
 def faulty(**changes):
@@ -157,11 +158,11 @@ def test_a_stage_no_live_worker_would_take_is_named_with_why():
     from queues.presence import Worker
 
     status = JobStatus(job_id="j", pipeline="spleen-seg", state="queued", stages=[])
-    io_cpu = Worker("w1", "host-a", ("io", "cpu", "io.host-a"), 0.0, 30.0, frozenset({"carina.spleen.read_volume"}))
+    io_cpu = Worker("w1", "host-a", ("io", "cpu", "io.host-a"), 0.0, 30.0, frozenset({"carina.segmentation.read_volume"}))
     gpu_without_infer = Worker("w2", "host-a", ("gpu.host-a",), 0.0, 30.0, frozenset({"carina.nuclei.segment"}))
-    assert unserved_stages(SETTINGS, status, [io_cpu]) == [("carina.spleen.infer", "gpu", "queue"),
-                                                           ("carina.spleen.write_results", "io", "kind")]
-    assert ("carina.spleen.infer", "gpu", "kind") in unserved_stages(SETTINGS, status, [io_cpu, gpu_without_infer])
+    assert unserved_stages(SETTINGS, status, [io_cpu]) == [("carina.segmentation.infer", "gpu", "queue"),
+                                                           ("carina.segmentation.write_results", "io", "kind")]
+    assert ("carina.segmentation.infer", "gpu", "kind") in unserved_stages(SETTINGS, status, [io_cpu, gpu_without_infer])
     older = Worker("w3", "host-a", ("io", "cpu", "gpu"), 0.0, 30.0)  # says nothing of its kinds: taken to run all
     assert unserved_stages(SETTINGS, status, [older]) == []
 

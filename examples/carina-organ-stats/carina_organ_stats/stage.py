@@ -8,7 +8,7 @@ import json
 from carina_organ_stats.statistics import label_statistics as statistics_of
 from queues.app import app
 from queues.payload import Payload
-from workers.spleen import CT, LABELS
+from workers.segmentation import CT, LABELS
 from workers.stage import StageTask
 
 LABEL_NAMES = {0: "background", 1: "spleen"}

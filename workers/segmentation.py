@@ -1,4 +1,7 @@
-"""The ``spleen-seg`` pipeline: read a CT → 96³ sliding-window UNet on Triton → labels + publish folder."""
+"""Sliding-window segmentation of a volume on a Triton model, the stage kinds of ``spleen-seg``
+and ``abdomen-seg``: read the CT → the model over windows → labels + publish folder. Each
+pipeline's definition gives the model's recipe (``settings``: window, spacing, intensity
+window, output channels); the spleen model's stands in where it gives none."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 
-CT = "spleen_ct"
-LABELS = "spleen_labels"
+CT = "segmentation_volume"
+LABELS = "segmentation_labels"
 
 
 def recipe(payload: Payload, *names: str) -> dict[str, Any]:
@@ -29,18 +32,19 @@ def recipe(payload: Payload, *names: str) -> dict[str, Any]:
     return {name: tuple(v) if isinstance(v, list) else v for name in names if (v := settings.get(name)) is not None}
 
 
-@app.task(name="carina.spleen.read_volume", base=StageTask, bind=True)
+@app.task(name="carina.segmentation.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry, name = read_input(payload["input"])
     grid_recipe = recipe(payload, "roi_size", "target_spacing_xyz")
     windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"], **grid_recipe)
-    roi = "×".join(map(str, grid_recipe.get("roi_size", ROI_SIZE)))
+    side = grid_recipe.get("roi_size", ROI_SIZE)
+    roi = f"{side[0]}³" if len(set(side)) == 1 else "×".join(map(str, side))
     check_work(windows, get_settings().max_windows, f"windows of {roi} over the {'×'.join(map(str, grid))} voxels "
                f"of {name} resampled (overlap {payload['params']['overlap']:g})", "CARINA_MAX_WINDOWS")
     return self.publish(payload, volume, CT, geometry, study=name)
 
 
-@app.task(name="carina.spleen.infer", base=StageTask, bind=True)
+@app.task(name="carina.segmentation.infer", base=StageTask, bind=True)
 def infer(self: StageTask, payload: Payload) -> Payload:
     params, ctx = payload["params"], fastio_context(payload["job"])
     ct = self.published(payload, CT)
@@ -53,7 +57,7 @@ def infer(self: StageTask, payload: Payload) -> Payload:
     return self.publish(payload, labels, LABELS, ct.metadata)
 
 
-@app.task(name="carina.spleen.write_results", base=StageTask, bind=True)
+@app.task(name="carina.segmentation.write_results", base=StageTask, bind=True)
 def write_results(self: StageTask, payload: Payload) -> Payload:
     ct, labels = self.published(payload, CT), self.published(payload, LABELS)
     output = self.staging(payload)
