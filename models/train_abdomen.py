@@ -12,7 +12,7 @@ The recipe (the definition's settings): resample to 2.0 × 2.0 × 3.0 mm (x, y, 
 -160..240 HU onto [0, 1], 64³ windows. Data: :func:`ops.samples.abdomen_phantom` at random
 geometries (as ``train_spleen.py``); crops of 48³, then 64³ for the last epoch, each centred
 near an organ drawn uniformly (:func:`balanced_crop`); Dice (mean over the three organs) +
-cross-entropy; an average of the weights. CPU only, everything from ``--seed``.
+class-weighted cross-entropy; an average of the weights. CPU only, everything from ``--seed``.
 
     python models/train_abdomen.py                # ≈ 9 min on 2 cores; writes models/abdomen_ct/1/model.onnx
     python models/train_abdomen.py --epochs 2 --out /tmp/smoke.onnx
@@ -30,14 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.dont_write_bytecode = True  # no models/__pycache__/: Triton would take it for a model
 
 from models import training  # noqa: E402
-from models.train_spleen import (EMA_DECAY, SpleenUNet, augment, dice_ce_loss, export_onnx,  # noqa: E402
-                                 geometry_dict, phantom_geometry, random_crop, torch_predictor)
+from models.train_spleen import (EMA_DECAY, SpleenUNet, augment, export_onnx, geometry_dict,  # noqa: E402
+                                 phantom_geometry, random_crop, torch_predictor)
 
 from ops.samples import ORGAN_LABELS, abdomen_phantom  # noqa: E402
 from ops.spleen import preprocess, segment  # noqa: E402
@@ -49,6 +50,10 @@ TARGET_SPACING_XYZ = (2.0, 2.0, 3.0)
 INTENSITY_WINDOW = (-160.0, 240.0)
 CLASSES = 1 + len(ORGAN_LABELS)
 MAX_ONNX_BYTES = 5 * 1024 * 1024
+# Cross-entropy weights of background, liver, kidney, spleen: about the inverse square root of
+# their share of the crops' voxels (92 %, 6 %, 0.5 %, 1.5 %). Unweighted, the network settles on
+# background and liver and never starts on the two small organs.
+CLASS_WEIGHTS = (1.0, 3.0, 20.0, 8.0)
 
 
 def make_case(seed: int, keep_raw: bool = False) -> dict:
@@ -67,6 +72,15 @@ def make_case(seed: int, keep_raw: bool = False) -> dict:
     return case
 
 
+def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy plus the soft Dice loss averaged over the three organs."""
+    ce = F.cross_entropy(logits, target, weight=torch.tensor(CLASS_WEIGHTS))
+    p = torch.softmax(logits, dim=1)
+    losses = [1 - (2 * (p[:, c] * (target == c)).sum() + 1e-5) / (p[:, c].sum() + (target == c).sum() + 1e-5)
+              for c in range(1, CLASSES)]
+    return ce + torch.stack(losses).mean()
+
+
 def balanced_crop(case: dict, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A crop centred, with probability 0.85, near a voxel of an organ drawn uniformly among
     those present (the liver would otherwise take most crops: it is ten times the spleen),
@@ -81,7 +95,7 @@ def balanced_crop(case: dict, rng: np.random.Generator, size: int) -> tuple[np.n
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=36)
     parser.add_argument("--steps-per-epoch", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--train-phantoms", type=int, default=32)
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             crops = [balanced_crop(train[rng.integers(len(train))], rng, crop_size) for _ in range(batch_size)]
             image = torch.from_numpy(np.stack([augment(c[0], rng) for c in crops])[:, None])
             target = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
-            loss = dice_ce_loss(model(image), target)
+            loss = loss_of(model(image), target)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
