@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.dont_write_bytecode = True  # no models/__pycache__/: Triton would take it for a model
 
 from models import training  # noqa: E402
-from models.train_spleen import (EMA_DECAY, SpleenUNet, augment, export_onnx, geometry_dict,  # noqa: E402
-                                 phantom_geometry, random_crop, torch_predictor)
+from models.train_spleen import (EMA_DECAY, SpleenUNet, export_onnx, geometry_dict, phantom_geometry,  # noqa: E402
+                                 random_crop, torch_predictor, train_epoch)
 
 from ops.samples import ORGAN_LABELS, abdomen_phantom  # noqa: E402
 from ops.spleen import preprocess, segment  # noqa: E402
@@ -125,25 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(1, args.epochs + 1):
         full_size = epoch == args.epochs
         crop_size, batch_size = (ROI, args.batch_size // 2) if full_size else (SMALL_CROP, args.batch_size)
-        model.train()
-        if full_size:
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm3d):
-                    module.eval()
-        losses = []
-        for _ in range(args.steps_per_epoch):
-            crops = [balanced_crop(train[rng.integers(len(train))], rng, crop_size) for _ in range(batch_size)]
-            image = torch.from_numpy(np.stack([augment(c[0], rng) for c in crops])[:, None])
-            target = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
-            loss = loss_of(model(image), target)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            ema.update_parameters(model)
-            losses.append(loss.item())
+        loss = train_epoch(model, lambda r, n: balanced_crop(train[r.integers(len(train))], r, n), loss_of,
+                           args.steps_per_epoch, batch_size, crop_size, optimiser, schedule, ema, rng, full_size)
         final = ema.module.eval()
-        print(f"epoch {epoch:3d}  crops {batch_size}×{crop_size}³  loss {np.mean(losses):.4f}  "
+        print(f"epoch {epoch:3d}  crops {batch_size}×{crop_size}³  loss {loss:.4f}  "
               f"{time.perf_counter() - train_started:.0f} s", flush=True)
     train_seconds = time.perf_counter() - train_started
 

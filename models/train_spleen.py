@@ -172,6 +172,31 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + torch.stack(losses).mean()
 
 
+def train_epoch(model: nn.Module, draw_crop, loss_fn, steps: int, batch_size: int, crop_size: int, optimiser,
+                schedule, ema, rng: np.random.Generator, frozen_norm: bool = False) -> float:
+    """``steps`` optimiser steps, each on ``batch_size`` crops of ``crop_size``³ that
+    ``draw_crop(rng, crop_size)`` gives as (image, target), augmented; batch norm's running
+    statistics frozen where asked. Returns the epoch's mean loss."""
+    model.train()
+    if frozen_norm:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm3d):
+                module.eval()
+    losses = []
+    for _ in range(steps):
+        crops = [draw_crop(rng, crop_size) for _ in range(batch_size)]
+        image = torch.from_numpy(np.stack([augment(c[0], rng) for c in crops])[:, None])
+        target = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
+        loss = loss_fn(model(image), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        ema.update_parameters(model)
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
 def torch_predictor(model: nn.Module):
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -254,28 +279,13 @@ def main(argv: list[str] | None = None) -> None:
         # batch norm's running statistics frozen (two 96³ crops make noisy batch statistics).
         full_size = epoch > args.epochs - args.full_size_epochs
         crop_size, batch_size = (size, args.batch_size) if full_size else (SMALL_CROP, 2 * args.batch_size)
-        model.train()
-        if full_size:
-            for module in model.modules():
-                if isinstance(module, nn.BatchNorm3d):
-                    module.eval()
-        losses = []
-        for _ in range(args.steps_per_epoch):
-            crops = [random_crop(train[rng.integers(len(train))], rng, crop_size) for _ in range(batch_size)]
-            image = torch.from_numpy(np.stack([augment(c[0], rng) for c in crops])[:, None])
-            target = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
-            loss = dice_ce_loss(model(image), target)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            ema.update_parameters(model)
-            losses.append(loss.item())
+        loss = train_epoch(model, lambda r, n: random_crop(train[r.integers(len(train))], r, n), dice_ce_loss,
+                           args.steps_per_epoch, batch_size, crop_size, optimiser, schedule, ema, rng, full_size)
         final = ema.module.eval()
         with torch.no_grad():
             predicted = final(torch.from_numpy(np.stack([c[0] for c in val_crops])[:, None])).argmax(1).numpy()
         crop_dice = training.dice(predicted, np.stack([c[1] for c in val_crops]))
-        print(f"epoch {epoch:3d}  crops {batch_size}×{crop_size}³  loss {np.mean(losses):.4f}  validation crop Dice {crop_dice:.3f}  "
+        print(f"epoch {epoch:3d}  crops {batch_size}×{crop_size}³  loss {loss:.4f}  validation crop Dice {crop_dice:.3f}  "
               f"{time.perf_counter() - train_started:.0f} s", flush=True)
     train_seconds = time.perf_counter() - train_started
 
