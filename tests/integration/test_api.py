@@ -248,6 +248,19 @@ def test_a_fuzz_of_malformed_requests_is_answered_4xx_in_json_and_the_server_sta
     assert call(f"{api}/openapi.json", token=None)[0] == 200
 
 
+def test_the_second_model_runs_through_the_api_like_the_seed_pipelines(api, data_root):
+    from ops.samples import abdomen_phantom
+
+    ct, _ = abdomen_phantom((24, 96, 96), (2.5, 2.5, 3.0), seed=900_031)
+    write_volume(ct, {**GEOMETRY, "spacing": [2.5, 2.5, 3.0]}, data_root / "abdomen" / "ct.nii.gz")
+    status, body = call(f"{api}/job/", "POST", {"job_name": "abdomen-seg", "in_dir": "abdomen"})
+    assert status == 201
+    status, done, _ = follow(api, body["uid"], timeout_s=180)
+    assert status == 200, done
+    labels, _ = read_volume(data_root / done["output_dir"] / "ct.mhd")
+    assert labels.shape == ct.shape and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
 def test_the_pipelines_are_served_with_their_definitions_and_sources(api):
     status, pipelines = call(f"{api}/pipelines")
     assert status == 200 and {"3dblur", "fastio-itk", "nuclei-seg", "spleen-seg"} <= {p["name"] for p in pipelines}
