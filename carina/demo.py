@@ -70,7 +70,8 @@ def run_demo(out: Path) -> bool:
         shutil.rmtree(folder, ignore_errors=True)
     ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
     # The demo's Redis lets in only its own services, each as its role's user (queues/roles.py).
-    password, role_passwords = secrets.token_urlsafe(18), {role: secrets.token_urlsafe(18) for role in ("worker", "front")}
+    password = secrets.token_urlsafe(18)
+    role_passwords = {role: secrets.token_urlsafe(18) for role in ("worker", "front")}
     role_urls = {f"CARINA_REDIS_{role.upper()}_URL": f"redis://carina-{role}:{pw}@127.0.0.1:{ports['redis']}/0"
                  for role, pw in role_passwords.items()}
     keys = out / "keys"  # and its workers run only what its own front doors signed

@@ -76,7 +76,8 @@ def _numbers(count: int, positive: bool = False, integers: bool = False) -> Call
 # The settings each of the project's stage kinds reads: name → (test of a value, what it must be).
 _SEGMENTATION = {
     "roi_size": (_numbers(3, positive=True, integers=True), "the window in voxels, three positive integers (z, y, x)"),
-    "target_spacing_xyz": (_numbers(3, positive=True), "the model's voxel size in mm, three positive numbers (x, y, z)"),
+    "target_spacing_xyz": (_numbers(3, positive=True),
+                           "the model's voxel size in mm, three positive numbers (x, y, z)"),
     "intensity_window": (lambda v: _numbers(2)(v) and v[0] < v[1], "[low, high]: the values mapped to 0 and 1"),
     "output_channels": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256,
                         "the model's output channels, 1 to 256"),

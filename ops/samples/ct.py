@@ -290,7 +290,8 @@ def abdomen_phantom(
 
     organs = np.zeros(volume.shape, np.uint8)
 
-    def paint(mask: np.ndarray, hu: float | np.ndarray, within: np.ndarray | None = inner, organ: int = 0) -> np.ndarray:
+    def paint(mask: np.ndarray, hu: float | np.ndarray, within: np.ndarray | None = inner,
+              organ: int = 0) -> np.ndarray:
         mask = mask & within if within is not None else mask
         np.copyto(volume, np.float32(hu) if np.isscalar(hu) else hu, where=mask)
         organs[mask] = organ  # what is painted over an organ hides it

@@ -38,8 +38,8 @@ def test_a_pipeline_from_a_folder_is_listed_shown_and_runs(deployment, sample, t
     env = {**deployment.env, "CARINA_PIPELINES_DIR": str(folder)}
 
     listed = carina(env, "pipelines")
-    assert listed.returncode == 0 and f"crop-corner  the 2×2×2 corner of a volume, for a quick look  [folder {folder}]" \
-        in listed.stdout and "[carina]" in listed.stdout
+    line = f"crop-corner  the 2×2×2 corner of a volume, for a quick look  [folder {folder}]"
+    assert listed.returncode == 0 and line in listed.stdout and "[carina]" in listed.stdout
     shown = yaml.safe_load(carina(env, "pipelines", "show", "crop-corner").stdout)
     assert shown["source"] == f"folder {folder}" and shown["stages"] == CORNER["stages"]
 

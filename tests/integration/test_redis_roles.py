@@ -86,7 +86,8 @@ def test_every_front_door_and_the_workers_run_a_job_with_their_own_users_and_no_
     watch = subprocess.Popen([sys.executable, "-m", "carina", "watch", str(inbox), "--rules", str(rules),
                               "--output", str(root / "watched"), "--stable-s", "0.5", "--poll-s", "0.2", "--poll"],
                              env=envs["front"],
-                             stdout=(tmp_path / "watch.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                             stdout=(tmp_path / "watch.log").open("w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
     try:
         write_volume(np.ones((4, 4, 4), np.int16), GEOMETRY, tmp_path / "drop.mhd")
         for name in ("drop.mhd", "drop.raw"):

@@ -83,7 +83,8 @@ def test_an_unknown_pipeline_names_the_known_ones():
 
 GOOD = {"name": "liver-seg", "description": "a liver", "parameters": {"overlap": {"type": "number", "default": 0.5,
                                                                                "minimum": 0, "maximum": 0.9}},
-        "stages": [{"kind": "carina.segmentation.read_volume", "queue": "io"}, {"kind": "carina.segmentation.infer", "queue": "gpu"}]}
+        "stages": [{"kind": "carina.segmentation.read_volume", "queue": "io"},
+                   {"kind": "carina.segmentation.infer", "queue": "gpu"}]}
 
 
 def faulty(**changes):
@@ -158,11 +159,13 @@ def test_a_stage_no_live_worker_would_take_is_named_with_why():
     from queues.presence import Worker
 
     status = JobStatus(job_id="j", pipeline="spleen-seg", state="queued", stages=[])
-    io_cpu = Worker("w1", "host-a", ("io", "cpu", "io.host-a"), 0.0, 30.0, frozenset({"carina.segmentation.read_volume"}))
+    io_cpu = Worker("w1", "host-a", ("io", "cpu", "io.host-a"), 0.0, 30.0,
+                    frozenset({"carina.segmentation.read_volume"}))
     gpu_without_infer = Worker("w2", "host-a", ("gpu.host-a",), 0.0, 30.0, frozenset({"carina.nuclei.segment"}))
     assert unserved_stages(SETTINGS, status, [io_cpu]) == [("carina.segmentation.infer", "gpu", "queue"),
                                                            ("carina.segmentation.write_results", "io", "kind")]
-    assert ("carina.segmentation.infer", "gpu", "kind") in unserved_stages(SETTINGS, status, [io_cpu, gpu_without_infer])
+    both = [io_cpu, gpu_without_infer]
+    assert ("carina.segmentation.infer", "gpu", "kind") in unserved_stages(SETTINGS, status, both)
     older = Worker("w3", "host-a", ("io", "cpu", "gpu"), 0.0, 30.0)  # says nothing of its kinds: taken to run all
     assert unserved_stages(SETTINGS, status, [older]) == []
 
