@@ -57,10 +57,14 @@ def unacked_delivery_tag(client: redis.Redis, task_id: str) -> str | None:
     """The delivery tag under which Celery task ``task_id``'s message waits unacknowledged,
     or None (acknowledged, restored, or never delivered)."""
     for tag, raw in client.hscan_iter(UNACKED_KEY):
-        message = json.loads(raw)[0]
-        if message.get("headers", {}).get("id") == task_id:
+        if _task_id(json.loads(raw)[0]) == task_id:
             return tag.decode()
     return None
+
+
+def _task_id(message: dict) -> str:
+    """The Celery task id a kombu message carries ('' for none)."""
+    return message.get("headers", {}).get("id", "")
 
 
 def messages_held(client: redis.Redis, queues: Iterable[str]) -> set[str]:
@@ -68,13 +72,10 @@ def messages_held(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     at any priority, or delivered and not yet acknowledged. A message in neither is gone: a
     consumer's BRPOP took it off its list and the connection dropped before the reply (kombu
     records it as unacknowledged only once the reply is read)."""
-    held = set()
-    for raw in client.hvals(UNACKED_KEY):
-        held.add(json.loads(raw)[0].get("headers", {}).get("id", ""))
+    held = {_task_id(json.loads(raw)[0]) for raw in client.hvals(UNACKED_KEY)}
     for queue in queues:
         for key in priority_lists(queue):
-            for raw in client.lrange(key, 0, -1):
-                held.add(json.loads(raw).get("headers", {}).get("id", ""))
+            held |= {_task_id(json.loads(raw)) for raw in client.lrange(key, 0, -1)}
     held.discard("")
     return held
 

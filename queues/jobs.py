@@ -206,6 +206,16 @@ class JobStore:
         return {job_id: (pipeline.decode(), state.decode())
                 for job_id, (pipeline, state) in zip(ids, rows) if pipeline is not None}
 
+    def active_statuses(self) -> list[JobStatus]:
+        """The records of the jobs queued or running (one that expires meanwhile is left out)."""
+        statuses = []
+        for job_id in self.active():
+            try:
+                statuses.append(self.get(job_id))
+            except UnknownJob:
+                continue
+        return statuses
+
     def running(self) -> list[str]:
         """Ids of the jobs whose state is running."""
         return [job_id for job_id, (_, state) in self.active().items() if state == RUNNING]

@@ -86,11 +86,8 @@ def restart_jobs_of_lost_hosts(app: Celery, client: redis.Redis, settings: Setti
     registry = Registry(client, settings.fastio_config())
     silence: dict[str, float | None] = {}
     acted = []
-    for job_id in jobs.active():
-        try:
-            status = jobs.get(job_id)
-        except UnknownJob:
-            continue
+    for status in jobs.active_statuses():
+        job_id = status.job_id
         hosts = set(registry.job_segments(job_id).values()) | ({status.host} if status.host else set())
         hosts.discard(settings.host_id)  # this one is alive: it runs this pass
         for host in hosts - silence.keys():
@@ -115,14 +112,7 @@ def restart_jobs_whose_message_was_lost(app: Celery, client: redis.Redis, settin
     their next stage while the broker holds its message nowhere (not queued, not delivered):
     looked for twice, :data:`LOOK_AGAIN_S` apart. Returns the jobs acted on."""
     jobs = job_store()
-    waiting = []
-    for job_id in jobs.active():
-        try:
-            status = jobs.get(job_id)
-        except UnknownJob:
-            continue
-        if _waits_for_lost_message(status, time.time(), settings):
-            waiting.append(status)
+    waiting = [s for s in jobs.active_statuses() if _waits_for_lost_message(s, time.time(), settings)]
     if not waiting:
         return []
     queues = set(known_queues(client, settings.namespace))

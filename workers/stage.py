@@ -47,8 +47,7 @@ class StageTask(Task):
         _STARTED[task_id] = time.monotonic()
 
     def __call__(self, payload: Payload, *args: Any, **kwargs: Any) -> Any:
-        if not self.request.called_directly:
-            self._start(payload)
+        index = 0 if self.request.called_directly else self._start(payload)
         try:
             result = super().__call__(payload, *args, **kwargs)
         except NotLocal as e:
@@ -62,10 +61,9 @@ class StageTask(Task):
         if self.request.chain:
             # Before Celery sends the next stage: from here the job waits for that message,
             # which a broker can lose (workers/recovery.py finds such jobs).
-            stages, following = self._stages(payload), self.request.chain[-1]
-            if self.name in stages:
-                job_store().awaiting(payload["job"], following.get("options", {}).get("task_id", ""),
-                                     stages.index(self.name) + 2)
+            if index:
+                following = self.request.chain[-1]
+                job_store().awaiting(payload["job"], following.get("options", {}).get("task_id", ""), index + 1)
         else:
             # The last stage ends its job here, before Celery stores the stage's success: a
             # process lost after that store (in on_success) would leave the job running for ever,
@@ -75,8 +73,10 @@ class StageTask(Task):
             lifecycle.job_done(ended["job"], ended.get("output", ""))
         return result
 
-    def _start(self, payload: Payload) -> None:
-        """The lifecycle's start of this delivery; raises Ignore where the stage must not run."""
+    def _start(self, payload: Payload) -> int:
+        """The lifecycle's start of this delivery; returns the stage's position in its job
+        (1 for the first; 0 for a stage of no job the store knows). Raises Ignore where the
+        stage must not run."""
         job_id = payload["job"]
         if lifecycle.settle(job_id):
             # A stale redelivery: a message whose acknowledgement was lost with a Redis restart
@@ -103,6 +103,7 @@ class StageTask(Task):
             # In the worker too: what was inside when submitted may hold a link, or a header
             # naming a file, that leads out. Raised, the job fails with the file named.
             check_job(payload["input"], payload["output"], payload.get("config"), get_settings().data_roots)
+        return index
 
     def _drop(self) -> None:
         _STARTED.pop(self.request.id, None)
