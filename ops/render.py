@@ -90,11 +90,13 @@ def write_render_files(output_dir: Path, meta: dict[str, Any] | list[dict[str, A
 
 
 def write_segmentation_publish(folder: Path, image: np.ndarray, labels: np.ndarray, geometry: dict[str, Any],
-                               config_dir: Path | None) -> list[Path]:
+                               config_dir: Path | None, label_names: dict[str, str] | None = None) -> list[Path]:
     """The seed's publish folder for the Render Server: ``image.mhd``, ``image.seg.mhd``,
     ``config.meta``, ``config_render.json`` and a ``preview.png`` (mid-slices, mask overlaid).
 
-    Both volumes are (z, y, x) on the same grid, ``geometry``. Returns the paths written.
+    Both volumes are (z, y, x) on the same grid, ``geometry``. ``label_names`` (label value as
+    a string → name), where given, describe ``image.seg.mhd`` in ``config.meta`` as its
+    ``labels``. Returns the paths written.
     """
     from ops.preview import segmentation_preview, write_png
     from ops.volume import write_volume
@@ -103,6 +105,8 @@ def write_segmentation_publish(folder: Path, image: np.ndarray, labels: np.ndarr
     written = [write_volume(image, geometry, folder / "image.mhd"),
                write_volume(labels, geometry, folder / "image.seg.mhd")]
     metas = [volume_meta("image.mhd", image, geometry), volume_meta("image.seg.mhd", labels, geometry)]
+    if label_names:
+        metas[1]["labels"] = dict(label_names)
     written += write_render_files(folder, metas, config_dir)
     written.append(write_png(segmentation_preview(image, labels, geometry["spacing"]), folder / "preview.png"))
     return written

@@ -34,11 +34,14 @@ import numpy as np
 
 from ops.arrays import array_module, is_cupy, ndimage_for, to_device, to_host
 from ops.errors import InvalidParameter
+from ops.orientation import orient, reorientation, restore
 from ops.protocols import Predictor, Progress
 from ops import sliding_window
 from ops.sliding_window import sliding_window_inference
 
 TARGET_SPACING_XYZ = (1.5, 1.5, 2.0)  # mm
+NORMALIZATIONS = (None, "all", "nonzero")
+LABEL_RESAMPLINGS = ("nearest", "linear")
 HU_WINDOW = (-57.0, 164.0)  # HU mapped to 0 and 1
 ROI_SIZE = (96, 96, 96)  # voxels, (z, y, x)
 OUTPUT_CHANNELS = 2  # background and spleen logits
@@ -51,33 +54,46 @@ def preprocess(
     geometry: Geometry,
     target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ,
     hu_window: Sequence[float] = HU_WINDOW,
+    intensity_range: Sequence[float] = (0.0, 1.0),
+    intensity_clip: bool = True,
+    normalize_intensity: str | None = None,
 ) -> tuple[np.ndarray, Geometry]:
-    """Resample a CT volume to the model's spacing and window its HU onto [0, 1].
+    """Resample a CT volume to the model's spacing, then scale its intensities.
 
     Args:
         volume: (z, y, x), any real dtype, in HU; numpy or cupy.
         geometry: the volume's geometry (x, y, z order; see the module's docstring).
         target_spacing_xyz: the model's voxel size in mm, (x, y, z).
-        hu_window: ``(a_min, a_max)``: ``a_min`` maps to 0, ``a_max`` to 1, values outside clip.
+        hu_window: ``(a_min, a_max)``: ``a_min`` maps to the first of ``intensity_range``,
+            ``a_max`` to the second (MONAI's ``ScaleIntensityRange``).
+        intensity_range: ``(b_min, b_max)``, (0, 1) by default.
+        intensity_clip: clip the scaled values to ``intensity_range``.
+        normalize_intensity: instead of the window, ``"all"`` subtracts the resampled volume's
+            mean and divides by its standard deviation (1 where that is 0); ``"nonzero"`` does
+            so over the voxels that are not 0 and leaves the zeros (MONAI's
+            ``NormalizeIntensity``, with ``nonzero`` False or True).
 
     Returns:
         ``(array, geometry)``: a new C-contiguous float32 (z, y, x) array (numpy or cupy, as
-        ``volume``) with values in
-        [0, 1], linearly interpolated on the grid described in the module's docstring, and
-        that grid's geometry (the input's origin and direction, the target spacing) as lists
-        of floats.
+        ``volume``), linearly interpolated on the grid described in the module's docstring,
+        and that grid's geometry (the input's origin and direction, the target spacing) as
+        lists of floats.
 
     Raises:
         InvalidParameter: ``volume`` is not a non-empty 3D real array; ``geometry`` lacks a key
             or has a non-positive spacing or a singular direction; ``target_spacing_xyz`` is
-            not three finite positive numbers; ``hu_window`` is not two finite numbers, the
-            first below the second.
+            not three finite positive numbers; ``hu_window`` or ``intensity_range`` is not two
+            finite numbers, the first below the second; ``normalize_intensity`` is not None,
+            ``"all"`` or ``"nonzero"``.
     """
     volume = _check_volume(volume)
     ndimage, xp = ndimage_for(volume), array_module(volume)
     spacing, origin, direction = _check_geometry(geometry, "geometry")
     target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
     a_min, a_max = _hu_window(hu_window)
+    b_min, b_max = _hu_window(intensity_range, "intensity_range")
+    if normalize_intensity not in NORMALIZATIONS:
+        raise InvalidParameter(f"normalize_intensity={normalize_intensity!r}: expected one of {NORMALIZATIONS}")
 
     shape_xyz = _resampled_shape_xyz(volume.shape, spacing, target)
     resampled_geometry = {
@@ -91,10 +107,32 @@ def preprocess(
         source, xp.asarray(matrix), xp.asarray(offset), output_shape=tuple(shape_xyz[::-1]), output=np.float32,
         order=1, mode="nearest",
     )
+    if normalize_intensity is not None:
+        _normalize(out, xp, nonzero=normalize_intensity == "nonzero")
+        return out, resampled_geometry
     out -= np.float32(a_min)
     out /= np.float32(a_max - a_min)
-    out.clip(0.0, 1.0, out=out)
+    if (b_min, b_max) != (0.0, 1.0):
+        out *= np.float32(b_max - b_min)
+        out += np.float32(b_min)
+    if intensity_clip:
+        out.clip(b_min, b_max, out=out)
     return out, resampled_geometry
+
+
+def _normalize(out: Any, xp: Any, nonzero: bool) -> None:
+    """``out`` (float32) minus its mean, over its standard deviation, in place; over the
+    nonzero voxels only if ``nonzero``."""
+    selected = out != 0 if nonzero else None
+    values = out[selected] if nonzero else out
+    if values.size == 0:
+        return
+    mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
+    scaled = (values - np.float32(mean)) / np.float32(std if std != 0 else 1.0)
+    if nonzero:
+        out[selected] = scaled
+    else:
+        out[...] = scaled
 
 
 def _resampled_shape_xyz(shape_zyx: Sequence[int], spacing: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -102,11 +140,17 @@ def _resampled_shape_xyz(shape_zyx: Sequence[int], spacing: np.ndarray, target: 
 
 
 def window_count(shape_zyx: Sequence[int], geometry: Geometry, overlap: float, roi_size: Sequence[int] = ROI_SIZE,
-                 target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ) -> tuple[int, tuple[int, ...]]:
+                 target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ,
+                 orientation: str | None = None) -> tuple[int, tuple[int, ...]]:
     """The windows :func:`segment` runs on a volume of ``shape_zyx`` and ``geometry``, and the
-    (z, y, x) shape they slide over (the volume resampled to ``target_spacing_xyz``), known
-    before any voxel is read. Raises InvalidParameter as :func:`preprocess`."""
-    spacing, _, _ = _check_geometry(geometry, "geometry")
+    (z, y, x) shape they slide over (the volume turned to ``orientation`` and resampled to
+    ``target_spacing_xyz``), known before any voxel is read. Raises InvalidParameter as
+    :func:`preprocess`."""
+    spacing, _, direction = _check_geometry(geometry, "geometry")
+    if orientation is not None:
+        axes = reorientation(direction, orientation).axes
+        spacing = spacing[list(axes)]
+        shape_zyx = [shape_zyx[2 - a] for a in axes][::-1]
     target = np.asarray(_three_positive(target_spacing_xyz, "target_spacing_xyz"))
     resampled = tuple(int(n) for n in _resampled_shape_xyz(shape_zyx, spacing, target)[::-1])
     return sliding_window.window_count(resampled, roi_size, [overlap] * len(roi_size)), resampled
@@ -117,16 +161,23 @@ def postprocess(
     resampled_geometry: Geometry,
     original_shape_zyx: Sequence[int],
     original_geometry: Geometry,
+    label_resampling: str = "nearest",
 ) -> np.ndarray:
     """Labels from the model's output, on the input volume's own grid.
 
-    The argmax over channels (the lowest channel wins a tie, as numpy's and torch's argmax),
-    then nearest-neighbour resampling: each voxel of the original grid takes the label of
-    the resampled voxel whose centre is nearest (in index space; voxels past the resampled
-    grid's edge take the edge's label). An original centre exactly halfway between two
-    resampled ones, common where the spacings are in a simple ratio (2.5 mm slices onto
+    ``"nearest"``: the argmax over channels (the lowest channel wins a tie, as numpy's and
+    torch's argmax), then nearest-neighbour resampling: each voxel of the original grid takes
+    the label of the resampled voxel whose centre is nearest (in index space; voxels past the
+    resampled grid's edge take the edge's label). An original centre exactly halfway between
+    two resampled ones, common where the spacings are in a simple ratio (2.5 mm slices onto
     2.0 mm: every other slice), takes the higher index: scipy rounds ``floor(i + 0.5)``. So a
     label survives the round trip to within one resampled voxel of its boundary, not better.
+
+    ``"linear"``: the softmax over channels, each channel's probabilities resampled linearly
+    onto the original grid (the edge repeated past it), then the argmax: what a MONAI bundle
+    does with ``Activationsd(softmax=True)``, ``Invertd(nearest_interp=False)`` and
+    ``AsDiscreted(argmax=True)``. Smoother boundaries; C float32 volumes of the original's
+    size in memory.
 
     Args:
         logits: (C, z, y, x) on the resampled grid, any real dtype; C ≤ 256; numpy or cupy.
@@ -159,13 +210,24 @@ def postprocess(
         raise InvalidParameter(f"original_shape_zyx={shape!r}: expected three positive ints (z, y, x)")
     resampled = _check_geometry(resampled_geometry, "resampled_geometry")
     original = _check_geometry(original_geometry, "original_geometry")
+    if label_resampling not in LABEL_RESAMPLINGS:
+        raise InvalidParameter(f"label_resampling={label_resampling!r}: expected one of {LABEL_RESAMPLINGS}")
 
     ndimage, xp = ndimage_for(logits), array_module(logits)
-    labels = logits.argmax(axis=0).astype(np.uint8)
     matrix, offset = _pull_transform(resampled, original)
-    return ndimage.affine_transform(
-        labels, xp.asarray(matrix), xp.asarray(offset), output_shape=tuple(int(n) for n in shape), output=np.uint8, order=0, mode="nearest"
-    )
+    matrix, offset, shape = xp.asarray(matrix), xp.asarray(offset), tuple(int(n) for n in shape)
+    if label_resampling == "linear":
+        scores = logits.astype(np.float32)
+        scores -= scores.max(axis=0, keepdims=True)
+        xp.exp(scores, out=scores)
+        scores /= scores.sum(axis=0, keepdims=True)
+        resampled_scores = xp.stack([ndimage.affine_transform(channel, matrix, offset, output_shape=shape,
+                                                              output=np.float32, order=1, mode="nearest")
+                                     for channel in scores])
+        return resampled_scores.argmax(axis=0).astype(np.uint8)
+    labels = logits.argmax(axis=0).astype(np.uint8)
+    return ndimage.affine_transform(labels, matrix, offset, output_shape=shape, output=np.uint8, order=0,
+                                    mode="nearest")
 
 
 def segment(
@@ -180,6 +242,11 @@ def segment(
     use_gpu: bool = False,
     target_spacing_xyz: Sequence[float] = TARGET_SPACING_XYZ,
     intensity_window: Sequence[float] = HU_WINDOW,
+    intensity_range: Sequence[float] = (0.0, 1.0),
+    intensity_clip: bool = True,
+    normalize_intensity: str | None = None,
+    orientation: str | None = None,
+    label_resampling: str = "nearest",
 ) -> np.ndarray:
     """Segment a CT volume: :func:`preprocess`, sliding-window inference, :func:`postprocess`.
 
@@ -194,8 +261,14 @@ def segment(
             ``overlap=0.5``; 0.25 is MONAI's default and the seed's).
         use_gpu: run pre- and post-processing with cupy on the current device (the windows
             still go to the predictor as numpy arrays). Needs cupy and a GPU.
-        target_spacing_xyz, intensity_window: the model's recipe, as :func:`preprocess`
-            takes them (its ``hu_window``); the spleen model's by default.
+        target_spacing_xyz, intensity_window, intensity_range, intensity_clip,
+            normalize_intensity: the model's recipe, as :func:`preprocess` takes them
+            (``intensity_window`` is its ``hu_window``); the spleen model's by default.
+        orientation: None to keep the image's own axes (the project's models), or codes such
+            as ``"RAS"``: the volume is first turned that way (:func:`ops.orientation.orient`,
+            flips and transposes only), as a MONAI bundle's ``Orientationd`` turns it, and the
+            labels are turned back.
+        label_resampling: how labels return to the input's grid (:func:`postprocess`).
 
     Returns:
         A new uint8 (z, y, x) label volume on the input's grid (its geometry is ``geometry``):
@@ -207,14 +280,21 @@ def segment(
         ImportError: ``use_gpu`` without cupy installed.
     """
     volume = _check_volume(volume)
-    resampled, resampled_geometry = preprocess(to_device(volume) if use_gpu else volume, geometry,
-                                               target_spacing_xyz, intensity_window)
+    source, source_geometry, turned = volume, geometry, None
+    if orientation is not None:
+        source, source_geometry, turned = orient(volume, geometry, orientation)
+    resampled, resampled_geometry = preprocess(
+        to_device(np.ascontiguousarray(source)) if use_gpu else source, source_geometry, target_spacing_xyz,
+        intensity_window, intensity_range, intensity_clip, normalize_intensity)
     logits = sliding_window_inference(
         to_host(resampled)[None, None], roi_size, sw_batch_size, predictor, overlap=overlap, mode=mode,
         progress=progress,
     )
-    labels = postprocess(to_device(logits[0]) if use_gpu else logits[0], resampled_geometry, volume.shape, geometry)
-    return to_host(labels)
+    labels = postprocess(to_device(logits[0]) if use_gpu else logits[0], resampled_geometry, source.shape,
+                         source_geometry, label_resampling)
+    if turned is not None:
+        labels = restore(labels, turned)
+    return np.ascontiguousarray(to_host(labels))
 
 
 def request_nbytes(sw_batch_size: int, roi_size: Sequence[int] = ROI_SIZE,
@@ -294,15 +374,15 @@ def _three_positive(value: Any, name: str) -> tuple[float, float, float]:
     return float(value[0]), float(value[1]), float(value[2])
 
 
-def _hu_window(hu_window: Any) -> tuple[float, float]:
+def _hu_window(hu_window: Any, name: str = "hu_window") -> tuple[float, float]:
     if (
         isinstance(hu_window, (str, bytes))
         or not isinstance(hu_window, Sequence)
         or len(hu_window) != 2
         or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) for v in hu_window)
     ):
-        raise InvalidParameter(f"hu_window={hu_window!r}: expected two finite numbers (a_min, a_max)")
-    a_min, a_max = float(hu_window[0]), float(hu_window[1])
-    if not a_min < a_max:
-        raise InvalidParameter(f"hu_window={hu_window!r}: a_min must be below a_max")
-    return a_min, a_max
+        raise InvalidParameter(f"{name}={hu_window!r}: expected two finite numbers (low, high)")
+    low, high = float(hu_window[0]), float(hu_window[1])
+    if not low < high:
+        raise InvalidParameter(f"{name}={hu_window!r}: the first must be below the second")
+    return low, high

@@ -73,6 +73,7 @@ def _numbers(count: int, positive: bool = False, integers: bool = False) -> Call
     return holds
 
 
+_WORLD_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}  # orientation codes (ops/orientation.py)
 # The settings each of the project's stage kinds reads: name → (test of a value, what it must be).
 _SEGMENTATION = {
     "roi_size": (_numbers(3, positive=True, integers=True), "the window in voxels, three positive integers (z, y, x)"),
@@ -81,10 +82,24 @@ _SEGMENTATION = {
     "intensity_window": (lambda v: _numbers(2)(v) and v[0] < v[1], "[low, high]: the values mapped to 0 and 1"),
     "output_channels": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256,
                         "the model's output channels, 1 to 256"),
+    "intensity_range": (lambda v: _numbers(2)(v) and v[0] < v[1], "[low, high]: what the window maps onto"),
+    "intensity_clip": (lambda v: isinstance(v, bool), "true or false: clip to intensity_range"),
+    "normalize_intensity": (lambda v: v in ("all", "nonzero"),
+                            "all or nonzero: mean 0 and standard deviation 1, instead of a window"),
+    "orientation": (lambda v: isinstance(v, str) and len(v) == 3
+                    and {_WORLD_AXIS.get(c) for c in v.upper()} == {0, 1, 2},
+                    "three letters of R/L, A/P, S/I, the directions the model's x, y and z run (e.g. RAS)"),
+    "blend_mode": (lambda v: v in ("constant", "gaussian"), "constant or gaussian: how overlapping windows blend"),
+    "label_resampling": (lambda v: v in ("nearest", "linear"),
+                         "nearest (labels) or linear (probabilities, then argmax): how labels return to the input"),
+    "label_names": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(n, str) for k, n in v.items()),
+                    "the name of each label value, as {\"1\": \"spleen\"}"),
 }
 KIND_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "carina.segmentation.read_volume": {k: _SEGMENTATION[k] for k in ("roi_size", "target_spacing_xyz")},
-    "carina.segmentation.infer": _SEGMENTATION,
+    "carina.segmentation.infer": {k: v for k, v in _SEGMENTATION.items() if k != "label_names"},
+    "carina.segmentation.write_results": {k: _SEGMENTATION[k] for k in ("label_names",)},
 }
 PARAMETER_FIELDS = {"type", "default", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum",
                     "multiple_of", "pattern", "max_length", "explain", "description"}
@@ -288,6 +303,8 @@ def _settings(raw: Any, stages: list[Stage], fail: Callable[[str, str], Definiti
             raise fail(f"settings.{name}", f"{value!r}: {taken[name][1]}")
         if name not in taken and not free:
             raise fail(f"settings.{name}", f"no stage of this pipeline reads it ({', '.join(sorted(taken)) or 'none'})")
+    if "normalize_intensity" in raw and "intensity_window" in raw:
+        raise fail("settings.normalize_intensity", "the recipe gives intensity_window too: one or the other")
     return dict(raw)
 
 

@@ -1,7 +1,9 @@
 """Sliding-window segmentation of a volume on a Triton model, the stage kinds of ``spleen-seg``
-and ``abdomen-seg``: read the CT → the model over windows → labels + publish folder. Each
-pipeline's definition gives the model's recipe (``settings``: window, spacing, intensity
-window, output channels); the spleen model's stands in where it gives none."""
+and ``abdomen-seg`` and of imported MONAI bundles: read the CT → the model over windows →
+labels + publish folder. Each pipeline's definition gives the model's recipe (``settings``:
+window, spacing, intensity window or normalisation, orientation, blending, output channels,
+how labels return to the input's grid, label names); the spleen model's stands in where it
+gives none."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 
+# The definition's settings that ops.spleen.segment takes as they are (blend_mode is its ``mode``).
+RECIPE = ("roi_size", "target_spacing_xyz", "intensity_window", "intensity_range", "intensity_clip",
+          "normalize_intensity", "orientation", "label_resampling")
 CT = "segmentation_volume"
 LABELS = "segmentation_labels"
 
@@ -35,7 +40,7 @@ def recipe(payload: Payload, *names: str) -> dict[str, Any]:
 @app.task(name="carina.segmentation.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
     volume, geometry, name = read_input(payload["input"])
-    grid_recipe = recipe(payload, "roi_size", "target_spacing_xyz")
+    grid_recipe = recipe(payload, "roi_size", "target_spacing_xyz", "orientation")
     windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"], **grid_recipe)
     side = grid_recipe.get("roi_size", ROI_SIZE)
     roi = f"{side[0]}³" if len(set(side)) == 1 else "×".join(map(str, side))
@@ -53,7 +58,7 @@ def infer(self: StageTask, payload: Payload) -> Payload:
     with triton_predictor(ctx, params["model"], nbytes) as predictor:
         labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
                          progress=partial(self.report_progress, payload), use_gpu=gpu_available(),
-                         **recipe(payload, "roi_size", "target_spacing_xyz", "intensity_window"))
+                         mode=payload.get("settings", {}).get("blend_mode", "gaussian"), **recipe(payload, *RECIPE))
     return self.publish(payload, labels, LABELS, ct.metadata)
 
 
@@ -63,5 +68,6 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
     output = self.staging(payload)
     # The seed names the label volume after the input (its downstream consumer expects it).
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
-    write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"])
+    write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"],
+                               payload.get("settings", {}).get("label_names"))
     return self.advance(payload, result=self.result(payload, result))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from carina.cli.common import EXIT_FAILED
 from queues.errors import CarinaError
@@ -70,6 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("name", nargs="?", help="the pipeline to show")
     p.set_defaults(run=pipelines)
+
+    p = sub.add_parser("import-bundle", help="a MONAI bundle → a Triton model folder and a pipeline definition "
+                                             "(what it cannot map is listed, and nothing is written)")
+    p.add_argument("bundle", type=Path, help="the bundle's folder (configs/metadata.json, configs/inference.json, "
+                                             "models/model.ts or model.onnx)")
+    p.add_argument("--name", help="the pipeline's name (default: the bundle folder's)")
+    p.add_argument("--models", type=Path, help="the Triton model repository (default: the project's models/)")
+    p.add_argument("--pipelines", type=Path, help="where the definition goes (default: CARINA_PIPELINES_DIR)")
+    p.set_defaults(run=import_bundle)
 
 
 def _number(text: str) -> int | float:
@@ -234,6 +244,24 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def import_bundle(args: argparse.Namespace) -> int:
+    from carina.bundles import import_bundle as run_import
+    from carina.triton import MODEL_REPOSITORY
+    from queues.catalogue import catalogue
+
+    settings = get_settings()
+    folder = args.pipelines or settings.pipelines_dir
+    if folder is None:
+        raise CarinaError("carina import-bundle: set CARINA_PIPELINES_DIR (the workers and front doors read it) "
+                          "or pass --pipelines")
+    done = run_import(args.bundle, folder, args.models or MODEL_REPOSITORY, args.name, frozenset(catalogue(settings)))
+    print(f"pipeline {done.pipeline}: {done.definition}\nmodel: {done.model_folder}")
+    for line in done.report:
+        print(f"  {line}")
+    print("restart Triton to serve the model; `carina pipelines show " + done.pipeline + "` prints the definition")
+    return 0
 
 
 def pipelines(args: argparse.Namespace) -> int:

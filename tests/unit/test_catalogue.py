@@ -85,6 +85,7 @@ GOOD = {"name": "liver-seg", "description": "a liver", "parameters": {"overlap":
                                                                                "minimum": 0, "maximum": 0.9}},
         "stages": [{"kind": "carina.segmentation.read_volume", "queue": "io"},
                    {"kind": "carina.segmentation.infer", "queue": "gpu"}]}
+WRITE = {"kind": "carina.segmentation.write_results", "queue": "io"}
 
 
 def faulty(**changes):
@@ -115,8 +116,15 @@ def faulty(**changes):
     (faulty(name="Liver Seg"), "name", "lower-case letters"),
     (faulty(checks=["crop_inside_moon"]), "checks", "crop_inside_volume"),
     (faulty(model="liver"), "model", "unknown field"),
+    (faulty(settings={"orientation": "RAR"}), "settings.orientation", "three letters of R/L, A/P, S/I"),
+    (faulty(settings={"blend_mode": "max"}), "settings.blend_mode", "constant or gaussian"),
+    (faulty(settings={"intensity_window": [0, 1], "normalize_intensity": "all"}), "settings.normalize_intensity",
+     "one or the other"),
+    (faulty(settings={"label_names": {"one": "liver"}}, stages=[*GOOD["stages"], WRITE]), "settings.label_names",
+     "{\"1\": \"spleen\"}"),
 ], ids=["stage-kind", "queue-kind", "no-type", "default-out-of-range", "relative-bound", "unknown-param-field",
-        "no-stages", "bad-name", "unknown-check", "unknown-field"])
+        "no-stages", "bad-name", "unknown-check", "unknown-field", "orientation", "blend-mode", "window-and-normalize",
+        "label-names"])
 def test_every_fault_of_a_definition_names_the_file_and_the_field(tmp_path, definition, field, problem):
     path = tmp_path / "liver.yaml"
     path.write_text(json.dumps(definition))  # JSON is YAML

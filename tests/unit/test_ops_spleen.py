@@ -101,6 +101,45 @@ def test_hu_window_maps_and_clips():
     np.testing.assert_allclose(out.ravel(), [0, 0, 0, 0.535, 1, 1], rtol=0, atol=1e-6)
 
 
+SAME_GRID = {"spacing": [1.5, 1.5, 2.0], "origin": [0.0, 0.0, 0.0], "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]}
+
+
+@pytest.mark.parametrize("b_range, clip", [((0.0, 1.0), False), ((-1.0, 1.0), True), ((-1.0, 1.0), False)])
+def test_the_intensity_range_and_clip_are_monai_s_scale_intensity_range(b_range, clip):
+    transforms = pytest.importorskip("monai.transforms")
+    hu = np.random.default_rng(3).uniform(-400, 600, (4, 5, 6)).astype(np.float32)
+    out, _ = preprocess(hu, SAME_GRID, hu_window=(-57, 164), intensity_range=b_range, intensity_clip=clip)
+    expected = transforms.ScaleIntensityRange(-57, 164, *b_range, clip=clip)(hu)
+    np.testing.assert_allclose(out, np.asarray(expected), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("how", ["all", "nonzero"])
+def test_normalisation_is_monai_s_normalize_intensity(how):
+    transforms = pytest.importorskip("monai.transforms")
+    volume = np.random.default_rng(4).uniform(-400, 600, (4, 5, 6)).astype(np.float32)
+    volume[:, :2] = 0.0  # a background that nonzero leaves out
+    out, _ = preprocess(volume, SAME_GRID, normalize_intensity=how)
+    expected = transforms.NormalizeIntensity(nonzero=how == "nonzero")(volume[None])[0]
+    np.testing.assert_allclose(out, np.asarray(expected), rtol=0, atol=1e-5)
+    if how == "nonzero":
+        assert np.all(out[:, :2] == 0)
+
+
+def test_linear_label_resampling_on_the_same_grid_is_the_argmax_and_between_grids_interpolates_probabilities():
+    logits = np.random.default_rng(5).standard_normal((3, 5, 6, 7)).astype(np.float32)
+    np.testing.assert_array_equal(postprocess(logits, CT, (5, 6, 7), CT, "linear"), logits.argmax(axis=0))
+    # Two samples along x, 1 mm apart, read every 0.25 mm: the probabilities are interpolated.
+    coarse = {"spacing": [1.0, 1.0, 2.0], "origin": [0.0, 0.0, 0.0], "direction": SAME_GRID["direction"]}
+    fine = {**coarse, "spacing": [0.25, 1.0, 2.0]}
+    two = np.array([[0.1, 0.0], [0.0, 10.0]], dtype=np.float32).reshape(2, 1, 1, 2)  # (C, z, y, x)
+    softmax = np.exp(two[:, 0, 0]) / np.exp(two[:, 0, 0]).sum(axis=0)  # (C, sample)
+    t = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    expected = ((1 - t) * softmax[:, :1] + t * softmax[:, 1:]).argmax(axis=0)
+    assert list(expected) == [0, 1, 1, 1, 1]
+    np.testing.assert_array_equal(postprocess(two, coarse, (1, 1, 5), fine, "linear")[0, 0], expected)
+    np.testing.assert_array_equal(postprocess(two, coarse, (1, 1, 5), fine, "nearest")[0, 0], [0, 0, 1, 1, 1])
+
+
 def test_preprocess_leaves_the_input_alone():
     volume = np.random.default_rng(1).uniform(-100, 200, (6, 7, 8)).astype(np.float32)
     before = volume.copy()
@@ -241,7 +280,7 @@ def test_segment_needs_a_3d_volume(shape):
         ({"geometry": [1, 2, 3]}, r"geometry must be a dict"),
         ({"target_spacing_xyz": (1.5, 1.5)}, r"target_spacing_xyz=\(1.5, 1.5\): expected three"),
         ({"target_spacing_xyz": (1.5, -1.0, 2.0)}, r"target_spacing_xyz=.*finite and positive"),
-        ({"hu_window": (164.0, -57.0)}, r"hu_window=\(164.0, -57.0\): a_min must be below a_max"),
+        ({"hu_window": (164.0, -57.0)}, r"hu_window=\(164.0, -57.0\): the first must be below the second"),
         ({"hu_window": (0.0, float("inf"))}, r"hu_window=.*two finite numbers"),
         ({"volume": np.zeros((4, 5, 6), dtype=np.complex64)}, r"volume has dtype complex64"),
         ({"volume": np.zeros((0, 5, 6), dtype=np.float32)}, r"volume is empty"),
