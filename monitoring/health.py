@@ -52,7 +52,7 @@ def check_workers(app: Celery, timeout_s: float) -> Check:
 
 
 def check_triton(url: str, timeout_s: float) -> Check:
-    ready = f"http://{url.removeprefix('http://').rstrip('/')}/v2/health/ready"
+    ready = f"{url}/v2/health/ready"
     try:
         with urllib.request.urlopen(ready, timeout=timeout_s) as response:
             return Check("triton", response.status == 200, f"{url}: ready")
@@ -85,7 +85,7 @@ def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[C
             checks.append(check_workers(app, timeout_s))
         else:
             checks.append(Check("workers", False, "not asked: Redis is unreachable"))
-        checks.append(check_triton(settings.triton_url, timeout_s))
+        checks.append(check_triton(settings.triton_http_url, timeout_s))
         checks.append(check_fastio(client, settings))
     finally:
         client.close()

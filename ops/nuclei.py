@@ -32,6 +32,7 @@ from ops.wsi import Slide
 
 MODEL_SIDE_MULTIPLE = 8  # the UNet halves its input three times
 DEFAULT_THRESHOLD = 0.5  # probability from which a pixel is a nucleus
+INPUT_LAYOUTS = ("channels_first", "channels_last")  # (B, 3, S, S) or (B, S, S, 3), out (B, 1, S, S) or (B, S, S, 1)
 
 
 def validate_overlap(overlap: int, tile_size: int) -> int:
@@ -96,15 +97,21 @@ def read_tiles(slide: Slide, positions: Sequence[tuple[int, int]], tile_size: in
     return out
 
 
-def model_input(regions: np.ndarray) -> np.ndarray:
-    """The pre-filter: (B, S, S, 3) uint8 RGB → a new C-contiguous (B, 3, S, S) uint8 array."""
+def model_input(regions: np.ndarray, input_layout: str = "channels_first") -> np.ndarray:
+    """The pre-filter: (B, S, S, 3) uint8 RGB → a new C-contiguous uint8 array in the model's
+    layout: (B, 3, S, S) for ``"channels_first"``, (B, S, S, 3) for ``"channels_last"``."""
     if regions.dtype != np.uint8 or regions.ndim != 4 or regions.shape[3] != 3:
         raise InvalidParameter(f"regions must be uint8 (B, S, S, 3), got {regions.dtype}{regions.shape}")
+    if input_layout not in INPUT_LAYOUTS:
+        raise InvalidParameter(f"input_layout {input_layout!r}: one of {', '.join(INPUT_LAYOUTS)}")
+    if input_layout == "channels_last":
+        return np.array(regions, order="C")
     return np.ascontiguousarray(regions.transpose(0, 3, 1, 2))
 
 
 def segment_tiles(slide: Slide, positions: Sequence[tuple[int, int]], tissue: Sequence[bool], tile_size: int,
-                  overlap: int, predictor: Predictor, threshold: float = DEFAULT_THRESHOLD) -> list[np.ndarray]:
+                  overlap: int, predictor: Predictor, threshold: float = DEFAULT_THRESHOLD,
+                  input_layout: str = "channels_first") -> list[np.ndarray]:
     """Segment a batch of level-0 tiles and lay the nuclei over them.
 
     Args:
@@ -113,8 +120,11 @@ def segment_tiles(slide: Slide, positions: Sequence[tuple[int, int]], tissue: Se
         tissue: per tile, whether it holds tissue; only those go to the predictor.
         tile_size, overlap: see :func:`read_tiles`.
         predictor: the model (see :class:`ops.protocols.Predictor`): ``(B, 3, S, S)`` uint8 RGB in,
-            ``(B, 1, S, S)`` float nucleus probabilities out; called once with every tissue tile.
-        threshold: the probability from which a pixel is a nucleus.
+            ``(B, 1, S, S)`` float nucleus probabilities out (``(B, S, S, 3)`` and
+            ``(B, S, S, 1)`` with ``input_layout="channels_last"``); called once with every
+            tissue tile.
+        threshold: the probability from which a pixel is a nucleus, above 0 and below 1.
+        input_layout: ``"channels_first"`` or ``"channels_last"``, the model's.
 
     Returns:
         One new (h, w, 3) uint8 tile per position, cut to the slide's edge (h, w ≤ tile_size):
@@ -127,18 +137,23 @@ def segment_tiles(slide: Slide, positions: Sequence[tuple[int, int]], tissue: Se
     """
     if len(positions) != len(tissue):
         raise InvalidParameter(f"{len(positions)} positions but {len(tissue)} tissue flags")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise InvalidParameter(f"threshold {threshold!r}: a probability above 0 and below 1")
     regions = read_tiles(slide, positions, tile_size, overlap)
     inside = slice(overlap, overlap + tile_size)
     tiles = [region[inside, inside] for region in regions]
     chosen = [i for i, flag in enumerate(tissue) if flag]
     if chosen:
-        batch = model_input(regions[chosen])
+        batch = model_input(regions[chosen], input_layout)
         probability = np.asarray(predictor(batch))
-        expected = (len(chosen), 1, *batch.shape[2:])
+        side = regions.shape[1:3]
+        last = input_layout == "channels_last"
+        expected = (len(chosen), *side, 1) if last else (len(chosen), 1, *side)
         if probability.shape != expected:
             raise ModelShapeMismatch(f"the nuclei model returned {probability.shape} for a {batch.shape} batch; "
                                      f"expected {expected}")
-        for i, tile_probability in zip(chosen, probability[:, 0, inside, inside]):
+        maps = probability[..., 0] if last else probability[:, 0]
+        for i, tile_probability in zip(chosen, maps[:, inside, inside]):
             tiles[i] = overlay_nuclei(tiles[i], tile_probability, threshold=threshold)
     height, width = slide.levels[0].shape_yx
     return [tile[: min(tile_size, height - y0), : min(tile_size, width - x0)]

@@ -100,6 +100,14 @@ KIND_SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "carina.segmentation.read_volume": {k: _SEGMENTATION[k] for k in ("roi_size", "target_spacing_xyz")},
     "carina.segmentation.infer": {k: v for k, v in _SEGMENTATION.items() if k != "label_names"},
     "carina.segmentation.write_results": {k: _SEGMENTATION[k] for k in ("label_names",)},
+    "carina.nuclei.segment": {
+        "threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+                      "the probability from which a pixel is a nucleus, above 0 and below 1"),
+        "input_layout": (lambda v: v in ("channels_first", "channels_last"),
+                         "channels_first (B, 3, S, S) or channels_last (B, S, S, 3): the model's tiles"),
+        "jpeg_quality": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100,
+                         "the pyramid's JPEG quality, 1 to 100"),
+    },
 }
 PARAMETER_FIELDS = {"type", "default", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum",
                     "multiple_of", "pattern", "max_length", "explain", "description"}
@@ -297,7 +305,7 @@ def _settings(raw: Any, stages: list[Stage], fail: Callable[[str, str], Definiti
     if not isinstance(raw, dict):
         raise fail("settings", "expected a mapping of setting → value")
     taken = {name: form for stage in stages for name, form in KIND_SETTINGS.get(stage.task, {}).items()}
-    free = any(stage.task not in KIND_SETTINGS for stage in stages)  # a package's kind may read any setting
+    free = any(stage.task not in BUILTIN_STAGE_KINDS for stage in stages)  # a package's kind may read any
     for name, value in raw.items():
         if name in taken and not taken[name][0](value):
             raise fail(f"settings.{name}", f"{value!r}: {taken[name][1]}")

@@ -35,3 +35,13 @@ def first_payload(job_id: str, pipeline: str, input: str, output: str, config: s
                   params: dict[str, Any], settings: dict[str, Any] | None = None) -> Payload:
     return Payload(job=job_id, pipeline=pipeline, input=input, output=output, config=config, params=params,
                    settings=settings or {}, handles={}, trace=[], restarts=0)
+
+
+def recipe(payload: Payload, *names: str, **renamed: str) -> dict[str, Any]:
+    """The definition's settings ``names`` that it gives, as an op's keyword arguments (lists as
+    tuples); ``renamed`` maps an argument to the setting that feeds it (``mode="blend_mode"``).
+    The op's defaults stand for the settings the definition leaves out."""
+    settings = payload.get("settings") or {}
+    wanted = {**{name: name for name in names}, **renamed}
+    return {argument: tuple(v) if isinstance(v, list) else v
+            for argument, setting in wanted.items() if (v := settings.get(setting)) is not None}

@@ -8,6 +8,9 @@ its first argument and returns it, updated, for the next one.
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +26,7 @@ from queues.presence import Worker
 from queues.settings import DEFAULT_PRIORITY, PRIORITIES, REDIS_OUTAGE_S, Settings
 
 OUTAGE_POLL_S = 1.0
+MODEL_CHECK_TIMEOUT_S = 2.0  # Triton's answer to "is this model ready", at submit
 CANCEL_TASK = "carina.lifecycle.cancel"  # registered by workers.lifecycle
 
 
@@ -84,7 +88,7 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
 
     Raises:
         UnknownPipeline, InvalidJobRequest: refused before anything is queued (a crop
-            outside the volume its header describes, for one).
+            outside the volume its header describes, a model Triton does not serve).
         BrokerUnavailable: Redis cannot be reached; nothing was queued.
     """
     spec = get_pipeline(settings, pipeline)
@@ -94,6 +98,7 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
         raise InvalidJobRequest("both an input and an output are required")
     params = spec.validate(dict(params or {}))
     spec.check_input(Path(input), params)
+    check_model_served(settings, params)
     job_id = job_id or uuid.uuid4().hex
     payload = first_payload(job_id, pipeline, str(Path(input).absolute()), str(Path(output).absolute()),
                             str(Path(config).absolute()) if config else None, params, spec.settings)
@@ -103,6 +108,27 @@ def submit(app: Celery, settings: Settings, pipeline: str, input: str | Path, ou
                     host=host or "", by=by)
         _queue_chain(app, settings, jobs, spec, payload, priority, host)
     return job_id
+
+
+def check_model_served(settings: Settings, params: dict[str, Any]) -> None:
+    """Refuse a job whose ``model`` parameter names a model the Triton at CARINA_TRITON_URL
+    says it does not serve. Where Triton does not answer, nothing is said: the job goes ahead
+    and, if the model is still missing when its stage runs, fails with that reason.
+
+    Raises: InvalidJobRequest: Triton answered that the model is unknown or not ready."""
+    model = params.get("model")
+    if not isinstance(model, str):
+        return
+    url = f"{settings.triton_http_url}/v2/models/{urllib.parse.quote(model, safe='')}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=MODEL_CHECK_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (400, 404):
+            raise InvalidJobRequest(f"model={model!r}: the Triton at {settings.triton_url} does not serve it "
+                                    f"(HTTP {e.code} from /v2/models/{model}/ready)") from None
+    except (urllib.error.URLError, OSError):
+        pass  # Triton away or not there: the stage says so, if it still is
 
 
 def queue_restart(app: Celery, settings: Settings, jobs: JobStore, status: JobStatus) -> None:

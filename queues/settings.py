@@ -182,6 +182,11 @@ class Settings:
         return {"worker": self.redis_worker_url, "front": self.redis_front_url}.get(role) or self.redis_url
 
     @property
+    def triton_http_url(self) -> str:
+        """CARINA_TRITON_URL with its scheme, for plain HTTP clients (tritonclient takes it without)."""
+        return f"http://{self.triton_url.removeprefix('http://').rstrip('/')}"
+
+    @property
     def data_root(self) -> Path:
         """The first data root: where the API resolves relative paths and writes its results."""
         return self.data_roots[0]

@@ -1,6 +1,6 @@
 """Helpers shared by several test modules (and nothing else: fixtures live in conftest.py).
 
-- pipelines on real workers: :func:`run_job`, :func:`assert_no_memory_held`,
+- pipelines on real workers: :func:`run_job`, :func:`blind_to_triton`, :func:`assert_no_memory_held`,
   :func:`worker_env`, :func:`wait_until`, :func:`slide_job_under_inference`, :func:`pool_processes`, :func:`remove_segments`,
   :func:`digest`, :data:`GEOMETRY`;
 - servers starting up: :func:`http_get`;
@@ -58,13 +58,27 @@ def write_nifti(path: Path, array: np.ndarray, spacing_xyz=(1.0, 1.0, 2.0)) -> P
 
 # --- pipelines on real workers ------------------------------------------------------------------
 
-def run_job(deployment, input, output, *, pipeline: str, timeout_s: float = 240, **submit_options) -> JobStatus:
+def run_job(deployment, input, output, *, pipeline: str, timeout_s: float = 240, front_door: Settings | None = None,
+            **submit_options) -> JobStatus:
     """Submit a job, wait for it to finish (failing the test if it does not) and return its status.
-    Modules bind their pipeline: ``run = partial(run_job, pipeline="spleen-seg")``."""
-    job_id = submit(deployment.app, deployment.settings, pipeline, input, output, **submit_options)
+    Modules bind their pipeline: ``run = partial(run_job, pipeline="spleen-seg")``. ``front_door``
+    submits with other settings than the deployment's (:func:`blind_to_triton`)."""
+    job_id = submit(deployment.app, front_door or deployment.settings, pipeline, input, output, **submit_options)
     status = wait(deployment.jobs(), job_id, timeout_s)
     assert status.finished, f"job {job_id} still {status.state}\n{deployment.log_tail()}"
     return status
+
+
+def blind_to_triton(settings: Settings) -> Settings:
+    """``settings`` of a front door that cannot reach Triton: it queues a job naming a model
+    without asking whether Triton serves it (the stage finds out)."""
+    import dataclasses
+    import socket
+
+    with socket.socket() as unused:  # bound, then closed: nothing listens there
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    return dataclasses.replace(settings, triton_url=f"127.0.0.1:{port}")
 
 
 def assert_no_memory_held(deployment, hosts=("host-a", "host-b")) -> None:

@@ -7,13 +7,14 @@ import os
 from contextlib import closing
 from functools import partial
 from pathlib import Path
+
 from ops.errors import check_work
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
 from ops.pyramid import write_pyramid
 from ops.render import write_slide_publish
 from ops.wsi import find_slide, open_slide
 from queues.app import app
-from queues.payload import Payload
+from queues.payload import Payload, recipe
 from queues.settings import get_settings
 from workers.inference import triton_predictor
 from workers.runtime import fastio_context
@@ -48,8 +49,10 @@ def segment(self: StageTask, payload: Payload) -> Payload:
           triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
                            threads) as predictor,
           closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
-                                  batch_size=batch_size, progress=partial(self.report_progress, payload))) as tiles):
-        written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx)
+                                  batch_size=batch_size, progress=partial(self.report_progress, payload),
+                                  **recipe(payload, "threshold", "input_layout"))) as tiles):
+        written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx,
+                                **recipe(payload, quality="jpeg_quality"))
     return self.advance(payload, result=self.result(payload, written.path))
 
 

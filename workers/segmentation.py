@@ -17,24 +17,17 @@ from ops.spleen import ROI_SIZE, request_nbytes, segment, window_count
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
-from queues.payload import Payload
+from queues.payload import Payload, recipe
 from queues.settings import get_settings
 from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 
-# The definition's settings that ops.spleen.segment takes as they are (blend_mode is its ``mode``).
+# The definition's settings that ops.spleen.segment takes as they are (and blend_mode, its ``mode``).
 RECIPE = ("roi_size", "target_spacing_xyz", "intensity_window", "intensity_range", "intensity_clip",
           "normalize_intensity", "orientation", "label_resampling")
 CT = "segmentation_volume"
 LABELS = "segmentation_labels"
-
-
-def recipe(payload: Payload, *names: str) -> dict[str, Any]:
-    """The definition's settings ``names`` (those it gives) as the op's keyword arguments;
-    the op's defaults, the spleen model's, stand for the others."""
-    settings = payload.get("settings", {})
-    return {name: tuple(v) if isinstance(v, list) else v for name in names if (v := settings.get(name)) is not None}
 
 
 @app.task(name="carina.segmentation.read_volume", base=StageTask, bind=True)
@@ -58,7 +51,7 @@ def infer(self: StageTask, payload: Payload) -> Payload:
     with triton_predictor(ctx, params["model"], nbytes) as predictor:
         labels = segment(ct.array, ct.metadata, predictor, sw_batch_size=sw_batch_size, overlap=params["overlap"],
                          progress=partial(self.report_progress, payload), use_gpu=gpu_available(),
-                         mode=payload.get("settings", {}).get("blend_mode", "gaussian"), **recipe(payload, *RECIPE))
+                         **recipe(payload, *RECIPE, mode="blend_mode"))
     return self.publish(payload, labels, LABELS, ct.metadata)
 
 
@@ -69,5 +62,5 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
     # The seed names the label volume after the input (its downstream consumer expects it).
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
     write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"],
-                               payload.get("settings", {}).get("label_names"))
+                               **recipe(payload, "label_names"))
     return self.advance(payload, result=self.result(payload, result))

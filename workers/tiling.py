@@ -43,6 +43,7 @@ class _TileWork:
     predictor: Predictor
     tile_size: int
     overlap: int
+    recipe: dict[str, Any] = field(default_factory=dict)  # segment_tiles's threshold, input_layout
     stopped: bool = False
     running: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -106,7 +107,8 @@ def _segment_batch(token: str, positions: list[tuple[int, int]], tissue: list[bo
             return None
         work.running += 1
     try:
-        return segment_tiles(work.slide, positions, tissue, work.tile_size, work.overlap, work.predictor)
+        return segment_tiles(work.slide, positions, tissue, work.tile_size, work.overlap, work.predictor,
+                             **work.recipe)
     finally:
         with work.changed:
             work.running -= 1
@@ -114,8 +116,8 @@ def _segment_batch(token: str, positions: list[tuple[int, int]], tissue: list[bo
 
 
 def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int, predictor: Predictor, *,
-                    threads: int, batch_size: int,
-                    progress: Progress | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+                    threads: int, batch_size: int, progress: Progress | None = None,
+                    **recipe: Any) -> Iterator[tuple[int, int, np.ndarray]]:
     """Every level-0 tile of ``slide``, segmented where ``tissue`` says so, in row-major order.
 
     Args:
@@ -126,6 +128,7 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         threads: Dask threads, hence batches (and model requests) in flight.
         batch_size: tissue tiles per model request.
         progress: called with (tiles done, tiles in all) after each batch.
+        recipe: ``threshold`` and ``input_layout``, as :func:`ops.nuclei.segment_tiles` takes them.
 
     Yields:
         ``(row, col, rgb)`` per tile, as :func:`ops.pyramid.write_pyramid` takes them.
@@ -137,7 +140,7 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     rows, cols = tissue.shape
     total = rows * cols
     token = secrets.token_hex(8)
-    work = _TileWork(slide, predictor, tile_size, overlap)
+    work = _TileWork(slide, predictor, tile_size, overlap, recipe)
     with _WORK_LOCK:
         _WORK[token] = work
     client = dask_client(threads)

@@ -17,7 +17,7 @@ from ops.samples import he_slide
 from queues.errors import InvalidJobRequest
 from queues.pipelines import submit
 
-from tests.helpers import assert_no_memory_held, dice, digest, run_job, write_slide
+from tests.helpers import assert_no_memory_held, blind_to_triton, dice, digest, run_job, write_slide
 
 FIXTURES = Path(__file__).parents[1] / "data" / "openslide"
 SHAPE = (1200, 1700)  # level 0 (y, x): 5 × 7 tiles of 256, the last row and column partial
@@ -81,8 +81,10 @@ def test_an_overlap_gives_the_model_context_and_the_same_tiling(deployment, slid
 
 def test_an_all_glass_slide_is_written_without_inference(deployment, tmp_path):
     blank = write_slide(tmp_path / "blank.tif", (700, 900), levels=2, blank=True)
-    # The model does not exist: had anything been sent, the job would have failed.
-    status = run(deployment, blank, tmp_path / "out", params={"model": "no_such_model"})
+    # The model does not exist: had anything been sent, the job would have failed (submitted by
+    # a front door that does not ask Triton first).
+    status = run(deployment, blank, tmp_path / "out", params={"model": "no_such_model"},
+                 front_door=blind_to_triton(deployment.settings))
     assert status.state == "done", status.error
     assert json.loads((tmp_path / "out" / "config.meta").read_text())["slides"][0]["tissue_tiles"] == 0
     with openslide.OpenSlide(tmp_path / "out" / "image.tif") as written:

@@ -14,7 +14,9 @@ from ops.triton import TritonPredictor
 from ops.volume import read_volume, write_volume
 from carina.local import free_port, start_worker, stop_process_group
 
-from tests.helpers import assert_no_memory_held, dice, digest, run_job
+from queues.errors import InvalidJobRequest
+from queues.pipelines import submit
+from tests.helpers import assert_no_memory_held, blind_to_triton, dice, digest, run_job
 
 SPACING = (1.4, 1.4, 2.5)
 GEOMETRY = {"spacing": list(SPACING), "origin": [-120.0, -100.0, 40.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
@@ -83,8 +85,16 @@ def test_not_a_volume_fails_with_the_reason(deployment, tmp_path, shape, reason)
     assert status.state == "failed" and reason in status.error
 
 
+def test_a_model_triton_does_not_serve_is_refused_at_submit(deployment, patient, tmp_path):
+    with pytest.raises(InvalidJobRequest, match=r"model='no_such_model': the Triton at .* does not serve it \(HTTP 400"):
+        submit(deployment.app, deployment.settings, "spleen-seg", patient[0], tmp_path / "out",
+               params={"model": "no_such_model"})
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_model_fails_the_job_not_hangs_it(deployment, patient, tmp_path):
-    status = run(deployment, patient[0], tmp_path / "out", params={"model": "no_such_model"})
+    status = run(deployment, patient[0], tmp_path / "out", params={"model": "no_such_model"},
+                 front_door=blind_to_triton(deployment.settings))
     assert status.state == "failed" and "ModelNotFound" in status.error
     assert_no_memory_held(deployment)
 

@@ -190,3 +190,21 @@ def test_the_spleen_recipe_is_the_definition_s_and_a_bad_one_is_named(tmp_path):
         with pytest.raises(DefinitionError) as refused:
             read_definition(path, stage_kinds(), "folder")
         assert str(refused.value).startswith(f"{path}: {field}: ") and problem in str(refused.value)
+
+
+@pytest.mark.parametrize("settings, field, problem", [
+    ({"threshold": 1.5}, "settings.threshold", "above 0 and below 1"),
+    ({"input_layout": "NHWC"}, "settings.input_layout", "channels_first (B, 3, S, S) or channels_last"),
+    ({"jpeg_quality": 0}, "settings.jpeg_quality", "1 to 100"),
+    ({"roi_size": [96, 96, 96]}, "settings.roi_size", "no stage of this pipeline reads it"),
+])
+def test_the_tile_segmentation_s_settings_are_checked_like_the_others(tmp_path, settings, field, problem):
+    definition = {**get_pipeline(SETTINGS, "nuclei-seg").definition, "name": "nuclei-lite", "settings": settings}
+    path = tmp_path / "nuclei-lite.json"
+    path.write_text(json.dumps(definition))
+    with pytest.raises(DefinitionError) as refused:
+        read_definition(path, stage_kinds(), "folder")
+    assert str(refused.value).startswith(f"{path}: {field}: ") and problem in str(refused.value)
+    good = {**definition, "settings": {"threshold": 0.4, "input_layout": "channels_last", "jpeg_quality": 80}}
+    path.write_text(json.dumps(good))
+    assert read_definition(path, stage_kinds(), "folder").settings["threshold"] == 0.4

@@ -95,6 +95,28 @@ def test_an_answer_of_the_wrong_shape_is_a_model_shape_mismatch(slide):
         segment_tiles(slide, [(0, 0)], [True, False], 128, 0, darkness)
 
 
+def test_a_channels_last_model_and_another_threshold_are_the_definition_s_to_choose(slide):
+    def channels_last(batch):
+        assert batch.shape == (1, 128, 128, 3) and batch.flags.c_contiguous
+        return darkness(batch.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)  # (B, S, S, 1)
+
+    original = slide.read_region(0, 256, 256, 128, 128)
+    for threshold in (0.5, 0.2):
+        first = segment_tiles(slide, [(256, 256)], [True], 128, 0, darkness, threshold=threshold)
+        last = segment_tiles(slide, [(256, 256)], [True], 128, 0, channels_last, threshold=threshold,
+                             input_layout="channels_last")
+        np.testing.assert_array_equal(first[0], last[0])
+        expected = overlay_nuclei(original, darkness(original.transpose(2, 0, 1)[None])[0, 0], threshold=threshold)
+        np.testing.assert_array_equal(first[0], expected)
+    assert not np.array_equal(segment_tiles(slide, [(256, 256)], [True], 128, 0, darkness, threshold=0.2)[0],
+                              segment_tiles(slide, [(256, 256)], [True], 128, 0, darkness)[0])
+    for threshold in (0, 1, 1.5, True):
+        with pytest.raises(InvalidParameter, match="threshold"):
+            segment_tiles(slide, [(256, 256)], [True], 128, 0, darkness, threshold=threshold)
+    with pytest.raises(InvalidParameter, match="input_layout"):
+        model_input(np.zeros((1, 4, 4, 3), np.uint8), "NCHW")
+
+
 def test_tissue_tiles_cover_the_tissue_and_skip_the_glass(slide):
     tiles = tissue_tiles(slide, 64, 100 * 100)
     assert tiles.shape == (10, 11) and tiles.dtype == bool
