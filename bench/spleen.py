@@ -2,7 +2,7 @@
 moving tensors costs (JSON, binary HTTP, system shared memory).
 
 Starts its own Triton on the project's model repository (loopback), segments a synthetic
-512×512×Z CT with ``ops.spleen.segment``'s steps through ``TritonPredictor`` (tensors through
+512×512×Z CT with ``ops.segmentation.segment``'s steps through ``TritonPredictor`` (tensors through
 shared memory, as the workers send them), and reads Triton's own compute time from its
 statistics endpoint. ``overhead_ratio`` = wall time of the sliding window / Triton's compute
 time for it (everything the client adds: windows, blending, transport).
@@ -33,7 +33,7 @@ import numpy as np
 
 from ops.samples import spleen_phantom
 from ops.sliding_window import sliding_window_inference
-from ops.spleen import ROI_SIZE, postprocess, preprocess, request_nbytes
+from ops.segmentation import ROI_SIZE, postprocess, preprocess, request_nbytes
 from ops.triton import DEFAULT_CONCURRENCY, SharedRegion, TritonPredictor
 from carina.triton import MODEL_REPOSITORY, LocalTriton
 

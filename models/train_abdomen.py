@@ -41,7 +41,7 @@ from models.train_spleen import (EMA_DECAY, SpleenUNet, export_onnx, geometry_di
                                  random_crop, torch_predictor, train_epoch)
 
 from ops.samples import ORGAN_LABELS, abdomen_phantom  # noqa: E402
-from ops.spleen import preprocess, segment  # noqa: E402
+from ops.segmentation import preprocess, segment  # noqa: E402
 
 DEFAULT_OUT = ROOT / "models" / "abdomen_ct" / "1" / "model.onnx"
 ROI = 64

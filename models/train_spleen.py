@@ -6,7 +6,7 @@ two channels of logits out (background, spleen), batch first::
     INPUT__0  float32 [N, 1, 96, 96, 96]   (z, y, x), preprocessed as below
     OUTPUT__0 float32 [N, 2, 96, 96, 96]
 
-Inputs are what the pipeline feeds it: :func:`ops.spleen.preprocess` (resample to
+Inputs are what the pipeline feeds it: :func:`ops.segmentation.preprocess` (resample to
 1.5 × 1.5 × 2.0 mm, window -57..164 HU onto [0, 1]) of an (z, y, x) array in the image's own
 orientation, cut into 96³ windows padded with 0. Training uses :func:`ops.samples.spleen_phantom`
 volumes of random field of view and voxel size, random crops (64³, then 96³ for the last epoch;
@@ -40,7 +40,7 @@ sys.dont_write_bytecode = True  # no models/__pycache__/: Triton would take it f
 from models import training  # noqa: E402
 
 from ops.samples import spleen_phantom  # noqa: E402
-from ops.spleen import ROI_SIZE, preprocess, segment  # noqa: E402
+from ops.segmentation import ROI_SIZE, preprocess, segment  # noqa: E402
 
 DEFAULT_OUT = ROOT / "models" / "spleen_ct" / "1" / "model.onnx"
 CHANNELS = (8, 16, 32, 48)  # per resolution level; three 2× poolings

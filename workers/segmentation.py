@@ -13,7 +13,7 @@ from typing import Any
 from ops.arrays import gpu_available
 from ops.errors import check_work
 from ops.render import write_segmentation_publish
-from ops.spleen import ROI_SIZE, request_nbytes, segment, window_count
+from ops.segmentation import ROI_SIZE, request_nbytes, segment, window_count
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
@@ -23,7 +23,7 @@ from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
 
-# The definition's settings that ops.spleen.segment takes as they are (and blend_mode, its ``mode``).
+# The definition's settings that ops.segmentation.segment takes as they are (and blend_mode, its ``mode``).
 RECIPE = ("roi_size", "target_spacing_xyz", "intensity_window", "intensity_range", "intensity_clip",
           "normalize_intensity", "orientation", "label_resampling")
 CT = "segmentation_volume"

@@ -75,7 +75,7 @@ def test_a_definition_s_settings_reach_its_stages(deployment, tmp_path):
     import numpy as np
 
     from ops.samples import spleen_phantom
-    from ops.spleen import window_count
+    from ops.segmentation import window_count
     from ops.volume import write_volume
     from queues.pipelines import submit, wait
     from tests.helpers import GEOMETRY

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ops.samples import ct_series, spleen_phantom
-from ops.spleen import segment
+from ops.segmentation import segment
 from ops.triton import TritonPredictor
 from ops.volume import read_volume, write_volume
 from carina.local import free_port, start_worker, stop_process_group

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("scipy")  # ops.spleen.preprocess
+pytest.importorskip("scipy")  # ops.segmentation.preprocess
 
 from ops.samples import spleen_phantom  # noqa: E402
-from ops.spleen import preprocess  # noqa: E402
+from ops.segmentation import preprocess  # noqa: E402
 
 from tests.helpers import dice, load_triton_model  # noqa: E402
 

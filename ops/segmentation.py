@@ -1,9 +1,13 @@
-"""The spleen CT model's pre- and post-processing, and the whole segmentation around a predictor.
+"""Sliding-window segmentation of a CT (or any one-channel volume) around a predictor: the
+pre- and post-processing of a 3D model and the whole of it, each model's recipe its arguments.
 
-The numbers are those of MONAI's ``spleen_ct_segmentation`` bundle (a 3D UNet, one CT channel
-in, two channels out: background and spleen): resample to 1.5 × 1.5 × 2.0 mm (x, y, z) with
-linear interpolation, window -57..164 HU onto [0, 1] with clipping, infer 96³ windows, and
-take the argmax of the blended logits (softmax first, as the bundle does, changes no argmax).
+The defaults are the spleen model's, the numbers of MONAI's ``spleen_ct_segmentation`` bundle
+(a 3D UNet, one CT channel in, two channels out: background and spleen): resample to
+1.5 × 1.5 × 2.0 mm (x, y, z) with linear interpolation, window -57..164 HU onto [0, 1] with
+clipping, infer 96³ windows, and take the argmax of the blended logits (softmax first, as the
+bundle does, changes no argmax). Other models give their own window, spacing, intensity
+scaling or normalisation, orientation, blending and label resampling (``abdomen-seg`` and
+imported MONAI bundles do, through their definitions).
 
 Conventions: volumes are (z, y, x) numpy arrays; geometry dicts are in ITK's (x, y, z) order
 (``spacing`` mm, ``origin`` mm: the physical point of index 0, ``direction``: 3×3 row-major,
@@ -16,11 +20,11 @@ which the tests check against MONAI itself: the new grid keeps the **origin** (t
 voxel 0 stays where it was) and the **direction**, takes the target spacing exactly, and has
 ``round((n - 1) * spacing / target + 1)`` voxels per axis, so its last voxel centre lies
 within half a new voxel of the old last centre. Samples past the old last centre repeat the
-edge (MONAI's ``padding_mode="border"``). Unlike the bundle, no reorientation to RAS is done:
-the predictor sees windows in the array's (z, y, x) order and the image's own direction. A
-network trained by the bundle takes (x, y, z) windows oriented RAS, so its :class:`Predictor`
-adapter must transpose (and, for an LPS image, flip x and y) each window and undo that on the
-logits; with a cubic window that is exact, only the window grid differs from the bundle's.
+edge (MONAI's ``padding_mode="border"``). By default no reorientation is done: the predictor
+sees windows in the array's (z, y, x) order and the image's own direction, as the project's
+models were trained. ``orientation="RAS"`` turns the volume first, as a bundle's
+``Orientationd`` does (:mod:`ops.orientation`); a bundle's network, which takes (x, y, z)
+windows, gets a transpose at each end of its graph at import (:mod:`carina.bundles`).
 """
 
 from __future__ import annotations
@@ -272,7 +276,7 @@ def segment(
 
     Returns:
         A new uint8 (z, y, x) label volume on the input's grid (its geometry is ``geometry``):
-        0 background, 1 spleen.
+        the channel index per voxel (for the spleen model: 0 background, 1 spleen).
 
     Raises:
         InvalidParameter: as :func:`preprocess`, :func:`postprocess` and

@@ -1,4 +1,4 @@
-"""ops.spleen: the resampling grid against MONAI's Spacing and by hand, windowing, argmax, and label round trips."""
+"""ops.segmentation: the resampling grid against MONAI's Spacing and by hand, windowing, argmax, and label round trips."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from ops.errors import InvalidParameter
-from ops.spleen import HU_WINDOW, postprocess, preprocess, segment, window_count
+from ops.segmentation import HU_WINDOW, postprocess, preprocess, segment, window_count
 
 
 def rotation_z(angle: float) -> list[float]:
