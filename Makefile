@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser compose redis-tools
+.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools
 
 setup: $(STAMP)
 
@@ -41,7 +41,12 @@ redis-tools:
 	@command -v redis-check-rdb >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq redis-tools >/dev/null; } || echo "no redis-tools (needs root to install): the TLS test will skip"
 
-test: setup triton browser compose redis-tools
+# DCMTK (echoscu, storescu): the modality of the DICOM listener's tests. Needs root to install, as CI has.
+dicom-tools:
+	@command -v storescu >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq dcmtk >/dev/null; } || echo "no DCMTK (needs root to install): the DICOM listener's tests will fail"
+
+test: setup triton browser compose redis-tools dicom-tools
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

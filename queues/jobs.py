@@ -52,6 +52,7 @@ class JobStatus:
     ending: dict[str, Any] = field(default_factory=dict)  # an end under way: {"state", "fields"}
     cancel: dict[str, Any] = field(default_factory=dict)  # a cancel asked for: {"by", "at"}
     staging: str = ""  # where the stages write the results until the job ends
+    dispatch: dict[str, Any] = field(default_factory=dict)  # results on their way (queues/dispatch.py)
     # The message the job waits for: its next stage's task id, that stage's index, and since
     # when (queued at submit, or when the stage before it ended). See workers/recovery.py.
     awaiting_task: str = ""
@@ -169,6 +170,11 @@ class JobStore:
         a job that has ended or that the store does not know."""
         return self._update(job_id, staging=staging)
 
+    def record_dispatch(self, job_id: str, detail: dict[str, Any]) -> None:
+        """Note where the job's results are being sent and how that goes (after it ended, so
+        not through the update that keeps a finished job finished); nothing for an unknown job."""
+        self.redis.register_script(_SET_IF_KNOWN)(keys=[self.key(job_id)], args=["dispatch", json.dumps(detail)])
+
     def request_cancel(self, job_id: str, by: str) -> bool:
         """Note that ``by`` asked for the job to be cancelled (now); False if it had ended.
         The workers' lifecycle ends it (:func:`workers.lifecycle.settle`)."""
@@ -248,6 +254,7 @@ class JobStore:
             requeues=int(raw.get("requeues", 0)), restarts=int(raw.get("restarts", 0)),
             origin=json.loads(raw.get("origin") or "{}"), host=raw.get("host", ""),
             submitted_by=raw.get("submitted_by", ""), deliveries=int(raw.get("deliveries", 0)), ending=json.loads(raw.get("ending") or "{}"),
+            dispatch=json.loads(raw.get("dispatch") or "{}"),
             cancel=json.loads(raw.get("cancel") or "{}"), staging=raw.get("staging", ""),
             awaiting_task=raw.get("awaiting_task", ""), awaiting_index=int(raw.get("awaiting_index", 0)),
             awaiting_since=float(raw.get("awaiting_since", 0.0)),
@@ -292,6 +299,12 @@ class JobStore:
         return bool(script(keys=[self.key(job_id)], args=flat))
 
 
+# A field set on a job record that exists, finished or not (never a stray record made of it alone).
+_SET_IF_KNOWN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 _FINISHED_TEST = " or ".join(f"state == '{s}'" for s in FINISHED)
 _UPDATE_UNLESS_FINISHED = f"""
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -48,7 +48,7 @@ def front_key_patterns(namespace: str) -> tuple[str, ...]:
     every kind (a host's own, ``io.<host>``, and kombu's per-priority lists, ``io\\x06\\x16<p>``,
     begin with the kind) and kombu's exchange bindings."""
     return (f"{namespace}:job:*", f"{namespace}:jobs", f"{namespace}:jobs:*", f"{namespace}:workers",
-            f"{namespace}:watch:*", *(f"{kind}*" for kind in QUEUE_KINDS), "_kombu.binding*")
+            f"{namespace}:watch:*", f"{namespace}:dicom:*", *(f"{kind}*" for kind in QUEUE_KINDS), "_kombu.binding*")
 
 
 def user_rule(role: str, password: str, namespace: str, name: str | None = None) -> str:

@@ -135,6 +135,23 @@ class Settings:
     signing_key: Path | None = None
     signing_cert: Path | None = None
     cert_store: Path | None = None
+    # The DICOM listener (queues/dicom_listener.py): its AE title and address, the calling AE
+    # titles it accepts (comma-separated), its spool, where its jobs write, how long a series
+    # must be quiet to be complete, and what an instance of a series already processed starts.
+    dicom_ae_title: str = "CARINA"
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_allowed_aes: tuple[str, ...] = ()
+    dicom_spool: Path = Path("dicom-spool")
+    dicom_output: Path = Path("results")
+    dicom_stable_s: float = 10.0
+    dicom_resent: str = "new-job"
+    # Where results are sent (queues/dispatch.py): NAME=AE_TITLE@HOST:PORT, comma-separated;
+    # the outbox; attempts before the dead letter and the first wait between them (doubling).
+    dicom_destinations: tuple[str, ...] = ()
+    dicom_outbox: Path = Path("dicom-outbox")
+    dicom_send_attempts: int = 5
+    dicom_send_backoff_s: float = 2.0
     # A folder of pipeline definitions beside the project's own (queues/catalogue.py).
     pipelines_dir: Path | None = None
     # Where `carina redis` keeps its append-only file.
@@ -166,7 +183,7 @@ class Settings:
                 parse_sentinel_url(url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
                      "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
-                     "host_lost_s", "max_windows", "max_tiles", "lost_message_s"):
+                     "host_lost_s", "max_windows", "max_tiles", "lost_message_s", "dicom_stable_s", "dicom_send_backoff_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -286,6 +303,18 @@ _VARIABLES = {
     "triton_venv": Path,
     "redis_dir": Path,
     "pipelines_dir": Path,
+    "dicom_ae_title": str,
+    "dicom_host": str,
+    "dicom_port": _positive_int,
+    "dicom_allowed_aes": lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+    "dicom_spool": Path,
+    "dicom_output": Path,
+    "dicom_stable_s": float,
+    "dicom_resent": str,
+    "dicom_destinations": lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+    "dicom_outbox": Path,
+    "dicom_send_attempts": _positive_int,
+    "dicom_send_backoff_s": float,
 }
 
 

@@ -38,6 +38,7 @@ import redis
 from celery import Celery
 
 from queues.confine import check_input, inside, real_roots
+from queues.dispatch import destinations
 from queues.connection import connect
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, PathRefused, UnknownJob
 from queues.headers import header_data_files
@@ -69,6 +70,8 @@ class Rule:
         dicom: DICOM keyword → glob on its value (case-insensitive), all of which must hold
             (for DICOM entries; the first file's header is read).
         params: the pipeline's parameters; priority: lower, normal, higher or immediate.
+        send_to: a destination of CARINA_DICOM_DESTINATIONS the job's DICOM results are sent
+            to when it is done (the DICOM listener's jobs; :mod:`queues.dispatch`).
     """
 
     pipeline: str
@@ -77,6 +80,7 @@ class Rule:
     dicom: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     priority: str = "normal"
+    send_to: str | None = None
 
     def takes(self, name: str, kind: str, tags: dict[str, str]) -> bool:
         if not fnmatch.fnmatch(name.lower(), self.match.lower()):
@@ -130,6 +134,11 @@ def load_rules(path: str | Path, settings: Settings | None = None) -> tuple[Rule
             raise ConfigError(f"{where}: priority {rule.priority!r} is not one of {', '.join(PRIORITIES)}")
         if not isinstance(rule.match, str) or not isinstance(rule.dicom, dict) or not isinstance(rule.params, dict):
             raise ConfigError(f"{where}: match is a string, dicom and params are objects")
+        if rule.send_to is not None:
+            known_destinations = destinations(settings or get_settings())
+            if rule.send_to not in known_destinations:
+                raise ConfigError(f"{where}: send_to {rule.send_to!r} is not in CARINA_DICOM_DESTINATIONS "
+                                  f"({', '.join(known_destinations) or 'none set'})")
         rules.append(rule)
     return tuple(rules)
 

@@ -195,6 +195,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"output:   {record.output}")
     if record.error:
         print(f"error:    {record.error}")
+    if record.dispatch:
+        sent = record.dispatch
+        print(f"dispatch: {sent['state']} to {sent['destination']}, {sent['files']} files, "
+              f"{sent['attempts']} attempts{': ' + sent['reason'] if sent.get('reason') else ''}")
     warn_unserved(queues.unserved(args.job))
     return EXIT_FAILED if record.finished and record.state != "done" else 0
 

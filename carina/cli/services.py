@@ -33,6 +33,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poll", action="store_true", help="scan only, no change notifications (network filesystems)")
     p.set_defaults(run=watch, role="front")
 
+    p = sub.add_parser("dicom-listen", help="a DICOM C-STORE/C-ECHO listener: each complete series starts a job "
+                                            "chosen by the watch folder's rules")
+    p.add_argument("--ae-title", help="this listener's AE title (default CARINA_DICOM_AE_TITLE, CARINA)")
+    p.add_argument("--host", help="address to listen on (default CARINA_DICOM_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default CARINA_DICOM_PORT, 11112)")
+    p.add_argument("--allow", help="calling AE titles accepted, comma-separated (default CARINA_DICOM_ALLOWED_AES)")
+    p.add_argument("--spool", type=Path, help="where instances are kept (default CARINA_DICOM_SPOOL, ./dicom-spool)")
+    p.add_argument("--output", type=Path, help="each job writes into OUTPUT/<series>-g<generation>-<job id> "
+                                               "(default CARINA_DICOM_OUTPUT, ./results)")
+    p.add_argument("--outbox", type=Path, help="results on their way to a rule's send_to destination "
+                                               "(default CARINA_DICOM_OUTBOX, ./dicom-outbox)")
+    p.add_argument("--rules", type=Path, help="JSON rules, as the watch folder's (default: CT abdomen → spleen-seg, "
+                                              "other DICOM → 3dblur)")
+    p.add_argument("--stable-s", type=float,
+                   help="seconds without an instance after which a series is complete (default CARINA_DICOM_STABLE_S, 10)")
+    p.set_defaults(run=dicom_listen, role="front")
+
     p = sub.add_parser("health", help="check Redis, the workers, Triton and FastIO on this host")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds each check waits (default 3)")
@@ -74,6 +91,26 @@ def watch(args: argparse.Namespace) -> int:
     inbox.mkdir(parents=True, exist_ok=True)
     output = (args.output or settings.watch_output).absolute()
     watch_inbox(inbox, output, rules, settings, stable_s, poll_s, use_watchdog=not args.poll)
+    return 0
+
+
+def dicom_listen(args: argparse.Namespace) -> int:
+    from queues.dicom_listener import ListenerConfig, listen
+    from queues.watch import DEFAULT_RULES, load_rules
+
+    log_to_stderr()
+    settings = get_settings()
+    allowed = tuple(a.strip() for a in args.allow.split(",") if a.strip()) if args.allow else settings.dicom_allowed_aes
+    # No address without an allow-list of calling AE titles, loopback included (ListenerConfig).
+    config = ListenerConfig(
+        ae_title=args.ae_title or settings.dicom_ae_title, host=args.host or settings.dicom_host,
+        port=args.port or settings.dicom_port,
+        allowed_aes=allowed, spool=(args.spool or settings.dicom_spool).absolute(),
+        output_root=(args.output or settings.dicom_output).absolute(),
+        stable_s=settings.dicom_stable_s if args.stable_s is None else args.stable_s,
+        outbox=(args.outbox or settings.dicom_outbox).absolute(), resent=settings.dicom_resent)
+    rules = load_rules(args.rules, settings) if args.rules else tuple(r for r in DEFAULT_RULES if r.kind == "dicom")
+    listen(config, rules, settings)
     return 0
 
 

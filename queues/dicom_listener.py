@@ -1,0 +1,348 @@
+"""``carina dicom-listen``: studies from a PACS or a modality over DICOM (C-ECHO and C-STORE SCP).
+
+- **Who may send**: the calling AE title must be on ``CARINA_DICOM_ALLOWED_AES``; any other is
+  rejected at association (pynetdicom's "calling AE title not recognised"). Only the storage
+  SOP classes of :data:`ACCEPTED_SOP_CLASSES` are accepted, in any transfer syntax (instances
+  are kept as they came, never decoded here).
+- **Spool**: each instance is written to ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>-g<generation>/
+  <SOPInstanceUID>.dcm`` under a temporary name and renamed into place, so a
+  series folder only ever holds whole files. UIDs are checked before they become path parts
+  (digits and dots, 64 characters at most). An instance already there is stored once.
+- **Series**: a series is complete once no instance of it has arrived for ``stable_s``
+  seconds. Then the watch folder's rules (:class:`queues.watch.Rule`, kind ``dicom``, its
+  header's ``Modality``, ``BodyPartExamined``, ``SeriesDescription`` … and the sender's
+  ``CallingAETitle``) choose the pipeline, and one job per series is submitted.
+- **Exactly once**: every arrival and every decision is recorded in Redis (one hash per AE
+  title) before it is acted on, with the job id chosen first, so a listener that restarts
+  neither loses a series nor starts its job twice: it goes on waiting for the series it was
+  receiving and follows (or submits, under the recorded id) the jobs it had decided on.
+- **Sent again**: an instance of a series whose job has started opens the series' next
+  generation (a folder of its own and, when it is complete, a job of its own): a series is
+  never merged silently with what was already processed. With ``CARINA_DICOM_RESENT=ignore``
+  such instances are answered with success, logged and not stored (the sender still holds
+  them).
+- **Nothing lost**: a write that fails (a full disk) is answered 0xA700 (out of resources),
+  leaves no partial file, and the sender may send again; the spool is never deleted here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from queues.dispatch import Outbox
+from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJob
+from queues.jobs import JobStore
+from queues.pipelines import submit
+from queues.settings import Settings
+from queues.watch import DICOM_TAGS, Rule
+
+log = logging.getLogger(__name__)
+
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_MAX = 64
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
+RESENT_POLICIES = ("new-job", "ignore")
+RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED, IGNORED = "receiving", "submitted", "done", "failed", "unrouted", "ignored"
+# The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
+ACCEPTED_SOP_CLASSES = ("CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
+                        "PositronEmissionTomographyImageStorage", "SecondaryCaptureImageStorage",
+                        "NuclearMedicineImageStorage")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """Who the listener is, who may send to it, and where what arrives goes."""
+
+    ae_title: str
+    host: str
+    port: int
+    allowed_aes: tuple[str, ...]
+    spool: Path
+    output_root: Path
+    stable_s: float
+    outbox: Path
+    resent: str = "new-job"
+
+    def __post_init__(self) -> None:
+        if not self.allowed_aes:
+            raise ConfigError("the DICOM listener accepts no calling AE title: set CARINA_DICOM_ALLOWED_AES "
+                              "(comma-separated) or pass --allow")
+        if self.resent not in RESENT_POLICIES:
+            raise ConfigError(f"CARINA_DICOM_RESENT={self.resent!r}: one of {', '.join(RESENT_POLICIES)}")
+        for title in (self.ae_title, *self.allowed_aes):
+            if not 0 < len(title) <= 16 or "\\" in title or not title.isprintable():
+                raise ConfigError(f"AE title {title!r}: 1 to 16 printable characters, no backslash")
+
+
+@dataclass
+class Series:
+    """What the listener knows of one series (its record in Redis, as JSON)."""
+
+    study: str
+    series: str
+    calling_ae: str
+    address: str
+    generation: int = 1
+    instances: int = 0
+    duplicates: int = 0
+    first: float = field(default_factory=time.time)
+    last: float = field(default_factory=time.time)
+    state: str = RECEIVING
+    job: str = ""
+    pipeline: str = ""
+    reason: str = ""
+    previous_jobs: list[str] = field(default_factory=list)
+    send_to: str | None = None  # the rule's destination for the job's DICOM results
+
+    def folder(self, spool: Path) -> Path:
+        return spool / self.study / f"{self.series}-g{self.generation}"
+
+
+def is_uid(value: Any) -> bool:
+    """Whether ``value`` is a DICOM UID (digits and dots, at most 64): safe as a path part."""
+    return isinstance(value, str) and len(value) <= UID_MAX and UID.fullmatch(value) is not None
+
+
+class Listener:
+    """The C-STORE and C-ECHO handlers, and the pass that turns complete series into jobs.
+
+    Args:
+        config: see :class:`ListenerConfig`.
+        rules: the watch folder's rules; first match wins.
+        settings, app, client: where jobs are submitted and the records kept.
+    """
+
+    def __init__(self, config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings, app: Celery,
+                 client: redis.Redis) -> None:
+        self.config = config
+        self.rules = rules
+        self.settings = settings
+        self.app = app
+        self.redis = client
+        self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+        self.records_key = f"{settings.namespace}:dicom:{config.ae_title}"
+        self.lock = threading.Lock()
+        self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
+
+    # records -----------------------------------------------------------------------------------
+    def records(self) -> dict[str, Series]:
+        """Every series recorded, by SeriesInstanceUID."""
+        return {k.decode(): Series(**json.loads(v)) for k, v in self.redis.hgetall(self.records_key).items()}
+
+    def _save(self, record: Series) -> None:
+        self.redis.hset(self.records_key, record.series, json.dumps(asdict(record)))
+
+    def _load(self, series: str) -> Series | None:
+        raw = self.redis.hget(self.records_key, series)
+        return None if raw is None else Series(**json.loads(raw))
+
+    # DICOM handlers (pynetdicom's association threads) -----------------------------------------
+    def on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def on_store(self, event: Any) -> int:
+        """Store one instance in the spool and record its arrival; the status to answer."""
+        calling = event.assoc.requestor.ae_title.strip()
+        address = event.assoc.requestor.address
+        try:
+            dataset = event.dataset
+            sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+        except Exception as e:  # pydicom raises many kinds on a damaged dataset
+            log.error("dicom: %s at %s: an instance that cannot be read: %s", calling, address, e)
+            return CANNOT_UNDERSTAND
+        if not all(is_uid(str(uid)) for uid in (sop, series, study) if uid is not None) or None in (sop, series, study):
+            log.error("dicom: %s at %s: an instance without valid SOP/series/study instance UIDs (%r, %r, %r)",
+                      calling, address, sop, series, study)
+            return NOT_THE_SOP_CLASS
+        sop, series, study = str(sop), str(series), str(study)
+        with self.lock:
+            try:
+                record = self._load(series)
+                if record is None:
+                    record = Series(study, series, calling, address)
+                elif record.state != RECEIVING:
+                    if self.config.resent == "ignore":
+                        log.warning("dicom: %s from %s: series %s has been processed (job %s); instance ignored "
+                                    "(CARINA_DICOM_RESENT=ignore)", sop, calling, series, record.job)
+                        return SUCCESS
+                    record = Series(study, series, calling, address, generation=record.generation + 1,
+                                    previous_jobs=[*record.previous_jobs, record.job])
+                    log.info("dicom: series %s sent again by %s: generation %d", series, calling, record.generation)
+                stored = self._write(event, record.folder(self.config.spool), sop)
+                if stored:
+                    record.instances += 1
+                else:
+                    record.duplicates += 1
+                record.last = time.time()
+                self._save(record)
+            except OSError as e:
+                log.error("dicom: %s from %s: cannot be stored: %s", sop, calling, e)
+                return OUT_OF_RESOURCES
+            except redis.RedisError as e:
+                log.error("dicom: %s from %s: its arrival cannot be recorded (Redis: %s)", sop, calling, e)
+                return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def _write(self, event: Any, folder: Path, sop: str) -> bool:
+        """Write the instance as it came (preamble, file meta, dataset); False if already there."""
+        target = folder / f"{sop}.dcm"
+        if target.exists():
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{sop}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            with open(partial, "wb") as out:
+                out.write(event.encoded_dataset())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return True
+
+    # complete series → jobs ---------------------------------------------------------------------
+    def complete_pass(self, now: float | None = None) -> None:
+        """Start the jobs of series that have become complete; follow those started."""
+        now = time.time() if now is None else now
+        for record in self.records().values():
+            if record.state == RECEIVING and now - record.last >= self.config.stable_s:
+                with self.lock:
+                    current = self._load(record.series)
+                    if current is None or current.last != record.last or current.state != RECEIVING:
+                        continue  # an instance came in meanwhile: wait again
+                    self._decide(current)
+            elif record.state == SUBMITTED:
+                self._follow(record)
+
+    def _decide(self, record: Series) -> None:
+        folder = record.folder(self.config.spool)
+        tags = {**series_tags(folder), "CallingAETitle": record.calling_ae}
+        rule = next((r for r in self.rules if r.takes(record.series, "dicom", tags)), None)
+        if rule is None:
+            record.state, record.reason = UNROUTED, f"no rule matches ({tags})"
+            log.error("dicom: series %s from %s: %s; kept in %s", record.series, record.calling_ae, record.reason,
+                      folder)
+            self._save(record)
+            return
+        # Recorded first: a listener that dies after submitting finds the job and follows it.
+        record.state, record.job, record.pipeline = SUBMITTED, uuid.uuid4().hex, rule.pipeline
+        record.send_to = rule.send_to
+        self._save(record)
+        self._submit(record, rule)
+
+    def _submit(self, record: Series, rule: Rule) -> None:
+        folder = record.folder(self.config.spool)
+        output = self.config.output_root / f"{folder.name}-{record.job[:8]}"
+        try:
+            submit(self.app, self.settings, rule.pipeline, folder, output, params=dict(rule.params), job_id=record.job,
+                   priority=rule.priority, by=f"the DICOM listener {self.config.ae_title} "
+                                              f"({record.calling_ae} at {record.address})")
+        except BrokerUnavailable:
+            raise  # Redis away: the record says submitted, and the next pass submits it again
+        except CarinaError as e:
+            record.state, record.reason = FAILED, f"{rule.pipeline} refused the job: {e}"
+            log.error("dicom: series %s: %s", record.series, record.reason)
+            self._save(record)
+            return
+        log.info("dicom: series %s (%d instances from %s) → %s job %s, output %s", record.series, record.instances,
+                 record.calling_ae, rule.pipeline, record.job, output)
+
+    def _follow(self, record: Series) -> None:
+        try:
+            status = self.jobs.get(record.job)
+        except UnknownJob:  # the listener died between recording and submitting
+            rule = next((r for r in self.rules if r.pipeline == record.pipeline), None)
+            if rule is not None:
+                self._submit(record, rule)
+            return
+        if status.finished:
+            with self.lock:
+                current = self._load(record.series)
+                if current is None or current.job != record.job:
+                    return  # sent again meanwhile: the new generation has its own record
+                if status.state == "done" and current.send_to:
+                    self.outbox.enqueue(current.job, Path(status.output), current.send_to)
+                current.state = DONE if status.state == "done" else FAILED
+                current.reason = "" if status.state == "done" else f"{status.state} in {status.stage}: {status.error}"
+                self._save(current)
+            log.info("dicom: series %s job %s %s", record.series, record.job, status.state)
+
+
+def series_tags(folder: Path) -> dict[str, str]:
+    """The routing tags of a series, from the header of its first instance ({} if unreadable)."""
+    import pydicom
+
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_TAGS))
+        except Exception as e:  # pydicom raises many kinds on a damaged file
+            log.warning("dicom: cannot read the header of %s: %s", path, e)
+            continue
+        return {tag: str(header.get(tag, "") or "") for tag in DICOM_TAGS}
+    return {}
+
+
+def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> None:
+    """Listen until ``stop`` is set, running the completion pass every ``poll_s`` seconds."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, sop_class
+    from pynetdicom.sop_class import Verification
+
+    config = listener.config
+    ae = AE(ae_title=config.ae_title)
+    ae.require_calling_aet = list(config.allowed_aes)
+    ae.add_supported_context(Verification)
+    for name in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(getattr(sop_class, name), ALL_TRANSFER_SYNTAXES)
+    handlers = [(evt.EVT_C_ECHO, listener.on_echo), (evt.EVT_C_STORE, listener.on_store)]
+    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+    log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
+             ", ".join(config.allowed_aes), config.spool)
+    try:
+        while not stop.wait(poll_s):
+            try:
+                listener.complete_pass()
+                listener.outbox.send_due()
+            except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable) as e:
+                log.warning("dicom: Redis away (%s); the pass is tried again", e)
+    finally:
+        server.shutdown()
+
+
+def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) -> None:
+    """Run the listener until interrupted (``carina dicom-listen``).
+
+    Raises:
+        ConfigError: the spool or the output folder lies outside the data roots.
+    """
+    from queues.app import create_app
+    from queues.confine import inside, real_roots
+    from queues.connection import connect
+    from queues.errors import PathRefused
+
+    roots = real_roots(settings.data_roots)
+    for folder, what in ((config.spool, "spool"), (config.output_root, "output folder"), (config.outbox, "outbox")):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            inside(folder, roots, f"the {what}")
+        except PathRefused as e:
+            raise ConfigError(f"{e}: set CARINA_DATA_ROOT to include it") from e
+    client = connect(settings, socket_connect_timeout=5, socket_timeout=10)
+    stop = threading.Event()
+    try:
+        serve(Listener(config, rules, settings, create_app(settings), client), stop)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        client.close()

@@ -1,0 +1,298 @@
+"""``carina dicom-listen`` against DCMTK's echoscu and storescu as the modality (and pynetdicom
+as a sender of what DCMTK would not send): who may associate, a series stored once and turned
+into one job, sent again, a listener killed before the series was complete, bad instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import redis
+
+from carina.local import free_port
+from ops.samples import ct_phantom, ct_series
+from queues.dicom_listener import DONE, SUBMITTED, Series
+from queues.jobs import JobStore
+from tests.helpers import wait_until
+
+MODALITY = "CT_SCANNER"
+STABLE_S = 1.5
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not found: DCMTK is installed by `make dicom-tools` (Debian's dcmtk, as root)")
+    return path
+
+
+class Pacs:
+    """A DICOM peer results are sent to: pynetdicom's storage SCP on loopback, keeping what it
+    is sent in ``folder`` (``refuse`` makes it answer 0xA700 to everything)."""
+
+    def __init__(self, folder: Path):
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.folder, self.port, self.refuse = folder, free_port(), False
+        folder.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+
+    def on_store(self, event) -> int:
+        if self.refuse:
+            return 0xA700
+        (self.folder / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(event.encoded_dataset())
+        return 0x0000
+
+
+class RunningListener:
+    def __init__(self, env: dict[str, str], root: Path, port: int, pacs: Pacs):
+        self.root, self.port = root, port
+        self.spool, self.output, self.log = root / "spool", root / "results", root / "listener.log"
+        self.outbox = root / "outbox"
+        self.env = {**env, "CARINA_DICOM_DESTINATIONS": f"pacs=PACS@127.0.0.1:{pacs.port},"
+                                                        f"down=NOBODY@127.0.0.1:{free_port()}",
+                    "CARINA_DICOM_SEND_ATTEMPTS": "2", "CARINA_DICOM_SEND_BACKOFF_S": "0.5"}
+        rules = root / "rules.json"
+        rules.write_text(json.dumps([
+            {"kind": "dicom", "dicom": {"SeriesDescription": "*send*"}, "pipeline": "3dblur", "send_to": "pacs"},
+            {"kind": "dicom", "dicom": {"SeriesDescription": "*down*"}, "pipeline": "3dblur", "send_to": "down"},
+            {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur"}]))
+        self.argv = [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", MODALITY,
+                     "--spool", str(self.spool), "--output", str(self.output), "--rules", str(rules),
+                     "--stable-s", str(STABLE_S), "--outbox", str(self.outbox)]
+        self.process: subprocess.Popen | None = None
+        self.records_key = f"{env['CARINA_NAMESPACE']}:dicom:CARINA"
+
+    def start(self) -> None:
+        out = open(self.log, "a")
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_until(lambda: "listening on" in self.log.read_text() or self.process.poll() is not None, 60,
+                   "the listener")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def records(self, client: redis.Redis) -> dict[str, Series]:
+        return {k.decode(): Series(**json.loads(v)) for k, v in client.hgetall(self.records_key).items()}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    peer = Pacs(tmp_path_factory.mktemp("pacs"))
+    yield peer
+    peer.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def listener(deployment, pacs, tmp_path_factory):
+    running = RunningListener(deployment.env, tmp_path_factory.mktemp("dicom"), free_port(), pacs)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def echo(listener, calling: str) -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk("echoscu"), "-aet", calling, "-aec", "CARINA", "127.0.0.1", str(listener.port)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def store(listener, files, calling: str = MODALITY) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK waits on Nagle otherwise
+    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", "CARINA", "127.0.0.1", str(listener.port),
+                           *map(str, files)], capture_output=True, text=True, timeout=120, env=env)
+
+
+def a_series(folder: Path, slices: int = 6, **options) -> list[Path]:
+    return ct_series(folder, ct_phantom((slices, 48, 48)), **options)
+
+
+def finished(deployment, listener, series_uid: str, generation: int = 1) -> Series:
+    client = deployment.client()
+
+    def ended() -> bool:
+        record = listener.records(client).get(series_uid)
+        return record is not None and record.generation == generation and record.state not in ("receiving",
+                                                                                                   SUBMITTED)
+    wait_until(ended, 180, f"series {series_uid} generation {generation}")
+    return listener.records(client)[series_uid]
+
+
+def test_only_an_allowed_calling_ae_title_may_associate(listener):
+    assert echo(listener, MODALITY).returncode == 0
+    refused = echo(listener, "INTRUDER")
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+
+
+def test_a_series_is_stored_once_and_becomes_one_job(deployment, listener, tmp_path):
+    files = a_series(tmp_path / "ct")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    first, again = store(listener, files), store(listener, files[:3])  # the modality retries part of it
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    record = finished(deployment, listener, uid)
+    assert record.state == DONE, (record, listener.log.read_text()[-2000:])
+    assert (record.instances, record.duplicates, record.calling_ae) == (len(files), 3, MODALITY)
+    spooled = sorted(record.folder(listener.spool).iterdir())
+    assert [p.name for p in spooled] == sorted(f"{pydicom.dcmread(f).SOPInstanceUID}.dcm" for f in files)
+    assert all(p.read_bytes()[128:132] == b"DICM" for p in spooled)
+    status = JobStore(deployment.client(), deployment.settings.namespace, 3600).get(record.job)
+    assert status.pipeline == "3dblur"
+    assert "the DICOM listener CARINA (CT_SCANNER at 127.0.0.1)" in status.submitted_by
+    [output] = [p for p in listener.output.iterdir() if p.name.startswith(uid)]
+    assert len(list(output.glob("*.dcm"))) == len(files)
+
+
+def test_a_series_sent_again_after_its_job_is_a_new_generation_and_a_new_job(deployment, listener, tmp_path):
+    files = a_series(tmp_path / "ct")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert store(listener, files).returncode == 0
+    first = finished(deployment, listener, uid)
+    assert store(listener, files).returncode == 0
+    second = finished(deployment, listener, uid, generation=2)
+    assert second.state == DONE and second.job != first.job and second.previous_jobs == [first.job]
+    assert second.instances == len(files) and len(list(first.folder(listener.spool).iterdir())) == len(files)
+
+
+def test_a_listener_killed_before_the_series_was_complete_starts_its_job_once_restarted(deployment, listener,
+                                                                                          tmp_path):
+    files = a_series(tmp_path / "ct")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert store(listener, files).returncode == 0
+    listener.kill()  # within the stability wait: nothing was submitted yet
+    assert listener.records(deployment.client())[uid].state == "receiving"
+    listener.start()
+    record = finished(deployment, listener, uid)
+    assert record.state == DONE and record.instances == len(files)
+    assert listener.log.read_text().count(f"series {uid} ({len(files)} instances") == 1
+
+
+def send_with_pynetdicom(listener, dataset) -> int:
+    """The status of a C-STORE of ``dataset`` from pynetdicom (what DCMTK refuses to send)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CARINA")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(dataset).Status)
+    finally:
+        assoc.release()
+
+
+def test_an_instance_whose_uids_would_leave_the_spool_is_refused_and_nothing_is_written(listener, tmp_path):
+    dataset = pydicom.dcmread(a_series(tmp_path / "ct", slices=1)[0])
+    dataset.SeriesInstanceUID = "../../escaped"
+    before = {p for p in listener.root.rglob("*")}
+    assert send_with_pynetdicom(listener, dataset) == 0xA900
+    assert {p for p in listener.root.rglob("*")} - before <= {listener.log}
+    assert "without valid SOP/series/study instance UIDs" in listener.log.read_text()
+
+
+def test_a_sop_class_the_listener_does_not_take_is_not_negotiated(listener, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage
+
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(BasicTextSRStorage)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CARINA")
+    try:
+        assert assoc.is_established
+        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [CTImageStorage]
+        assert [c.abstract_syntax for c in assoc.rejected_contexts] == [BasicTextSRStorage]
+    finally:
+        assoc.release()
+
+
+def test_two_series_interleaved_on_one_association_become_two_jobs(deployment, listener, tmp_path):
+    first, second = a_series(tmp_path / "a", slices=4), a_series(tmp_path / "b", slices=5)
+    interleaved = [f for pair in zip(first, second) for f in pair] + second[len(first):]
+    assert store(listener, interleaved).returncode == 0
+    records = [finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID) for files in (first,
+                                                                                                        second)]
+    assert [(r.state, r.instances) for r in records] == [(DONE, 4), (DONE, 5)]
+    assert records[0].job != records[1].job
+
+
+def test_an_association_aborted_half_way_keeps_what_arrived_and_the_series_completes(deployment, listener, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    files = a_series(tmp_path / "ct", slices=6)
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CARINA")
+    assert assoc.is_established
+    for path in files[:3]:
+        assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
+    assoc.abort()
+    record = finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID)
+    assert record.state == DONE and record.instances == 3
+    assert len(list(record.folder(listener.spool).glob("*.dcm"))) == 3
+
+
+def dispatched(deployment, job: str, state: str) -> dict:
+    jobs = JobStore(deployment.client(), deployment.settings.namespace, 3600)
+    wait_until(lambda: jobs.get(job).dispatch.get("state") == state, 60, f"job {job}'s results {state}")
+    return jobs.get(job).dispatch
+
+
+def test_a_job_s_dicom_results_are_sent_to_the_rule_s_destination(deployment, listener, pacs, tmp_path):
+    files = a_series(tmp_path / "ct", series_description="please send back")
+    assert store(listener, files).returncode == 0
+    record = finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID)
+    assert record.state == DONE and record.send_to == "pacs"
+    sent = dispatched(deployment, record.job, "sent")
+    assert sent["files"] == len(files) and sent["attempts"] == 1
+    [output] = [p for p in listener.output.iterdir() if p.name.startswith(record.series)]
+    received = {pydicom.dcmread(p).SOPInstanceUID for p in pacs.folder.iterdir()}
+    assert {pydicom.dcmread(p).SOPInstanceUID for p in output.glob("*.dcm")} <= received
+    assert not (listener.outbox / record.job).exists()  # acknowledged: the copy is gone, the output stays
+    shown = subprocess.run([sys.executable, "-m", "carina", "status", record.job], env=listener.env,
+                           capture_output=True, text=True, timeout=60)
+    assert "dispatch: sent to pacs (PACS@127.0.0.1:" in shown.stdout
+
+
+def test_results_a_destination_never_takes_go_to_the_dead_letter_with_the_reason(deployment, listener, tmp_path):
+    files = a_series(tmp_path / "ct", series_description="down the line")
+    assert store(listener, files).returncode == 0
+    record = finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID)
+    dead = dispatched(deployment, record.job, "dead-letter")
+    assert dead["attempts"] == 2 and "no association with down" in dead["reason"]
+    letter = listener.outbox / "dead-letter" / record.job
+    assert len(list(letter.glob("*.dcm"))) == len(files)
+    assert "2 attempts: no association with down" in (letter / "reason.txt").read_text()
+    [output] = [p for p in listener.output.iterdir() if p.name.startswith(record.series)]
+    assert len(list(output.glob("*.dcm"))) == len(files)  # the job's own output untouched
+
+
+def test_results_the_destination_refuses_are_kept_in_the_dead_letter_with_its_status(deployment, listener, pacs,
+                                                                                      tmp_path):
+    files = a_series(tmp_path / "ct", series_description="send, but refused")
+    pacs.refuse = True
+    try:
+        assert store(listener, files).returncode == 0
+        record = finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID)
+        dead = dispatched(deployment, record.job, "dead-letter")
+    finally:
+        pacs.refuse = False
+    assert dead["attempts"] == 2 and "refused 00000-" in dead["reason"] and "status 0xA700" in dead["reason"]
+    assert len(list((listener.outbox / "dead-letter" / record.job).glob("*.dcm"))) == len(files)
