@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -193,12 +193,19 @@ def find_volume(path: str | Path) -> Path:
     return found[0]
 
 
-def read_input(path: str | Path) -> tuple[np.ndarray, dict[str, Any], str]:
-    """A CT/MR study given as a volume file, a folder holding one, or a DICOM series folder.
+class Study(NamedTuple):
+    """A study read by :func:`read_input`: the volume, its geometry, its name for output files
+    (the file name without its suffixes, or the DICOM folder's name), and for a DICOM series
+    its files in z order (absolute paths), which a DICOM SEG references; () otherwise."""
 
-    Returns:
-        ``(array, geometry, name)``: as :func:`read_volume`, and the study's name for output
-        files (the file name without its suffixes, or the DICOM folder's name).
+    array: np.ndarray
+    geometry: dict[str, Any]
+    name: str
+    dicom_files: tuple[str, ...] = ()
+
+
+def read_input(path: str | Path) -> Study:
+    """A CT/MR study given as a volume file, a folder holding one, or a DICOM series folder.
 
     Raises:
         VolumeReadError: as :func:`read_volume`; DicomError: as :func:`ops.dicom.read_series`.
@@ -208,7 +215,8 @@ def read_input(path: str | Path) -> tuple[np.ndarray, dict[str, Any], str]:
         from ops.dicom import read_series
 
         series = read_series(path)
-        return series.volume, series.geometry, path.name
+        files = tuple(str((path / name).absolute()) for name in series.metadata["files"])
+        return Study(series.volume, series.geometry, path.name, files)
     volume_file = find_volume(path)
     array, geometry = read_volume(volume_file)
     name = volume_file.name
@@ -216,4 +224,4 @@ def read_input(path: str | Path) -> tuple[np.ndarray, dict[str, Any], str]:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return array, geometry, name
+    return Study(array, geometry, name)

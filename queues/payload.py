@@ -24,6 +24,7 @@ class Payload(TypedDict):
     restarts: int  # how many times the job had started again from its input when this chain was queued
     # Added by stages on the way:
     study: NotRequired[str]  # spleen-seg: the input's name, which the label volume takes
+    source_series: NotRequired[list[str]]  # segmentation of a DICOM series: its files in z order (for the SEG)
     slide: NotRequired[str]  # nuclei-seg: the slide file found in the input
     result: NotRequired[str]  # the main file or folder written
     files: NotRequired[int]  # 3dblur: DICOM files written

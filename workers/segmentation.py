@@ -8,12 +8,12 @@ gives none."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from ops.arrays import gpu_available
+from ops.dicom.seg import write_segmentation
 from ops.errors import check_work
 from ops.render import write_segmentation_publish
-from ops.segmentation import ROI_SIZE, request_nbytes, segment, window_count
+from ops.segmentation import OUTPUT_CHANNELS, ROI_SIZE, request_nbytes, segment, window_count
 from ops.volume import read_input
 from ops.volume import write_volume as write_image
 from queues.app import app
@@ -32,14 +32,15 @@ LABELS = "segmentation_labels"
 
 @app.task(name="carina.segmentation.read_volume", base=StageTask, bind=True)
 def read_volume(self: StageTask, payload: Payload) -> Payload:
-    volume, geometry, name = read_input(payload["input"])
+    volume, geometry, name, dicom_files = read_input(payload["input"])
     grid_recipe = recipe(payload, "roi_size", "target_spacing_xyz", "orientation")
     windows, grid = window_count(volume.shape, geometry, payload["params"]["overlap"], **grid_recipe)
     side = grid_recipe.get("roi_size", ROI_SIZE)
     roi = f"{side[0]}³" if len(set(side)) == 1 else "×".join(map(str, side))
     check_work(windows, get_settings().max_windows, f"windows of {roi} over the {'×'.join(map(str, grid))} voxels "
                f"of {name} resampled (overlap {payload['params']['overlap']:g})", "CARINA_MAX_WINDOWS")
-    return self.publish(payload, volume, CT, geometry, study=name)
+    return self.publish(payload, volume, CT, geometry, study=name, **({"source_series": list(dicom_files)}
+                                                                       if dicom_files else {}))
 
 
 @app.task(name="carina.segmentation.infer", base=StageTask, bind=True)
@@ -63,4 +64,8 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
     write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"],
                                **recipe(payload, "label_names"))
+    if payload.get("source_series"):  # a DICOM series in: the labels as a SEG over it, for the PACS
+        write_segmentation(labels.array, payload["source_series"], output / f"{payload['study']}.seg.dcm",
+                           segments=payload.get("settings", {}).get("output_channels", OUTPUT_CHANNELS) - 1,
+                           algorithm=payload["pipeline"], **recipe(payload, "label_names"))
     return self.advance(payload, result=self.result(payload, result))

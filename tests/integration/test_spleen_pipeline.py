@@ -67,12 +67,24 @@ def test_segments_the_spleen_and_writes_the_seed_outputs(deployment, project_tri
     assert_no_memory_held(deployment)
 
 
-def test_a_dicom_series_input(deployment, tmp_path):
+def test_a_dicom_series_input_gets_its_labels_as_a_dicom_seg_too(deployment, tmp_path):
+    import highdicom
+    import pydicom
+
     volume, _ = spleen_phantom((24, 96, 96), (2.5, 2.5, 3.0), seed=99)
-    ct_series(tmp_path / "series", volume, {**GEOMETRY, "spacing": [2.5, 2.5, 3.0]})
+    files = ct_series(tmp_path / "series", volume, {**GEOMETRY, "spacing": [2.5, 2.5, 3.0]}, shuffle_seed=5)
     status = run(deployment, tmp_path / "series", tmp_path / "out")
     assert status.state == "done", status.error
-    assert read_volume(tmp_path / "out" / "series.mhd")[0].shape == volume.shape
+    labels, geometry = read_volume(tmp_path / "out" / "series.mhd")
+    assert labels.shape == volume.shape and labels.any()
+    seg = highdicom.seg.segread(tmp_path / "out" / "series.seg.dcm")
+    sources = sorted((pydicom.dcmread(f) for f in files), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    mask = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources],
+                                             combine_segments=True, skip_overlap_checks=True)
+    np.testing.assert_array_equal(mask, labels)  # voxel for voxel, slice by source slice
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert np.allclose([float(v) for v in sources[0].ImagePositionPatient], geometry["origin"], atol=0.01)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["label 1"]
 
 
 @pytest.mark.parametrize("shape, reason", [((30, 40), "2D image"), ((2, 5, 6, 7), "4D image")], ids=["2d", "4d"])
