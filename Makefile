@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools
+.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools pacs
 
 setup: $(STAMP)
 
@@ -46,7 +46,16 @@ dicom-tools:
 	@command -v storescu >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq dcmtk >/dev/null; } || echo "no DCMTK (needs root to install): the DICOM listener's tests will fail"
 
-test: setup triton browser compose redis-tools dicom-tools
+# Debian's Orthanc, the PACS of the round-trip test and the demo (carina/orthanc.py starts it on
+# loopback). Its package would start a system service binding every interface: policy-rc.d
+# forbids that during the install. Needs root to install, as CI has.
+pacs:
+	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && \
+		{ apt-get install -y -qq orthanc >/dev/null; status=$$?; rm -f /usr/sbin/policy-rc.d; (exit $$status); }; } || \
+		echo "no Orthanc (needs root to install): the PACS round-trip test will fail"
+
+test: setup triton browser compose redis-tools dicom-tools pacs
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -4,27 +4,23 @@ into one job, sent again, a listener killed before the series was complete, bad 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 
 from carina.local import free_port
 from ops.samples import ct_phantom, ct_series
-from queues.dicom_listener import DONE, SUBMITTED, Series
+from queues.dicom_listener import DONE, Series
 from queues.jobs import JobStore
+from tests.dicom_peers import RunningListener
 from tests.helpers import wait_until
 
 MODALITY = "CT_SCANNER"
-STABLE_S = 1.5
 
 
 def dcmtk(tool: str) -> str:
@@ -55,42 +51,6 @@ class Pacs:
         return 0x0000
 
 
-class RunningListener:
-    def __init__(self, env: dict[str, str], root: Path, port: int, pacs: Pacs):
-        self.root, self.port = root, port
-        self.spool, self.output, self.log = root / "spool", root / "results", root / "listener.log"
-        self.outbox = root / "outbox"
-        self.env = {**env, "CARINA_DICOM_DESTINATIONS": f"pacs=PACS@127.0.0.1:{pacs.port},"
-                                                        f"down=NOBODY@127.0.0.1:{free_port()}",
-                    "CARINA_DICOM_SEND_ATTEMPTS": "2", "CARINA_DICOM_SEND_BACKOFF_S": "0.5"}
-        rules = root / "rules.json"
-        rules.write_text(json.dumps([
-            {"kind": "dicom", "dicom": {"SeriesDescription": "*send*"}, "pipeline": "3dblur", "send_to": "pacs"},
-            {"kind": "dicom", "dicom": {"SeriesDescription": "*down*"}, "pipeline": "3dblur", "send_to": "down"},
-            {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur"}]))
-        self.argv = [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", MODALITY,
-                     "--spool", str(self.spool), "--output", str(self.output), "--rules", str(rules),
-                     "--stable-s", str(STABLE_S), "--outbox", str(self.outbox)]
-        self.process: subprocess.Popen | None = None
-        self.records_key = f"{env['CARINA_NAMESPACE']}:dicom:CARINA"
-
-    def start(self) -> None:
-        out = open(self.log, "a")
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        wait_until(lambda: "listening on" in self.log.read_text() or self.process.poll() is not None, 60,
-                   "the listener")
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def records(self, client: redis.Redis) -> dict[str, Series]:
-        return {k.decode(): Series(**json.loads(v)) for k, v in client.hgetall(self.records_key).items()}
-
-
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     peer = Pacs(tmp_path_factory.mktemp("pacs"))
@@ -98,9 +58,17 @@ def pacs(tmp_path_factory):
     peer.server.shutdown()
 
 
+RULES = [{"kind": "dicom", "dicom": {"SeriesDescription": "*send*"}, "pipeline": "3dblur", "send_to": "pacs"},
+         {"kind": "dicom", "dicom": {"SeriesDescription": "*down*"}, "pipeline": "3dblur", "send_to": "down"},
+         {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur"}]
+
+
 @pytest.fixture(scope="module")
 def listener(deployment, pacs, tmp_path_factory):
-    running = RunningListener(deployment.env, tmp_path_factory.mktemp("dicom"), free_port(), pacs)
+    running = RunningListener(deployment.env, tmp_path_factory.mktemp("dicom"), RULES, MODALITY,
+                              CARINA_DICOM_DESTINATIONS=f"pacs=PACS@127.0.0.1:{pacs.port},"
+                                                        f"down=NOBODY@127.0.0.1:{free_port()}",
+                              CARINA_DICOM_SEND_ATTEMPTS="2", CARINA_DICOM_SEND_BACKOFF_S="0.5")
     running.start()
     try:
         yield running
@@ -124,14 +92,7 @@ def a_series(folder: Path, slices: int = 6, **options) -> list[Path]:
 
 
 def finished(deployment, listener, series_uid: str, generation: int = 1) -> Series:
-    client = deployment.client()
-
-    def ended() -> bool:
-        record = listener.records(client).get(series_uid)
-        return record is not None and record.generation == generation and record.state not in ("receiving",
-                                                                                                   SUBMITTED)
-    wait_until(ended, 180, f"series {series_uid} generation {generation}")
-    return listener.records(client)[series_uid]
+    return listener.finished(deployment.client(), series_uid, generation)
 
 
 def test_only_an_allowed_calling_ae_title_may_associate(listener):
