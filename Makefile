@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 triton: setup
 	PYTHON=$(PYTHON) bash scripts/setup_triton.sh
 
-demo: setup triton
+demo: setup triton pacs
 	$(BIN)/carina demo --output demo-output
 
 # Debian's Chromium for the browser test (headless); needs root, as CI has. Without it that one test skips.

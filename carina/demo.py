@@ -35,6 +35,7 @@ from carina.triton import REPO_ROOT
 JOB_TIMEOUT_S = 300
 READY_TIMEOUT_S = 300  # the first start of Triton loads both models
 DROPPED = "dropped-abdomen.nii.gz"  # a copy of the spleen-seg sample, dropped into the inbox
+PACS_SAMPLE = "abdomen-series"  # the spleen sample as a DICOM series, sent from Orthanc
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ def run_demo(out: Path) -> bool:
                                       on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))))
         results.append((DemoJob("spleen-seg", DROPPED, (), what="from the watch folder"),
                         wait_for_drop(inbox / DROPPED, out / "result-watch", jobs)))
+        if shutil.which("Orthanc"):
+            results.append((DemoJob("spleen-seg", PACS_SAMPLE, (), what="from Orthanc, its SEG sent back"),
+                            pacs_round_trip(out, env, jobs)))
+        else:
+            print("no Orthanc here (`make pacs` installs it, as root): the PACS round trip is left out")
         drain_pool(client, settings.fastio_config())
     finally:
         stop_procfile(services)
@@ -121,7 +127,8 @@ def run_demo(out: Path) -> bool:
                 print(f"{'':22}… and {len(files) - 4} more files")
     previews = sorted(out.glob("result-*/**/*.png"))
     print("\npreviews:\n" + "\n".join(f"  {p}" for p in previews))
-    ok = len(results) == len(DEMO_JOBS) + 1 and all(status.state == "done" for _, status in results)
+    expected = len(DEMO_JOBS) + 1 + bool(shutil.which("Orthanc"))
+    ok = len(results) == expected and all(status.state == "done" for _, status in results)
     if not ok:
         print(f"services log: {out / 'services.log'}")
     return ok
@@ -178,3 +185,63 @@ def wait_for_drop(entry: Path, output_root: Path, jobs: JobStore) -> JobStatus:
             return status
     return JobStatus(job_id="", pipeline="?", state="failed", stages=[],
                      error=f"the watch folder ran no job for {entry.name} within {JOB_TIMEOUT_S} s")
+
+
+def pacs_round_trip(out: Path, env: dict[str, str], jobs: JobStore) -> JobStatus:
+    """The spleen sample as a DICOM series uploaded to an Orthanc, sent by Orthanc to Carina's
+    DICOM listener, segmented, and its SEG sent back to Orthanc: the job's status (its SEG
+    also saved as ``result-pacs/seg.dcm``)."""
+    import json
+
+    from carina.orthanc import LocalOrthanc
+
+    series = out / "input" / PACS_SAMPLE
+    shutil.rmtree(series, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(series), "--dicom", "--spleen", "--shape",
+                    "64", "256", "256"], check=True, stdout=subprocess.DEVNULL)
+    listen_port, root = free_port(), out / "pacs"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    (root / "rules.json").write_text(json.dumps([{"kind": "dicom", "dicom": {"Modality": "CT"},
+                                                  "pipeline": "spleen-seg", "send_to": "orthanc"}]))
+    with LocalOrthanc(modalities={"carina": ("CARINA", "127.0.0.1", listen_port)}) as orthanc:
+        listen_env = {**env, "CARINA_DICOM_DESTINATIONS": f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
+        with open(root / "listener.log", "w") as log:
+            listener = subprocess.Popen(
+                [sys.executable, "-m", "carina", "dicom-listen", "--port", str(listen_port), "--allow", "ORTHANC",
+                 "--spool", str(root / "spool"), "--output", str(root / "results"), "--outbox", str(root / "outbox"),
+                 "--rules", str(root / "rules.json"), "--stable-s", "2"], env=listen_env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            print(f"Orthanc (the PACS) at {orthanc.url}/app/explorer.html; Carina's DICOM listener on port "
+                  f"{listen_port}")
+            while "listening on" not in (root / "listener.log").read_text():
+                if listener.poll() is not None:
+                    raise ServiceError(f"the DICOM listener stopped:\n{(root / 'listener.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+            instance = orthanc.upload(sorted(series.iterdir()))[0]
+            orthanc.request("POST", "/modalities/carina/store", orthanc.get(f"/instances/{instance}")["ParentSeries"]
+                            .encode())
+            print(f"Orthanc sent {PACS_SAMPLE} to Carina (C-STORE)")
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            found: list[str] = []
+            while not found and time.monotonic() < deadline:
+                found = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SEG"}})
+                time.sleep(0.5)
+            if not found:
+                return JobStatus(job_id="", pipeline="spleen-seg", state="failed", stages=[],
+                                 error=f"no SEG reached Orthanc within {JOB_TIMEOUT_S} s; see {root / 'listener.log'}")
+            [seg] = orthanc.get(f"/series/{found[0]}")["Instances"]
+            (out / "result-pacs").mkdir(exist_ok=True)
+            (out / "result-pacs" / "seg.dcm").write_bytes(orthanc.get(f"/instances/{seg}/file"))
+            print(f"  the SEG is in Orthanc: {orthanc.url}/series/{found[0]} "
+                  f"(saved as {out / 'result-pacs' / 'seg.dcm'})")
+            [status] = [s for s in jobs.recent_statuses(50) if s.output.startswith(str(root / "results"))]
+            return status
+        finally:
+            listener.send_signal(signal.SIGTERM)
+            try:
+                listener.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(listener.pid, signal.SIGKILL)
+                listener.wait()

@@ -54,7 +54,7 @@ UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX = 64
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
 RESENT_POLICIES = ("new-job", "ignore")
-RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED, IGNORED = "receiving", "submitted", "done", "failed", "unrouted", "ignored"
+RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
 # The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
 ACCEPTED_SOP_CLASSES = ("CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
                         "PositronEmissionTomographyImageStorage", "SecondaryCaptureImageStorage",

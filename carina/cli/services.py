@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", type=Path, help="JSON rules, as the watch folder's (default: CT abdomen → spleen-seg, "
                                               "other DICOM → 3dblur)")
     p.add_argument("--stable-s", type=float,
-                   help="seconds without an instance after which a series is complete (default CARINA_DICOM_STABLE_S, 10)")
+                   help="seconds without an instance after which a series is complete "
+                        "(default CARINA_DICOM_STABLE_S, 10)")
     p.set_defaults(run=dicom_listen, role="front")
 
     p = sub.add_parser("health", help="check Redis, the workers, Triton and FastIO on this host")
