@@ -1,8 +1,9 @@
 """``carina health``: is each part of a deployment there and answering?
 
 Checks Redis (broker, results, registry), the Celery workers (a broadcast ping), Triton (its
-KServe v2 readiness endpoint) and FastIO on this host (the segment folder is writable, with
-room; what is in use and pooled). Each check says what it found; none raises.
+KServe v2 readiness endpoint), FastIO on this host (the segment folder is writable, with
+room; what is in use and pooled), and where they are configured the DICOM listener and each
+destination of its results (a C-ECHO). Each check says what it found; none raises.
 """
 
 from __future__ import annotations
@@ -77,6 +78,45 @@ def check_fastio(client: redis.Redis, settings: Settings) -> Check:
                                  f"{pooled} pooled on {config.host_id}")
 
 
+def check_echo(name: str, calling: str, called: str, host: str, port: int, timeout_s: float) -> Check:
+    """A C-ECHO to a DICOM peer as ``calling``: is it there, and does it take us?"""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    where = f"{called}@{host}:{port}"
+    try:
+        assoc = ae.associate(host, port, ae_title=called)
+    except (OSError, RuntimeError, ValueError) as e:
+        return Check(name, False, f"{where}: {e}")
+    if not assoc.is_established:
+        return Check(name, False, f"{where}: no association (refused, rejected or unreachable)")
+    try:
+        status = assoc.send_c_echo()
+        ok = "Status" in status and int(status.Status) == 0
+        return Check(name, ok, f"{where}: C-ECHO {'answered' if ok else 'failed'}")
+    finally:
+        assoc.release()
+
+
+def check_dicom(settings: Settings, timeout_s: float) -> list[Check]:
+    """The DICOM listener, where one is configured (CARINA_DICOM_ALLOWED_AES; the echo comes
+    from the first of those titles), and each destination results are sent to."""
+    from queues.dispatch import destinations
+
+    checks = []
+    if settings.dicom_allowed_aes:
+        host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "::") else settings.dicom_host
+        checks.append(check_echo("dicom", settings.dicom_allowed_aes[0], settings.dicom_ae_title, host,
+                                 settings.dicom_port, timeout_s))
+    for destination in destinations(settings).values():
+        checks.append(check_echo(f"send:{destination.name}", settings.dicom_ae_title, destination.ae_title,
+                                 destination.host, destination.port, timeout_s))
+    return checks
+
+
 def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[Check]:
     client = connect(settings, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
@@ -87,6 +127,7 @@ def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[C
             checks.append(Check("workers", False, "not asked: Redis is unreachable"))
         checks.append(check_triton(settings.triton_http_url, timeout_s))
         checks.append(check_fastio(client, settings))
+        checks += check_dicom(settings, timeout_s)
     finally:
         client.close()
     return checks

@@ -12,6 +12,9 @@ host's own; the others are the deployment's and the same from every host):
 - ``carina_fastio_segments{host, use}``/``carina_fastio_bytes{host, use}``: this host's
   shared-memory segments in use by jobs and free in the pool, and their bytes.
 - ``carina_fastio_reclaimed_total{host}``: segments the janitor has reclaimed.
+- ``carina_dicom_events_total{ae_title, event}``: the DICOM listener's associations
+  (accepted, rejected), instances (stored, duplicates, refused), series complete, jobs
+  started, and its outbox's results sent, retries and dead letters (:mod:`queues.dicom_events`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from fastio import FastIOConfig
 from fastio.registry import Registry
 from fastio.segments import SegmentStore
 from queues.connection import connect, redacted
+from queues.dicom_events import event_counts
 from queues.listeners import bearer_matches
 from queues.jobs import JobStore
 from queues.broker import known_queues, queue_depths
@@ -113,6 +117,13 @@ class CarinaCollector:
         for host, count in sorted(Registry(self.client, config).reclaimed().items()):
             reclaimed.add_metric([host], count)
         yield reclaimed
+
+        dicom = CounterMetricFamily("carina_dicom_events", "what the DICOM listener and its outbox have done",
+                                    labels=["ae_title", "event"])
+        ae_title = self.settings.dicom_ae_title
+        for event, count in event_counts(self.client, self.settings.namespace, ae_title).items():
+            dicom.add_metric([ae_title, event], count)
+        yield dicom
 
     def _job_counts(self) -> Counter[tuple[str, str]]:
         jobs = JobStore(self.client, self.settings.namespace, self.settings.job_ttl_s)

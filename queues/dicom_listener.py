@@ -41,6 +41,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from queues.dicom_events import count_event
 from queues.dispatch import Outbox
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJob
 from queues.jobs import JobStore
@@ -149,8 +150,19 @@ class Listener:
         return None if raw is None else Series(**json.loads(raw))
 
     # DICOM handlers (pynetdicom's association threads) -----------------------------------------
+    def count(self, event: str) -> None:
+        count_event(self.redis, self.settings.namespace, self.config.ae_title, event)
+
     def on_echo(self, event: Any) -> int:
         return SUCCESS
+
+    def on_accepted(self, event: Any) -> None:
+        self.count("associations")
+
+    def on_rejected(self, event: Any) -> None:
+        log.warning("dicom: association from %s at %s rejected", event.assoc.requestor.ae_title.strip(),
+                    event.assoc.requestor.address)
+        self.count("rejected")
 
     def on_store(self, event: Any) -> int:
         """Store one instance in the spool and record its arrival; the status to answer."""
@@ -161,10 +173,12 @@ class Listener:
             sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
         except Exception as e:  # pydicom raises many kinds on a damaged dataset
             log.error("dicom: %s at %s: an instance that cannot be read: %s", calling, address, e)
+            self.count("refused")
             return CANNOT_UNDERSTAND
         if not all(is_uid(str(uid)) for uid in (sop, series, study) if uid is not None) or None in (sop, series, study):
             log.error("dicom: %s at %s: an instance without valid SOP/series/study instance UIDs (%r, %r, %r)",
                       calling, address, sop, series, study)
+            self.count("refused")
             return NOT_THE_SOP_CLASS
         sop, series, study = str(sop), str(series), str(study)
         with self.lock:
@@ -185,6 +199,7 @@ class Listener:
                     record.instances += 1
                 else:
                     record.duplicates += 1
+                self.count("instances" if stored else "duplicates")
                 record.last = time.time()
                 self._save(record)
             except OSError as e:
@@ -227,6 +242,7 @@ class Listener:
                 self._follow(record)
 
     def _decide(self, record: Series) -> None:
+        self.count("series_complete")
         folder = record.folder(self.config.spool)
         tags = {**series_tags(folder), "CallingAETitle": record.calling_ae}
         rule = next((r for r in self.rules if r.takes(record.series, "dicom", tags)), None)
@@ -256,6 +272,7 @@ class Listener:
             log.error("dicom: series %s: %s", record.series, record.reason)
             self._save(record)
             return
+        self.count("jobs_started")
         log.info("dicom: series %s (%d instances from %s) → %s job %s, output %s", record.series, record.instances,
                  record.calling_ae, rule.pipeline, record.job, output)
 
@@ -305,7 +322,8 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
     ae.add_supported_context(Verification)
     for name in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(getattr(sop_class, name), ALL_TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_C_ECHO, listener.on_echo), (evt.EVT_C_STORE, listener.on_store)]
+    handlers = [(evt.EVT_C_ECHO, listener.on_echo), (evt.EVT_C_STORE, listener.on_store),
+                (evt.EVT_ACCEPTED, listener.on_accepted), (evt.EVT_REJECTED, listener.on_rejected)]
     server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
     log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
              ", ".join(config.allowed_aes), config.spool)

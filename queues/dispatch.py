@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from queues.dicom_events import count_event
 from queues.errors import ConfigError
 from queues.jobs import JobStore
 from queues.settings import Settings
@@ -89,6 +90,7 @@ class Outbox:
         self.redis = client
         self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
         self.key = f"{settings.namespace}:dicom:{name}:outbox"
+        self.name = name
         self.destinations = destinations(settings)
 
     def deliveries(self) -> dict[str, Delivery]:
@@ -150,7 +152,9 @@ class Outbox:
             delivery.reason = str(e)
             if delivery.attempts >= self.settings.dicom_send_attempts:
                 self._dead_letter(delivery, box)
+                count_event(self.redis, self.settings.namespace, self.name, "dead_letters")
             else:
+                count_event(self.redis, self.settings.namespace, self.name, "send_retries")
                 delivery.next_try = time.time() + self.settings.dicom_send_backoff_s * 2 ** (delivery.attempts - 1)
                 log.warning("dispatch: job %s to %s, attempt %d failed: %s; again in %.0f s", delivery.job,
                             destination or delivery.destination, delivery.attempts, e,
@@ -159,6 +163,7 @@ class Outbox:
             return
         delivery.state, delivery.reason = SENT, ""
         self._save(delivery)
+        count_event(self.redis, self.settings.namespace, self.name, "results_sent")
         shutil.rmtree(box, ignore_errors=True)  # acknowledged, every file: the copy has served
         log.info("dispatch: job %s: %d files acknowledged by %s", delivery.job, len(delivery.files), destination)
 

@@ -4,6 +4,7 @@ into one job, sent again, a listener killed before the series was complete, bad 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,11 +37,13 @@ class Pacs:
 
     def __init__(self, folder: Path):
         from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
 
         self.folder, self.port, self.refuse = folder, free_port(), False
         folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title="PACS")
         ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
 
@@ -257,3 +260,28 @@ def test_results_the_destination_refuses_are_kept_in_the_dead_letter_with_its_st
         pacs.refuse = False
     assert dead["attempts"] == 2 and "refused 00000-" in dead["reason"] and "status 0xA700" in dead["reason"]
     assert len(list((listener.outbox / "dead-letter" / record.job).glob("*.dcm"))) == len(files)
+
+
+def test_the_metrics_count_what_the_listener_and_its_outbox_did(listener):
+    # Runs after the tests above in this module: an intruder, stored series, duplicates,
+    # refused instances, deliveries sent and dead letters.
+    shown = subprocess.run([sys.executable, "-m", "carina", "metrics", "--once"], env=listener.env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    counts = {line.split('event="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+              for line in shown.stdout.splitlines() if line.startswith('carina_dicom_events_total{ae_title="CARINA"')}
+    assert counts["rejected"] >= 1 and counts["associations"] >= 5 and counts["refused"] >= 1
+    assert counts["instances"] >= 30 and counts["duplicates"] >= 3
+    assert counts["series_complete"] == counts["jobs_started"] >= 6
+    assert counts["results_sent"] >= 1 and counts["dead_letters"] >= 2 and counts["send_retries"] >= 2
+
+
+def test_health_echoes_the_listener_and_each_destination(deployment, listener):
+    env = {**listener.env, "CARINA_DICOM_ALLOWED_AES": MODALITY, "CARINA_DICOM_PORT": str(listener.port)}
+    shown = subprocess.run([sys.executable, "-m", "carina", "health", "--json"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(shown.stdout)}
+    assert checks["dicom"]["ok"] and "C-ECHO answered" in checks["dicom"]["detail"]
+    assert checks["send:pacs"]["ok"]
+    assert not checks["send:down"]["ok"] and "no association" in checks["send:down"]["detail"]
+    assert shown.returncode == 1  # one destination is down
