@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python bench/api.py --jobs 40 --clients 8
 	$(BIN)/python bench/jobs.py --finished 100000 --running 10
 	$(BIN)/python bench/bundles.py --slices 120 --runs 3
+	$(BIN)/python bench/dicom.py --slices 200 --runs 3
 
 clean:
 	rm -rf $(VENV) .triton-venv demo-output .pytest_cache

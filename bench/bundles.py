@@ -209,7 +209,7 @@ def main() -> None:
     figures.update(stack_s=round(stack_s, 2), monai_s=round(monai_s, 2), stack_over_monai=round(stack_s / monai_s, 3),
                    stack_runs=[round(s, 2) for s in stack], monai_runs=[round(s, 2) for s in monai])
     first = figures["bundle_to_first_job"]
-    print(f"| bundle → first job | s |\n|---|---:|\n" + "".join(f"| {k[:-2].replace('_', ' ')} | {v:.1f} |\n"
+    print("| bundle → first job | s |\n|---|---:|\n" + "".join(f"| {k[:-2].replace('_', ' ')} | {v:.1f} |\n"
                                                             for k, v in first.items()))
     print(f"| spleen-seg, {'×'.join(map(str, ct.shape))} CT | s (median of {args.runs}) |\n|---|---:|\n"
           f"| Carina: submit → done through Redis, a worker, Triton | {stack_s:.1f} |\n"

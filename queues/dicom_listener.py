@@ -55,6 +55,7 @@ UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX = 64
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
 RESENT_POLICIES = ("new-job", "ignore")
+MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
 # The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
 ACCEPTED_SOP_CLASSES = ("CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
@@ -318,6 +319,8 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
 
     config = listener.config
     ae = AE(ae_title=config.ae_title)
+    # pynetdicom handles each P-DATA PDU in Python: the 16 kB default cuts a CT slice into 32.
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.require_calling_aet = list(config.allowed_aes)
     ae.add_supported_context(Verification)
     for name in ACCEPTED_SOP_CLASSES:

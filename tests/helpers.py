@@ -16,6 +16,7 @@ import importlib.util
 import sys
 import time
 import types
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -101,6 +102,30 @@ def worker_env(redis_url: str, namespace: str, triton_url: str, host: str = "hos
 
     return {**os.environ, "CARINA_REDIS_URL": redis_url, "CARINA_NAMESPACE": namespace, "CARINA_SHM_DIR": shm_dir,
             "CARINA_HOST_ID": host, "CARINA_TRITON_URL": triton_url, "CARINA_WORKER_HEARTBEAT_S": "1", **variables}
+
+
+@contextmanager
+def one_worker(redis_url: str, name: str, triton_url: str, logs: Path, **variables: str) -> Iterator[dict[str, str]]:
+    """One worker (io, cpu, gpu; one process) on ``redis_url`` in a namespace and a /dev/shm
+    folder of its own, as host-a: its environment, for the test's own commands. The database
+    is flushed and the folder removed afterwards."""
+    import shutil
+    import tempfile
+    import uuid
+
+    import redis
+
+    from carina.local import start_worker, stop_process_group
+
+    shm = tempfile.mkdtemp(prefix=f"carina-{name}-", dir="/dev/shm")
+    env = worker_env(redis_url, f"{name}{uuid.uuid4().hex[:6]}", triton_url, shm_dir=shm, **variables)
+    worker = start_worker(env, logs / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
+    try:
+        yield env
+    finally:
+        stop_process_group(worker)
+        redis.Redis.from_url(redis_url).flushdb()
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.05) -> None:

@@ -13,24 +13,19 @@ Gaussian blending where the bundle's inferer blends constant, 98.7 %."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
-from carina.local import start_worker, stop_process_group
 from carina.triton import LocalTriton
 from ops.samples import spleen_phantom
 from ops.volume import read_volume, write_volume
 from tests.bundle_maker import run_bundle, write_configs, write_network
-from tests.helpers import worker_env
+from tests.helpers import one_worker
 from tests.triton_fixtures import ensure_triton_installed
 
 # An oblique-free but permuted direction (the index x axis runs along world −y): the import's
@@ -82,19 +77,10 @@ def imported(bundle, tmp_path_factory):
 def bundle_stack(imported, redis_server, tmp_path_factory):
     repository, definitions, _, _ = imported
     ensure_triton_installed()
-    url = redis_server.url.replace("/0", "/14")
-    shm = tempfile.mkdtemp(prefix="carina-bundle-", dir="/dev/shm")
-    logs = tmp_path_factory.mktemp("bundle-logs")
-    with LocalTriton(repository) as triton:
-        env = worker_env(url, f"bundle{uuid.uuid4().hex[:6]}", triton.url, shm_dir=shm,
-                         CARINA_PIPELINES_DIR=str(definitions))
-        worker = start_worker(env, logs / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
-        try:
-            yield env
-        finally:
-            stop_process_group(worker)
-            redis.Redis.from_url(url).flushdb()
-            shutil.rmtree(shm, ignore_errors=True)
+    with LocalTriton(repository) as triton, one_worker(redis_server.url.replace("/0", "/14"), "bundle", triton.url,
+                                                       tmp_path_factory.mktemp("bundle-logs"),
+                                                       CARINA_PIPELINES_DIR=str(definitions)) as env:
+        yield env
 
 
 def test_the_import_maps_the_whole_recipe_and_writes_a_model_folder_and_a_definition(imported):

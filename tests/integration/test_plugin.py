@@ -8,18 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
-from carina.local import start_worker, stop_process_group
 from ops.samples import spleen_phantom
 from ops.volume import read_volume, write_volume
-from tests.helpers import GEOMETRY, worker_env
+from tests.helpers import GEOMETRY, one_worker
 
 PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "carina-organ-stats"
 
@@ -38,18 +34,10 @@ def installed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plugin_stack(installed, redis_server, project_triton, tmp_path_factory):
-    url = redis_server.url.replace("/0", "/13")
-    shm = tempfile.mkdtemp(prefix="carina-plugin-", dir="/dev/shm")
-    logs = tmp_path_factory.mktemp("plugin-logs")
-    env = worker_env(url, f"plugin{uuid.uuid4().hex[:6]}", project_triton.url, shm_dir=shm,
-                     PYTHONPATH=os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]))
-    worker = start_worker(env, logs / "worker.log", "io,cpu,gpu", concurrency=1, host_id="host-a")
-    try:
+    with one_worker(redis_server.url.replace("/0", "/13"), "plugin", project_triton.url,
+                    tmp_path_factory.mktemp("plugin-logs"),
+                    PYTHONPATH=os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")])) as env:
         yield env
-    finally:
-        stop_process_group(worker)
-        redis.Redis.from_url(url).flushdb()
-        shutil.rmtree(shm, ignore_errors=True)
 
 
 def carina(env, *args):
