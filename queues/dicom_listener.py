@@ -21,8 +21,10 @@
   never merged silently with what was already processed. With ``CARINA_DICOM_RESENT=ignore``
   such instances are answered with success, logged and not stored (the sender still holds
   them).
-- **Nothing lost**: a write that fails (a full disk) is answered 0xA700 (out of resources),
-  leaves no partial file, and the sender may send again; the spool is never deleted here.
+- **Nothing lost**: a write that fails (a full disk) is answered 0xA700 (out of resources)
+  and leaves no partial file; a series with an instance that could not be stored is never
+  run (it is recorded ``unrouted``, incomplete, with the reason) until it is sent again; the
+  spool is never deleted here.
 """
 
 from __future__ import annotations
@@ -107,9 +109,29 @@ class Series:
     reason: str = ""
     previous_jobs: list[str] = field(default_factory=list)
     send_to: str | None = None  # the rule's destination for the job's DICOM results
+    unstored: list[str] = field(default_factory=list)  # SOP instance UIDs refused for a failed write
 
     def folder(self, spool: Path) -> Path:
         return spool / self.study / f"{self.series}-g{self.generation}"
+
+
+def pixel_data_problem(dataset: Any, transfer_syntax: str) -> str | None:
+    """What is wrong with an instance's native (uncompressed) pixel data, or None: shorter than
+    its rows, columns, samples, bits and frames say is how a transfer cut short shows (pydicom
+    reads what is there without complaint). Encapsulated pixel data is not checked here."""
+    from pydicom.uid import UID as DicomUID
+
+    if "PixelData" not in dataset or DicomUID(transfer_syntax).is_compressed:
+        return None
+    try:
+        expected = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
+                    * int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.BitsAllocated) + 7) // 8
+        present = len(dataset.PixelData)
+    except (AttributeError, TypeError, ValueError) as e:
+        return f"its image description cannot be read: {e}"
+    if present < expected:
+        return f"its pixel data is {present} bytes where its header says {expected}: cut short"
+    return None
 
 
 def is_uid(value: Any) -> bool:
@@ -182,6 +204,11 @@ class Listener:
             self.count("refused")
             return NOT_THE_SOP_CLASS
         sop, series, study = str(sop), str(series), str(study)
+        problem = pixel_data_problem(dataset, str(event.context.transfer_syntax))
+        if problem:
+            log.error("dicom: %s from %s at %s: %s; refused", sop, calling, address, problem)
+            self.count("refused")
+            return CANNOT_UNDERSTAND
         with self.lock:
             try:
                 record = self._load(series)
@@ -195,7 +222,16 @@ class Listener:
                     record = Series(study, series, calling, address, generation=record.generation + 1,
                                     previous_jobs=[*record.previous_jobs, record.job])
                     log.info("dicom: series %s sent again by %s: generation %d", series, calling, record.generation)
-                stored = self._write(event, record.folder(self.config.spool), sop)
+                try:
+                    stored = self._write(event, record.folder(self.config.spool), sop)
+                except OSError as e:
+                    if sop not in record.unstored:
+                        record.unstored.append(sop)
+                    record.reason, record.last = f"{sop} could not be stored: {e}", time.time()
+                    self._save(record)
+                    raise
+                if sop in record.unstored:
+                    record.unstored.remove(sop)
                 if stored:
                     record.instances += 1
                 else:
@@ -245,6 +281,13 @@ class Listener:
     def _decide(self, record: Series) -> None:
         self.count("series_complete")
         folder = record.folder(self.config.spool)
+        if record.unstored:  # never a job on a series with holes: it waits to be sent again
+            record.state = UNROUTED
+            record.reason = (f"incomplete: {len(record.unstored)} instances could not be stored "
+                             f"({record.reason}); kept in {folder}, not run")
+            log.error("dicom: series %s from %s: %s", record.series, record.calling_ae, record.reason)
+            self._save(record)
+            return
         tags = {**series_tags(folder), "CallingAETitle": record.calling_ae}
         rule = next((r for r in self.rules if r.takes(record.series, "dicom", tags)), None)
         if rule is None:

@@ -24,12 +24,14 @@ class RunningListener:
 
     Args:
         env: the deployment's environment; ``variables`` add ``CARINA_*`` ones.
-        rules: the rules file's content; allow: the calling AE titles it accepts.
+        rules: the rules file's content; allow: the calling AE titles it accepts; spool: its
+            spool (default ``root/spool``).
     """
 
-    def __init__(self, env: dict[str, str], root: Path, rules: list[dict], allow: str, **variables: str):
+    def __init__(self, env: dict[str, str], root: Path, rules: list[dict], allow: str, spool: Path | None = None,
+                 **variables: str):
         self.root, self.port = root, free_port()
-        self.spool, self.output, self.log = root / "spool", root / "results", root / "listener.log"
+        self.spool, self.output, self.log = spool or root / "spool", root / "results", root / "listener.log"
         self.outbox = root / "outbox"
         self.env = {**env, **variables}
         (root / "rules.json").write_text(json.dumps(rules))

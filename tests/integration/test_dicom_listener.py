@@ -285,3 +285,55 @@ def test_health_echoes_the_listener_and_each_destination(deployment, listener):
     assert checks["send:pacs"]["ok"]
     assert not checks["send:down"]["ok"] and "no association" in checks["send:down"]["detail"]
     assert shown.returncode == 1  # one destination is down
+
+
+def test_a_full_spool_refuses_the_instance_leaves_no_partial_file_and_runs_no_job(deployment, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root, as CI has): {mounted.stderr.strip()}")
+    (tmp_path / "listener").mkdir()
+    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
+                              MODALITY, spool=disk)
+    try:
+        running.start()
+        files = ct_series(tmp_path / "ct", ct_phantom((8, 256, 256)))  # 128 kB a slice: 1 MB for 512 kB
+        sent = store(running, files)
+        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+        record = running.finished(deployment.client(), uid)
+        assert record.state == "unrouted" and not record.job
+        assert record.reason.startswith(f"incomplete: {len(record.unstored)} instances could not be stored")
+        assert "No space left on device" in record.reason
+        # storescu gives up on the series at the first refusal: what came before it is kept whole
+        assert record.instances > 0 and record.unstored and record.instances + len(record.unstored) <= len(files)
+        kept = list(disk.rglob("*"))
+        assert not [p for p in kept if p.name.startswith(".")]  # no partial file
+        assert all(p.read_bytes()[128:132] == b"DICM" for p in kept if p.is_file())
+        assert "0xa700" in (sent.stdout + sent.stderr).lower() or sent.returncode != 0
+    finally:
+        running.kill()
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_truncated_instance_is_refused_and_nothing_of_it_is_kept(listener, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    whole = a_series(tmp_path / "ct", slices=1)[0]
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])  # the pixels end mid-way
+    sop = pydicom.dcmread(whole).SOPInstanceUID
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CARINA")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(cut)  # sent as the bytes are, as pynetdicom sends a file
+    finally:
+        assoc.release()
+    assert int(status.Status) == 0xC000
+    assert not list(listener.spool.rglob(f"*{sop}*"))
+    assert f"{sop} from {MODALITY} at 127.0.0.1: its pixel data is" in listener.log.read_text()
+    assert "cut short; refused" in listener.log.read_text()
