@@ -50,9 +50,9 @@ dicom-tools:
 # loopback). Its package would start a system service binding every interface: policy-rc.d
 # forbids that during the install. Needs root to install, as CI has.
 pacs:
-	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	@{ command -v Orthanc && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && \
-		{ apt-get install -y -qq orthanc >/dev/null; status=$$?; rm -f /usr/sbin/policy-rc.d; (exit $$status); }; } || \
+		{ apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; status=$$?; rm -f /usr/sbin/policy-rc.d; (exit $$status); }; } || \
 		echo "no Orthanc (needs root to install): the PACS round-trip test will fail"
 
 test: setup triton browser compose redis-tools dicom-tools pacs

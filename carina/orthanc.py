@@ -27,6 +27,7 @@ from carina.local import free_port
 
 SHIM_SOURCE = Path(__file__).parent / "native" / "loopback_bind.c"
 SHIM_CACHE = Path.home() / ".cache" / "carina"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
 LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1 as /proc/net/tcp* write them
 
 
@@ -72,10 +73,12 @@ class LocalOrthanc:
 
     Args:
         modalities: the peers it may C-STORE to, name → (AE title, host, port).
+        dicomweb: load Debian's DICOMweb plugin (``orthanc-dicomweb``), served at :attr:`dicomweb_url`.
     """
 
     ae_title: str = "ORTHANC"
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    dicomweb: bool = False
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     workdir: Path | None = None
@@ -84,6 +87,10 @@ class LocalOrthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
 
     def start(self, timeout_s: float = 60.0) -> "LocalOrthanc":
         """Raises: ServiceError: not installed, did not answer, or listens beyond loopback."""
@@ -96,8 +103,12 @@ class LocalOrthanc:
             "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "StorageDirectory": str(self.workdir / "storage"), "IndexDirectory": str(self.workdir / "index"),
             "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
-            "DicomCheckCalledAet": True, "Plugins": [], "StableAge": 1, "ConcurrentJobs": 1,
+            "DicomCheckCalledAet": True, "StableAge": 1, "ConcurrentJobs": 1,
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
         }
+        if self.dicomweb and not DICOMWEB_PLUGIN.exists():
+            raise ServiceError(f"{DICOMWEB_PLUGIN} is missing (`make pacs` installs orthanc-dicomweb, as root)")
         (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
         log = open(self.workdir / "orthanc.log", "w")
         self.process = subprocess.Popen([binary, str(self.workdir / "orthanc.json")], stdout=log,

@@ -112,9 +112,23 @@ def check_dicom(settings: Settings, timeout_s: float) -> list[Check]:
         checks.append(check_echo("dicom", settings.dicom_allowed_aes[0], settings.dicom_ae_title, host,
                                  settings.dicom_port, timeout_s))
     for destination in destinations(settings).values():
-        checks.append(check_echo(f"send:{destination.name}", settings.dicom_ae_title, destination.ae_title,
-                                 destination.host, destination.port, timeout_s))
+        if destination.url:
+            checks.append(check_dicomweb(f"send:{destination.name}", destination.url, timeout_s))
+        else:
+            checks.append(check_echo(f"send:{destination.name}", settings.dicom_ae_title, destination.ae_title,
+                                     destination.host, destination.port, timeout_s))
     return checks
+
+
+def check_dicomweb(name: str, url: str, timeout_s: float) -> Check:
+    """A DICOMweb service answers a QIDO-RS search (the cheapest request it must serve)."""
+    try:
+        with urllib.request.urlopen(f"{url}/studies?limit=1", timeout=timeout_s) as response:
+            return Check(name, response.status in (200, 204), f"{url}: QIDO-RS answered {response.status}")
+    except urllib.error.HTTPError as e:
+        return Check(name, False, f"{url}: HTTP {e.code}")
+    except (urllib.error.URLError, OSError) as e:
+        return Check(name, False, f"{url}: {getattr(e, 'reason', e)}")
 
 
 def check_all(settings: Settings, app: Celery, timeout_s: float = 3.0) -> list[Check]:

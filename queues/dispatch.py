@@ -1,13 +1,14 @@
 """Results back to the hospital: a job's DICOM results sent to a destination by C-STORE,
 through an outbox, with retries and a dead letter.
 
-- **Destinations** are settings, ``CARINA_DICOM_DESTINATIONS``: ``NAME=AE_TITLE@HOST:PORT``,
-  comma-separated (``pacs=ORTHANC@10.0.0.5:4242``); a rule's ``send_to`` names one.
+- **Destinations** are settings, ``CARINA_DICOM_DESTINATIONS``, comma-separated: ``NAME=
+  AE_TITLE@HOST:PORT`` for C-STORE (``pacs=ORTHANC@10.0.0.5:4242``), ``NAME=URL`` for STOW-RS
+  to a DICOMweb service (``web=https://pacs.example/dicom-web``); a rule's ``send_to`` names one.
 - **Outbox**: when a job a rule sends ends done, its DICOM files (every ``*.dcm`` of its
   output: a segmentation's SEG, 3dblur's series) are copied into ``<outbox>/<job>/`` and the
   job recorded as pending in Redis, before anything is sent. The output itself is not touched.
-- **Sending**: one association per attempt, every file C-STOREd; the attempt succeeds when the
-  destination answers success (or a warning) for each. A failed attempt is tried again after
+- **Sending**: one association (or one STOW-RS request) per attempt, every file sent; the
+  attempt succeeds when the destination answers success (or a warning) for each. A failed attempt is tried again after
   ``CARINA_DICOM_SEND_BACKOFF_S``, doubling, up to ``CARINA_DICOM_SEND_ATTEMPTS`` attempts;
   then the files move to ``<outbox>/dead-letter/<job>/`` with ``reason.txt``. The outcome is
   in the job's record (``carina status``: ``dispatch``). The outbox copy is removed only once
@@ -36,20 +37,23 @@ log = logging.getLogger(__name__)
 DEAD_LETTER = "dead-letter"
 PENDING, SENT, DEAD = "pending", "sent", "dead-letter"
 DESTINATION = re.compile(r"(?P<name>[A-Za-z0-9_-]+)=(?P<ae>[^@\\]{1,16})@(?P<host>[^:]+):(?P<port>[0-9]{1,5})")
+STOW_DESTINATION = re.compile(r"(?P<name>[A-Za-z0-9_-]+)=(?P<url>https?://\S+)")
 SUCCESS_OR_WARNING = (0x0000, 0xB000, 0xB007, 0xB006)
 
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer results are sent to (a PACS, a viewer's store)."""
+    """A DICOM peer results are sent to (a PACS, a viewer's store): by C-STORE to an AE title
+    at a host and port, or by STOW-RS to a DICOMweb base URL."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    url: str = ""
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.url or f'{self.ae_title}@{self.host}:{self.port}'})"
 
 
 def destinations(settings: Settings) -> dict[str, Destination]:
@@ -58,12 +62,16 @@ def destinations(settings: Settings) -> dict[str, Destination]:
     Raises: ConfigError: an entry that is not ``NAME=AE_TITLE@HOST:PORT``, or a name twice."""
     found: dict[str, Destination] = {}
     for entry in settings.dicom_destinations:
+        web = STOW_DESTINATION.fullmatch(entry)
         match = DESTINATION.fullmatch(entry)
-        if match is None or not 0 < int(match["port"]) < 65536:
-            raise ConfigError(f"CARINA_DICOM_DESTINATIONS: {entry!r} is not NAME=AE_TITLE@HOST:PORT")
-        if match["name"] in found:
-            raise ConfigError(f"CARINA_DICOM_DESTINATIONS: {match['name']!r} is named twice")
-        found[match["name"]] = Destination(match["name"], match["ae"], match["host"], int(match["port"]))
+        if web is None and (match is None or not 0 < int(match["port"]) < 65536):
+            raise ConfigError(f"CARINA_DICOM_DESTINATIONS: {entry!r} is neither NAME=AE_TITLE@HOST:PORT nor "
+                              f"NAME=http(s)://… (a DICOMweb base URL)")
+        name = (web or match)["name"]
+        if name in found:
+            raise ConfigError(f"CARINA_DICOM_DESTINATIONS: {name!r} is named twice")
+        found[name] = (Destination(name, url=web["url"].rstrip("/")) if web else
+                       Destination(name, match["ae"], match["host"], int(match["port"])))
     return found
 
 
@@ -178,16 +186,21 @@ class Outbox:
 
 
 def send(destination: Destination, files: list[Path], calling_ae: str) -> None:
-    """C-STORE every file to ``destination`` over one association.
+    """Send every file to ``destination``: over one association (C-STORE), or in one STOW-RS
+    request.
 
     Raises:
-        ConnectionError: no association (refused, rejected, unreachable), or it broke.
+        ConnectionError: no association or connection (refused, rejected, unreachable), or it broke.
         RuntimeError: the destination refused a file (its status named).
     """
     import pydicom
-    from pynetdicom import AE
 
     datasets = [pydicom.dcmread(path) for path in files]
+    if destination.url:
+        _stow(destination, datasets)
+        return
+    from pynetdicom import AE
+
     ae = AE(ae_title=calling_ae)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, sorted({str(ds.file_meta.TransferSyntaxUID) for ds in datasets
@@ -205,3 +218,20 @@ def send(destination: Destination, files: list[Path], calling_ae: str) -> None:
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _stow(destination: Destination, datasets: list) -> None:
+    """STOW-RS of ``datasets`` to the DICOMweb service at ``destination.url`` (dicomweb-client)."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    try:
+        answer = DICOMwebClient(url=destination.url).store_instances(datasets)
+    except requests.exceptions.HTTPError as e:
+        raise RuntimeError(f"{destination} refused the results: HTTP {e.response.status_code}") from None
+    except requests.exceptions.RequestException as e:
+        raise ConnectionError(f"{destination} cannot be reached: {type(e).__name__}") from None
+    failed = answer.get("FailedSOPSequence", []) if answer is not None else []
+    if failed:
+        reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
+        raise RuntimeError(f"{destination} refused {len(failed)} of {len(datasets)} instances ({', '.join(reasons)})")

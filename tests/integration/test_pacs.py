@@ -13,9 +13,10 @@ import pydicom
 import pytest
 
 from carina.orthanc import LocalOrthanc
-from ops.samples import ct_series, spleen_phantom
+from ops.samples import ct_phantom, ct_series, spleen_phantom
 from ops.volume import read_volume
 from queues.dicom_listener import DONE
+from queues.jobs import JobStore
 from tests.dicom_peers import RunningListener
 from tests.helpers import GEOMETRY, wait_until
 
@@ -25,10 +26,12 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 @pytest.fixture(scope="module")
 def pacs_round_trip(deployment, tmp_path_factory):
     root = tmp_path_factory.mktemp("pacs")
-    rules = [{"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "spleen-seg", "send_to": "orthanc"}]
-    orthanc = LocalOrthanc()
+    rules = [{"kind": "dicom", "dicom": {"SeriesDescription": "*web*"}, "pipeline": "3dblur", "send_to": "web"},
+             {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "spleen-seg", "send_to": "orthanc"}]
+    orthanc = LocalOrthanc(dicomweb=True)
     listener = RunningListener(deployment.env, root, rules, "ORTHANC",
-                               CARINA_DICOM_DESTINATIONS=f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+                               CARINA_DICOM_DESTINATIONS=f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port},"
+                                                         f"web={orthanc.dicomweb_url}")
     orthanc.modalities = {"carina": ("CARINA", "127.0.0.1", listener.port)}
     with orthanc:
         listener.start()
@@ -79,3 +82,19 @@ def test_a_series_from_orthanc_comes_back_to_it_as_a_seg_on_the_ct(deployment, p
                            position[source], atol=0.01)
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     assert seg.StudyInstanceUID == sources[0].StudyInstanceUID  # filed in Orthanc under the same study
+
+
+def test_results_go_back_by_stow_rs_to_a_dicomweb_destination(deployment, pacs_round_trip, tmp_path):
+    orthanc, listener = pacs_round_trip
+    files = ct_series(tmp_path / "ct", ct_phantom((6, 64, 64)), series_description="for the web")
+    instance = orthanc.upload(files)[0]
+    orthanc.request("POST", "/modalities/carina/store", orthanc.get(f"/instances/{instance}")["ParentSeries"].encode())
+    record = listener.finished(deployment.client(), pydicom.dcmread(files[0]).SeriesInstanceUID)
+    assert record.state == DONE and record.send_to == "web" and record.pipeline == "3dblur"
+    jobs = JobStore(deployment.client(), deployment.settings.namespace, 3600)
+    wait_until(lambda: jobs.get(record.job).dispatch.get("state") in ("sent", "dead-letter"), 60, "the STOW-RS")
+    assert jobs.get(record.job).dispatch["state"] == "sent", jobs.get(record.job).dispatch
+    [output] = [p for p in listener.output.iterdir() if p.name.startswith(record.series)]
+    blurred = pydicom.dcmread(next(output.glob("*.dcm"))).SeriesInstanceUID
+    [found] = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"SeriesInstanceUID": blurred}})
+    assert len(orthanc.get(f"/series/{found}")["Instances"]) == len(files)
