@@ -252,10 +252,11 @@ class Listener:
         target = folder / f"{sop}.dcm"
         if target.exists():
             return False
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = folder / f".{sop}.{uuid.uuid4().hex[:8]}.part"
         try:
-            with open(partial, "wb") as out:
+            # Patient data: readable by this service's user only.
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                 out.write(event.encoded_dataset())
                 out.flush()
                 os.fsync(out.fileno())
@@ -398,6 +399,8 @@ def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) 
     roots = real_roots(settings.data_roots)
     for folder, what in ((config.spool, "spool"), (config.output_root, "output folder"), (config.outbox, "outbox")):
         folder.mkdir(parents=True, exist_ok=True)
+        if folder == config.spool:
+            folder.chmod(0o700)  # what arrives is patient data
         try:
             inside(folder, roots, f"the {what}")
         except PathRefused as e:
