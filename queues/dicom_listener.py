@@ -49,7 +49,7 @@ from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJo
 from queues.jobs import JobStore
 from queues.pipelines import submit
 from queues.settings import Settings
-from queues.watch import DICOM_TAGS, Rule
+from queues.rules import DICOM_TAGS, Rule
 
 log = logging.getLogger(__name__)
 

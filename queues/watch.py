@@ -7,7 +7,7 @@ seconds, since scanners and copies write slowly. Names that copies use while wri
 
 - **Rules** map an entry to a pipeline (first match wins): by name (a glob), by kind (slide,
   volume, dicom) and, for DICOM, by header tags (``Modality``, ``BodyPartExamined``, ...). See
-  :data:`DEFAULT_RULES` and :func:`load_rules` for the JSON file of ``--rules``.
+  :mod:`queues.rules` for the JSON file of ``--rules``.
 - **Exactly once**: an entry's job is recorded in Redis (per inbox) before it is submitted,
   under a job id chosen first, so a daemon that restarts — or dies between the two — follows
   the same job instead of starting another, and picks up what arrived while it was down.
@@ -22,7 +22,6 @@ seconds, since scanners and copies write slowly. Names that copies use while wri
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,13 @@ import redis
 from celery import Celery
 
 from queues.confine import check_input, inside, real_roots
-from queues.dispatch import destinations
 from queues.connection import connect
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, PathRefused, UnknownJob
 from queues.headers import header_data_files
 from queues.jobs import JobStore
-from queues.catalogue import catalogue
 from queues.pipelines import submit
-from queues.settings import PRIORITIES, Settings, get_settings
+from queues.rules import DICOM_TAGS, Rule
+from queues.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,94 +53,6 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd", ".nhdr")
 # Files a study folder may hold beside its images (render config, notes) that decide nothing.
 SIDECAR_SUFFIXES = (".json", ".txt", ".raw", ".zraw", ".xml")
-DICOM_TAGS = ("Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription", "Manufacturer")
-KINDS = ("slide", "volume", "dicom")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Entries this rule takes, and the job they start.
-
-    Attributes:
-        pipeline: the pipeline to run.
-        match: a glob on the entry's name, case-insensitive.
-        kind: "slide", "volume", "dicom", or None for any.
-        dicom: DICOM keyword → glob on its value (case-insensitive), all of which must hold
-            (for DICOM entries; the first file's header is read).
-        params: the pipeline's parameters; priority: lower, normal, higher or immediate.
-        send_to: a destination of CARINA_DICOM_DESTINATIONS the job's DICOM results are sent
-            to when it is done (the DICOM listener's jobs; :mod:`queues.dispatch`).
-    """
-
-    pipeline: str
-    match: str = "*"
-    kind: str | None = None
-    dicom: dict[str, str] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    priority: str = "normal"
-    send_to: str | None = None
-
-    def takes(self, name: str, kind: str, tags: dict[str, str]) -> bool:
-        if not fnmatch.fnmatch(name.lower(), self.match.lower()):
-            return False
-        if self.kind is not None and kind != self.kind:
-            return False
-        return all(fnmatch.fnmatch(tags.get(key, "").lower(), pattern.lower()) for key, pattern in self.dicom.items())
-
-
-DEFAULT_RULES = (
-    Rule("nuclei-seg", kind="slide"),
-    Rule("spleen-seg", kind="dicom", dicom={"Modality": "CT", "BodyPartExamined": "*ABDOMEN*"}),
-    Rule("spleen-seg", kind="dicom", dicom={"Modality": "CT", "BodyPartExamined": "*SPLEEN*"}),
-    Rule("3dblur", kind="dicom"),
-    Rule("spleen-seg", kind="volume"),
-)
-
-
-def load_rules(path: str | Path, settings: Settings | None = None) -> tuple[Rule, ...]:
-    """Rules from a JSON file: a list of objects with the fields of :class:`Rule`, e.g.
-    ``[{"match": "*.svs", "pipeline": "nuclei-seg", "params": {"tile_size": 512}},
-    {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "3dblur", "priority": "higher"}]``.
-
-    Raises:
-        ConfigError: unreadable or malformed, an unknown field, pipeline, kind or priority.
-    """
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"rules file {path}: {e}") from e
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"rules file {path}: expected a non-empty JSON list of rules")
-    rules = []
-    for number, item in enumerate(raw, start=1):
-        where = f"rules file {path}, rule {number}"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{where}: expected an object")
-        unknown = set(item) - set(Rule.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
-        try:
-            rule = Rule(**item)
-        except TypeError as e:
-            raise ConfigError(f"{where}: {e}") from e
-        known = catalogue(settings or get_settings())
-        if rule.pipeline not in known:
-            raise ConfigError(f"{where}: unknown pipeline {rule.pipeline!r} ({', '.join(known)})")
-        if rule.kind is not None and rule.kind not in KINDS:
-            raise ConfigError(f"{where}: kind {rule.kind!r} is not one of {', '.join(KINDS)}")
-        if rule.priority not in PRIORITIES:
-            raise ConfigError(f"{where}: priority {rule.priority!r} is not one of {', '.join(PRIORITIES)}")
-        if not isinstance(rule.match, str) or not isinstance(rule.dicom, dict) or not isinstance(rule.params, dict):
-            raise ConfigError(f"{where}: match is a string, dicom and params are objects")
-        if rule.send_to is not None:
-            known_destinations = destinations(settings or get_settings())
-            if rule.send_to not in known_destinations:
-                raise ConfigError(f"{where}: send_to {rule.send_to!r} is not in CARINA_DICOM_DESTINATIONS "
-                                  f"({', '.join(known_destinations) or 'none set'})")
-        rules.append(rule)
-    return tuple(rules)
-
-
 # --- what an entry is -------------------------------------------------------------------------
 
 def is_partial(name: str) -> bool:

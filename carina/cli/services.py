@@ -79,7 +79,8 @@ def api(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace) -> int:
-    from queues.watch import DEFAULT_RULES, load_rules, watch as watch_inbox
+    from queues.rules import DEFAULT_RULES, load_rules
+    from queues.watch import watch as watch_inbox
 
     log_to_stderr()
     settings = get_settings()
@@ -97,7 +98,7 @@ def watch(args: argparse.Namespace) -> int:
 
 def dicom_listen(args: argparse.Namespace) -> int:
     from queues.dicom_listener import ListenerConfig, listen
-    from queues.watch import DEFAULT_RULES, load_rules
+    from queues.rules import DEFAULT_RULES, load_rules
 
     log_to_stderr()
     settings = get_settings()

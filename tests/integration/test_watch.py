@@ -12,7 +12,8 @@ import pytest
 
 from ops.volume import write_volume
 from queues.app import create_app
-from queues.watch import Rule, Watcher
+from queues.rules import Rule
+from queues.watch import Watcher
 
 from tests.helpers import GEOMETRY, digest
 

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from queues.errors import ConfigError
-from queues.watch import DEFAULT_RULES, Rule, describe, is_partial, load_rules, signature
+from queues.rules import DEFAULT_RULES, Rule, load_rules
+from queues.watch import describe, is_partial, signature
 
 
 def dicom_file(path, modality="CT", body_part="ABDOMEN"):
