@@ -21,6 +21,9 @@
   never merged silently with what was already processed. With ``CARINA_DICOM_RESENT=ignore``
   such instances are answered with success, logged and not stored (the sender still holds
   them).
+- **Aborted**: what an aborted association sent is kept; its series completes as any other,
+  or, with ``CARINA_DICOM_ABORTED=incomplete``, is recorded ``unrouted`` (incomplete) and not
+  run until it is sent again.
 - **Nothing lost**: a write that fails (a full disk) is answered 0xA700 (out of resources)
   and leaves no partial file; a series with an instance that could not be stored is never
   run (it is recorded ``unrouted``, incomplete, with the reason) until it is sent again; the
@@ -57,6 +60,7 @@ UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX = 64
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
 RESENT_POLICIES = ("new-job", "ignore")
+ABORTED_POLICIES = ("complete", "incomplete")
 MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
 # The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
@@ -78,6 +82,7 @@ class ListenerConfig:
     stable_s: float
     outbox: Path
     resent: str = "new-job"
+    aborted: str = "complete"  # a series whose association was aborted: "complete" or "incomplete"
 
     def __post_init__(self) -> None:
         if not self.allowed_aes:
@@ -85,6 +90,8 @@ class ListenerConfig:
                               "(comma-separated) or pass --allow")
         if self.resent not in RESENT_POLICIES:
             raise ConfigError(f"CARINA_DICOM_RESENT={self.resent!r}: one of {', '.join(RESENT_POLICIES)}")
+        if self.aborted not in ABORTED_POLICIES:
+            raise ConfigError(f"CARINA_DICOM_ABORTED={self.aborted!r}: one of {', '.join(ABORTED_POLICIES)}")
         for title in (self.ae_title, *self.allowed_aes):
             if not 0 < len(title) <= 16 or "\\" in title or not title.isprintable():
                 raise ConfigError(f"AE title {title!r}: 1 to 16 printable characters, no backslash")
@@ -110,6 +117,7 @@ class Series:
     previous_jobs: list[str] = field(default_factory=list)
     send_to: str | None = None  # the rule's destination for the job's DICOM results
     unstored: list[str] = field(default_factory=list)  # SOP instance UIDs refused for a failed write
+    aborted: bool = False  # an association that sent some of it was aborted
 
     def folder(self, spool: Path) -> Path:
         return spool / self.study / f"{self.series}-g{self.generation}"
@@ -159,6 +167,7 @@ class Listener:
         self.records_key = f"{settings.namespace}:dicom:{config.ae_title}"
         self.lock = threading.Lock()
         self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
+        self.sent_on: dict[int, set[str]] = {}  # association (its id()) → the series it sent into
 
     # records -----------------------------------------------------------------------------------
     def records(self) -> dict[str, Series]:
@@ -181,6 +190,22 @@ class Listener:
 
     def on_accepted(self, event: Any) -> None:
         self.count("associations")
+
+    def on_aborted(self, event: Any) -> None:
+        """Mark what an aborted association sent: kept, and completed or reported incomplete
+        as CARINA_DICOM_ABORTED says."""
+        with self.lock:
+            for series in sorted(self.sent_on.pop(id(event.assoc), ())):
+                record = self._load(series)
+                if record is not None and record.state == RECEIVING:
+                    record.aborted = True
+                    self._save(record)
+                    log.warning("dicom: series %s: the association from %s sending it was aborted (%d instances "
+                                "kept)", series, record.calling_ae, record.instances)
+
+    def on_released(self, event: Any) -> None:
+        with self.lock:
+            self.sent_on.pop(id(event.assoc), None)
 
     def on_rejected(self, event: Any) -> None:
         log.warning("dicom: association from %s at %s rejected", event.assoc.requestor.ae_title.strip(),
@@ -239,6 +264,7 @@ class Listener:
                 self.count("instances" if stored else "duplicates")
                 record.last = time.time()
                 self._save(record)
+                self.sent_on.setdefault(id(event.assoc), set()).add(series)
             except OSError as e:
                 log.error("dicom: %s from %s: cannot be stored: %s", sop, calling, e)
                 return OUT_OF_RESOURCES
@@ -282,10 +308,13 @@ class Listener:
     def _decide(self, record: Series) -> None:
         self.count("series_complete")
         folder = record.folder(self.config.spool)
-        if record.unstored:  # never a job on a series with holes: it waits to be sent again
+        if record.unstored or (record.aborted and self.config.aborted == "incomplete"):
+            # Never a job on a series with holes: it waits to be sent again.
             record.state = UNROUTED
-            record.reason = (f"incomplete: {len(record.unstored)} instances could not be stored "
-                             f"({record.reason}); kept in {folder}, not run")
+            record.reason = (f"incomplete: {len(record.unstored)} instances could not be stored ({record.reason}); "
+                             f"kept in {folder}, not run" if record.unstored else
+                             f"incomplete: the association sending it was aborted after {record.instances} "
+                             f"instances (CARINA_DICOM_ABORTED=incomplete); kept in {folder}, not run")
             log.error("dicom: series %s from %s: %s", record.series, record.calling_ae, record.reason)
             self._save(record)
             return
@@ -370,7 +399,8 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
     for name in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(getattr(sop_class, name), ALL_TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_C_ECHO, listener.on_echo), (evt.EVT_C_STORE, listener.on_store),
-                (evt.EVT_ACCEPTED, listener.on_accepted), (evt.EVT_REJECTED, listener.on_rejected)]
+                (evt.EVT_ACCEPTED, listener.on_accepted), (evt.EVT_REJECTED, listener.on_rejected),
+                (evt.EVT_ABORTED, listener.on_aborted), (evt.EVT_RELEASED, listener.on_released)]
     server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
     log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
              ", ".join(config.allowed_aes), config.spool)

@@ -146,6 +146,7 @@ class Settings:
     dicom_output: Path = Path("results")
     dicom_stable_s: float = 10.0
     dicom_resent: str = "new-job"
+    dicom_aborted: str = "complete"
     # Where results are sent (queues/dispatch.py): NAME=AE_TITLE@HOST:PORT, comma-separated;
     # the outbox; attempts before the dead letter and the first wait between them (doubling).
     dicom_destinations: tuple[str, ...] = ()
@@ -311,6 +312,7 @@ _VARIABLES = {
     "dicom_output": Path,
     "dicom_stable_s": float,
     "dicom_resent": str,
+    "dicom_aborted": str,
     "dicom_destinations": lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
     "dicom_outbox": Path,
     "dicom_send_attempts": _positive_int,

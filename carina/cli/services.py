@@ -103,14 +103,18 @@ def dicom_listen(args: argparse.Namespace) -> int:
     log_to_stderr()
     settings = get_settings()
     allowed = tuple(a.strip() for a in args.allow.split(",") if a.strip()) if args.allow else settings.dicom_allowed_aes
-    # No address without an allow-list of calling AE titles, loopback included (ListenerConfig).
+    host = args.host or settings.dicom_host
+    # The allow-list of calling AE titles is what DICOM has for credentials; ListenerConfig
+    # refuses an empty one on loopback too.
+    check_listener("the DICOM listener", host, ",".join(allowed), "CARINA_DICOM_ALLOWED_AES")
     config = ListenerConfig(
-        ae_title=args.ae_title or settings.dicom_ae_title, host=args.host or settings.dicom_host,
+        ae_title=args.ae_title or settings.dicom_ae_title, host=host,
         port=args.port or settings.dicom_port,
         allowed_aes=allowed, spool=(args.spool or settings.dicom_spool).absolute(),
         output_root=(args.output or settings.dicom_output).absolute(),
         stable_s=settings.dicom_stable_s if args.stable_s is None else args.stable_s,
-        outbox=(args.outbox or settings.dicom_outbox).absolute(), resent=settings.dicom_resent)
+        outbox=(args.outbox or settings.dicom_outbox).absolute(), resent=settings.dicom_resent,
+        aborted=settings.dicom_aborted)
     rules = load_rules(args.rules, settings) if args.rules else tuple(r for r in DEFAULT_RULES if r.kind == "dicom")
     listen(config, rules, settings)
     return 0

@@ -338,3 +338,28 @@ def test_a_truncated_instance_is_refused_and_nothing_of_it_is_kept(listener, tmp
     assert not list(listener.spool.rglob(f"*{sop}*"))
     assert f"{sop} from {MODALITY} at 127.0.0.1: its pixel data is" in listener.log.read_text()
     assert "cut short; refused" in listener.log.read_text()
+
+
+def test_a_series_whose_association_was_aborted_can_be_reported_incomplete_instead(deployment, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    (tmp_path / "listener").mkdir()
+    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
+                              MODALITY, CARINA_DICOM_ABORTED="incomplete")
+    try:
+        running.start()
+        files = a_series(tmp_path / "ct", slices=6)
+        ae = AE(ae_title=MODALITY)
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="CARINA")
+        assert assoc.is_established
+        for path in files[:2]:
+            assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
+        assoc.abort()
+        record = running.finished(deployment.client(), pydicom.dcmread(files[0]).SeriesInstanceUID)
+        assert record.state == "unrouted" and record.aborted and not record.job
+        assert record.reason.startswith("incomplete: the association sending it was aborted after 2 instances")
+        assert len(list(record.folder(running.spool).glob("*.dcm"))) == 2  # kept
+    finally:
+        running.kill()

@@ -17,7 +17,7 @@ from tests.helpers import http_get
 
 # Each listener, and the setting that gives it credentials.
 CREDENTIALS = {"api": "CARINA_API_TOKEN", "flower": "CARINA_FLOWER_AUTH", "metrics": "CARINA_METRICS_TOKEN",
-               "redis": "CARINA_REDIS_URL"}
+               "redis": "CARINA_REDIS_URL", "dicom-listen": "CARINA_DICOM_ALLOWED_AES"}
 
 
 def listeners() -> dict[str, str]:
