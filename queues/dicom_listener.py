@@ -15,7 +15,9 @@
 - **Exactly once**: every arrival and every decision is recorded in Redis (one hash per AE
   title) before it is acted on, with the job id chosen first, so a listener that restarts
   neither loses a series nor starts its job twice: it goes on waiting for the series it was
-  receiving and follows (or submits, under the recorded id) the jobs it had decided on.
+  receiving and follows (or submits, under the recorded id) the jobs it had decided on. The
+  record of a series that ended is forgotten after ``CARINA_JOB_TTL_S``, as its job is; a
+  series sent after that still opens a generation of its own (the spool's folders say which).
 - **Sent again**: an instance of a series whose job has started opens the series' next
   generation (a folder of its own and, when it is complete, a job of its own): a series is
   never merged silently with what was already processed. With ``CARINA_DICOM_RESENT=ignore``
@@ -63,6 +65,7 @@ RESENT_POLICIES = ("new-job", "ignore")
 ABORTED_POLICIES = ("complete", "incomplete")
 MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
+ENDED = (DONE, FAILED, UNROUTED)
 # The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
 ACCEPTED_SOP_CLASSES = ("CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
                         "PositronEmissionTomographyImageStorage", "SecondaryCaptureImageStorage",
@@ -140,6 +143,13 @@ def pixel_data_problem(dataset: Any, transfer_syntax: str) -> str | None:
     if present < expected:
         return f"its pixel data is {present} bytes where its header says {expected}: cut short"
     return None
+
+
+def next_generation(spool: Path, study: str, series: str) -> int:
+    """The first generation of a series with no folder in the spool yet."""
+    taken = [int(p.name.rsplit("-g", 1)[1]) for p in (spool / study).glob(f"{series}-g*")
+             if p.name.rsplit("-g", 1)[1].isdigit()]
+    return max(taken, default=0) + 1
 
 
 def is_uid(value: Any) -> bool:
@@ -237,8 +247,9 @@ class Listener:
         with self.lock:
             try:
                 record = self._load(series)
-                if record is None:
-                    record = Series(study, series, calling, address)
+                if record is None:  # new, or its record trimmed: never into a generation already spooled
+                    record = Series(study, series, calling, address,
+                                    generation=next_generation(self.config.spool, study, series))
                 elif record.state != RECEIVING:
                     if self.config.resent == "ignore":
                         log.warning("dicom: %s from %s: series %s has been processed (job %s); instance ignored "
@@ -293,9 +304,16 @@ class Listener:
 
     # complete series → jobs ---------------------------------------------------------------------
     def complete_pass(self, now: float | None = None) -> None:
-        """Start the jobs of series that have become complete; follow those started."""
+        """Start the jobs of series that have become complete; follow those started; forget
+        those that ended longer ago than jobs are kept (CARINA_JOB_TTL_S)."""
         now = time.time() if now is None else now
         for record in self.records().values():
+            if record.state in ENDED and now - record.last > self.settings.job_ttl_s:
+                with self.lock:
+                    current = self._load(record.series)
+                    if current is not None and current.state in ENDED and current.last == record.last:
+                        self.redis.hdel(self.records_key, record.series)
+                continue
             if record.state == RECEIVING and now - record.last >= self.config.stable_s:
                 with self.lock:
                     current = self._load(record.series)
@@ -365,7 +383,7 @@ class Listener:
                     return  # sent again meanwhile: the new generation has its own record
                 if status.state == "done" and current.send_to:
                     self.outbox.enqueue(current.job, Path(status.output), current.send_to)
-                current.state = DONE if status.state == "done" else FAILED
+                current.state, current.last = (DONE if status.state == "done" else FAILED), time.time()
                 current.reason = "" if status.state == "done" else f"{status.state} in {status.stage}: {status.error}"
                 self._save(current)
             log.info("dicom: series %s job %s %s", record.series, record.job, status.state)

@@ -146,6 +146,8 @@ class Outbox:
         for delivery in self.deliveries().values():
             if delivery.state == PENDING and delivery.next_try <= now:
                 self._attempt(delivery)
+            elif delivery.state == SENT and now - delivery.next_try > self.settings.job_ttl_s:
+                self.redis.hdel(self.key, delivery.job)  # acknowledged long ago: kept as long as its job
 
     def _attempt(self, delivery: Delivery) -> None:
         destination = self.destinations.get(delivery.destination)
@@ -168,7 +170,7 @@ class Outbox:
                             delivery.next_try - time.time())
             self._save(delivery)
             return
-        delivery.state, delivery.reason = SENT, ""
+        delivery.state, delivery.reason, delivery.next_try = SENT, "", time.time()  # when it was acknowledged
         self._save(delivery)
         count_event(self.redis, self.settings.namespace, self.name, "results_sent")
         shutil.rmtree(box, ignore_errors=True)  # acknowledged, every file: the copy has served

@@ -363,3 +363,24 @@ def test_a_series_whose_association_was_aborted_can_be_reported_incomplete_inste
         assert len(list(record.folder(running.spool).glob("*.dcm"))) == 2  # kept
     finally:
         running.kill()
+
+
+def test_an_ended_series_is_forgotten_with_its_job_and_sent_again_still_opens_a_new_generation(deployment,
+                                                                                               tmp_path):
+    (tmp_path / "listener").mkdir()
+    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
+                              MODALITY, CARINA_JOB_TTL_S="6")
+    try:
+        running.start()
+        files = a_series(tmp_path / "ct", slices=4)
+        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+        assert store(running, files).returncode == 0
+        first = running.finished(deployment.client(), uid)
+        assert first.state == DONE
+        wait_until(lambda: uid not in running.records(deployment.client()), 30, "the record forgotten")
+        assert store(running, files).returncode == 0
+        second = running.finished(deployment.client(), uid, generation=2)
+        assert second.state == DONE and second.instances == len(files) and second.job != first.job
+        assert len(list(first.folder(running.spool).glob("*.dcm"))) == len(files)  # the first untouched
+    finally:
+        running.kill()
