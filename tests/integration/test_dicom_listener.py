@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -197,18 +198,36 @@ def test_two_series_interleaved_on_one_association_become_two_jobs(deployment, l
     assert records[0].job != records[1].job
 
 
-def test_an_association_aborted_half_way_keeps_what_arrived_and_the_series_completes(deployment, listener, tmp_path):
+@contextmanager
+def own_listener(deployment, tmp_path: Path, spool: Path | None = None, **variables: str):
+    """A listener of the test's own (every DICOM series → 3dblur), started, killed afterwards."""
+    (tmp_path / "listener").mkdir()
+    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
+                              MODALITY, spool=spool, **variables)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.kill()
+
+
+def send_then_abort(port: int, files: list[Path]) -> None:
+    """C-STORE ``files`` over one association (each answered success), then abort it."""
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
-    files = a_series(tmp_path / "ct", slices=6)
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CARINA")
+    assoc = ae.associate("127.0.0.1", port, ae_title="CARINA")
     assert assoc.is_established
-    for path in files[:3]:
+    for path in files:
         assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
     assoc.abort()
+
+
+def test_an_association_aborted_half_way_keeps_what_arrived_and_the_series_completes(deployment, listener, tmp_path):
+    files = a_series(tmp_path / "ct", slices=6)
+    send_then_abort(listener.port, files[:3])
     record = finished(deployment, listener, pydicom.dcmread(files[0]).SeriesInstanceUID)
     assert record.state == DONE and record.instances == 3
     assert len(list(record.folder(listener.spool).glob("*.dcm"))) == 3
@@ -295,26 +314,22 @@ def test_a_full_spool_refuses_the_instance_leaves_no_partial_file_and_runs_no_jo
                              text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root, as CI has): {mounted.stderr.strip()}")
-    (tmp_path / "listener").mkdir()
-    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
-                              MODALITY, spool=disk)
     try:
-        running.start()
-        files = ct_series(tmp_path / "ct", ct_phantom((8, 256, 256)))  # 128 kB a slice: 1 MB for 512 kB
-        sent = store(running, files)
-        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-        record = running.finished(deployment.client(), uid)
-        assert record.state == "unrouted" and not record.job
-        assert record.reason.startswith(f"incomplete: {len(record.unstored)} instances could not be stored")
-        assert "No space left on device" in record.reason
-        # storescu gives up on the series at the first refusal: what came before it is kept whole
-        assert record.instances > 0 and record.unstored and record.instances + len(record.unstored) <= len(files)
-        kept = list(disk.rglob("*"))
-        assert not [p for p in kept if p.name.startswith(".")]  # no partial file
-        assert all(p.read_bytes()[128:132] == b"DICM" for p in kept if p.is_file())
-        assert "0xa700" in (sent.stdout + sent.stderr).lower() or sent.returncode != 0
+        with own_listener(deployment, tmp_path, spool=disk) as running:
+            files = ct_series(tmp_path / "ct", ct_phantom((8, 256, 256)))  # 128 kB a slice: 1 MB for 512 kB
+            sent = store(running, files)
+            uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+            record = running.finished(deployment.client(), uid)
+            assert record.state == "unrouted" and not record.job
+            assert record.reason.startswith(f"incomplete: {len(record.unstored)} instances could not be stored")
+            assert "No space left on device" in record.reason
+            # storescu gives up on the series at the first refusal: what came before it is kept whole
+            assert record.instances > 0 and record.unstored and record.instances + len(record.unstored) <= len(files)
+            kept = list(disk.rglob("*"))
+            assert not [p for p in kept if p.name.startswith(".")]  # no partial file
+            assert all(p.read_bytes()[128:132] == b"DICM" for p in kept if p.is_file())
+            assert "0xa700" in (sent.stdout + sent.stderr).lower() or sent.returncode != 0
     finally:
-        running.kill()
         subprocess.run(["umount", str(disk)], check=True)
 
 
@@ -341,37 +356,18 @@ def test_a_truncated_instance_is_refused_and_nothing_of_it_is_kept(listener, tmp
 
 
 def test_a_series_whose_association_was_aborted_can_be_reported_incomplete_instead(deployment, tmp_path):
-    from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage
-
-    (tmp_path / "listener").mkdir()
-    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
-                              MODALITY, CARINA_DICOM_ABORTED="incomplete")
-    try:
-        running.start()
+    with own_listener(deployment, tmp_path, CARINA_DICOM_ABORTED="incomplete") as running:
         files = a_series(tmp_path / "ct", slices=6)
-        ae = AE(ae_title=MODALITY)
-        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", running.port, ae_title="CARINA")
-        assert assoc.is_established
-        for path in files[:2]:
-            assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0
-        assoc.abort()
+        send_then_abort(running.port, files[:2])
         record = running.finished(deployment.client(), pydicom.dcmread(files[0]).SeriesInstanceUID)
         assert record.state == "unrouted" and record.aborted and not record.job
         assert record.reason.startswith("incomplete: the association sending it was aborted after 2 instances")
         assert len(list(record.folder(running.spool).glob("*.dcm"))) == 2  # kept
-    finally:
-        running.kill()
 
 
 def test_an_ended_series_is_forgotten_with_its_job_and_sent_again_still_opens_a_new_generation(deployment,
                                                                                                tmp_path):
-    (tmp_path / "listener").mkdir()
-    running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
-                              MODALITY, CARINA_JOB_TTL_S="6")
-    try:
-        running.start()
+    with own_listener(deployment, tmp_path, CARINA_JOB_TTL_S="6") as running:
         files = a_series(tmp_path / "ct", slices=4)
         uid = pydicom.dcmread(files[0]).SeriesInstanceUID
         assert store(running, files).returncode == 0
@@ -382,5 +378,3 @@ def test_an_ended_series_is_forgotten_with_its_job_and_sent_again_still_opens_a_
         second = running.finished(deployment.client(), uid, generation=2)
         assert second.state == DONE and second.instances == len(files) and second.job != first.job
         assert len(list(first.folder(running.spool).glob("*.dcm"))) == len(files)  # the first untouched
-    finally:
-        running.kill()
