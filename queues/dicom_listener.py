@@ -1,7 +1,9 @@
 """``carina dicom-listen``: studies from a PACS or a modality over DICOM (C-ECHO and C-STORE SCP).
 
 - **Who may send**: the calling AE title must be on ``CARINA_DICOM_ALLOWED_AES``; any other is
-  rejected at association (pynetdicom's "calling AE title not recognised"). Only the storage
+  rejected at association (pynetdicom's "calling AE title not recognised"). Where
+  ``CARINA_DICOM_ALLOWED_ADDRESSES`` is set, a connection from another address is closed
+  before its association is read. Only the storage
   SOP classes of :data:`ACCEPTED_SOP_CLASSES` are accepted, in any transfer syntax (instances
   are kept as they came, never decoded here).
 - **Spool**: each instance is written to ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>-g<generation>/
@@ -42,6 +44,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,7 @@ class ListenerConfig:
     outbox: Path
     resent: str = "new-job"
     aborted: str = "complete"  # a series whose association was aborted: "complete" or "incomplete"
+    allowed_addresses: tuple[str, ...] = ()  # the peers' IP addresses it takes connections from; () any
 
     def __post_init__(self) -> None:
         if not self.allowed_aes:
@@ -216,6 +220,15 @@ class Listener:
     def on_released(self, event: Any) -> None:
         with self.lock:
             self.sent_on.pop(id(event.assoc), None)
+
+    def address_allowed(self, allowed: tuple[str, ...], request: Any, client_address: tuple) -> bool:
+        """socketserver's check of a new connection: only from ``allowed`` addresses (others are
+        closed before any association is read)."""
+        if client_address[0] in allowed:
+            return True
+        log.warning("dicom: a connection from %s refused: not in CARINA_DICOM_ALLOWED_ADDRESSES", client_address[0])
+        self.count("rejected")
+        return False
 
     def on_rejected(self, event: Any) -> None:
         log.warning("dicom: association from %s at %s rejected", event.assoc.requestor.ae_title.strip(),
@@ -420,6 +433,8 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
                 (evt.EVT_ACCEPTED, listener.on_accepted), (evt.EVT_REJECTED, listener.on_rejected),
                 (evt.EVT_ABORTED, listener.on_aborted), (evt.EVT_RELEASED, listener.on_released)]
     server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+    if config.allowed_addresses:
+        server.verify_request = partial(listener.address_allowed, config.allowed_addresses)
     log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
              ", ".join(config.allowed_aes), config.spool)
     try:

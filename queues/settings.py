@@ -142,6 +142,7 @@ class Settings:
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     dicom_allowed_aes: tuple[str, ...] = ()
+    dicom_allowed_addresses: tuple[str, ...] = ()
     dicom_spool: Path = Path("dicom-spool")
     dicom_output: Path = Path("results")
     dicom_stable_s: float = 10.0
@@ -239,6 +240,11 @@ def _boolean(text: str) -> bool:
     raise ConfigError("expected true/false (1/0, yes/no, on/off)")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _paths(text: str) -> tuple[Path, ...]:
     paths = tuple(Path(p) for p in text.split(os.pathsep) if p.strip())
     if not paths:
@@ -307,13 +313,14 @@ _VARIABLES = {
     "dicom_ae_title": str,
     "dicom_host": str,
     "dicom_port": _positive_int,
-    "dicom_allowed_aes": lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+    "dicom_allowed_aes": _names,
+    "dicom_allowed_addresses": _names,
     "dicom_spool": Path,
     "dicom_output": Path,
     "dicom_stable_s": float,
     "dicom_resent": str,
     "dicom_aborted": str,
-    "dicom_destinations": lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
+    "dicom_destinations": _names,
     "dicom_outbox": Path,
     "dicom_send_attempts": _positive_int,
     "dicom_send_backoff_s": float,

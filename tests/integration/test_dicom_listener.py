@@ -105,6 +105,16 @@ def test_only_an_allowed_calling_ae_title_may_associate(listener):
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
 
 
+def test_a_connection_from_an_address_not_allowed_is_closed_before_any_association(deployment, tmp_path):
+    with own_listener(deployment, tmp_path, CARINA_DICOM_ALLOWED_ADDRESSES="10.255.255.1") as running:
+        refused = echo(running, MODALITY)
+        assert refused.returncode != 0
+        assert "a connection from 127.0.0.1 refused: not in CARINA_DICOM_ALLOWED_ADDRESSES" in running.log.read_text()
+    with own_listener(deployment, tmp_path / "again",
+                      CARINA_DICOM_ALLOWED_ADDRESSES="10.255.255.1,127.0.0.1") as running:
+        assert echo(running, MODALITY).returncode == 0
+
+
 def test_a_series_is_stored_once_and_becomes_one_job(deployment, listener, tmp_path):
     files = a_series(tmp_path / "ct")
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
@@ -201,7 +211,7 @@ def test_two_series_interleaved_on_one_association_become_two_jobs(deployment, l
 @contextmanager
 def own_listener(deployment, tmp_path: Path, spool: Path | None = None, **variables: str):
     """A listener of the test's own (every DICOM series → 3dblur), started, killed afterwards."""
-    (tmp_path / "listener").mkdir()
+    (tmp_path / "listener").mkdir(parents=True)
     running = RunningListener(deployment.env, tmp_path / "listener", [{"kind": "dicom", "pipeline": "3dblur"}],
                               MODALITY, spool=spool, **variables)
     try:
