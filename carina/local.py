@@ -163,6 +163,17 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         process.wait()
 
 
+def terminate(process: subprocess.Popen | None, grace_s: float) -> None:
+    """SIGTERM ``process`` (if it still runs), SIGKILL it after ``grace_s``, and reap it."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _wait_for_ping(process: subprocess.Popen, port: int, password: str | None, timeout_s: float,
                    stop: Callable[[], None], failure: str, **tls: str) -> None:
     """Until the server just started on 127.0.0.1:``port`` answers PING (over TLS with ``tls``,
@@ -273,13 +284,7 @@ class LocalRedis:
         self.start()
 
     def _terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 5.0)
 
     def __enter__(self) -> "LocalRedis":
         return self.start()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from carina.errors import ServiceError
-from carina.local import free_port
+from carina.local import free_port, terminate
 
 SHIM_SOURCE = Path(__file__).parent / "native" / "loopback_bind.c"
 SHIM_CACHE = Path.home() / ".cache" / "carina"
@@ -150,13 +150,7 @@ class LocalOrthanc:
         return [self.request("POST", "/instances", path.read_bytes())["ID"] for path in files]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 10.0)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
