@@ -10,7 +10,9 @@ kombu keeps). kombu's layout, as of kombu 5:
   ``p`` of ``priority_steps``; publishers ``LPUSH``, consumers ``BRPOP`` (the right end is
   the front);
 - ``unacked`` hashes delivery tag → ``[message, exchange, routing key]`` for every message
-  delivered and not yet acknowledged (``unacked_index`` scores them by delivery time).
+  delivered and not yet acknowledged (``unacked_index`` scores them by delivery time). A
+  consumer whose connection drops puts its unacknowledged messages back as it closes; with
+  Redis down at that moment they stay here until the visibility timeout.
 
 ``tests/integration/test_broker.py`` holds this module to the real transport.
 """
@@ -27,6 +29,7 @@ from queues.presence import seen_queues
 from queues.settings import PRIORITIES, QUEUE_KINDS
 
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = tuple(sorted(set(PRIORITIES.values())))
 
@@ -60,6 +63,18 @@ def unacked_delivery_tag(client: redis.Redis, task_id: str) -> str | None:
         if _task_id(json.loads(raw)[0]) == task_id:
             return tag.decode()
     return None
+
+
+def unacked_deliveries(client: redis.Redis) -> dict[str, tuple[str, float]]:
+    """Task id → (delivery tag, delivery time in epoch seconds) of every message delivered
+    and not yet acknowledged."""
+    delivered_at = {tag.decode(): score for tag, score in client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)}
+    deliveries = {}
+    for tag, raw in client.hscan_iter(UNACKED_KEY):
+        tag = tag.decode()
+        deliveries[_task_id(json.loads(raw)[0])] = (tag, delivered_at.get(tag, 0.0))
+    deliveries.pop("", None)
+    return deliveries
 
 
 def _task_id(message: dict) -> str:

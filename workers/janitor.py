@@ -6,7 +6,8 @@ from fastio import JanitorReport, sweep
 from queues.app import app
 from queues.settings import Settings
 from workers.lifecycle import job_failed, settle
-from workers.recovery import requeue_lost_stages, restart_jobs_of_lost_hosts, restart_jobs_whose_message_was_lost
+from workers.recovery import (requeue_lost_stages, restart_jobs_of_lost_hosts, restart_jobs_whose_message_was_lost,
+                              restore_stranded_messages)
 from workers.runtime import job_store, redis_client
 
 
@@ -24,4 +25,5 @@ def janitor_pass(settings: Settings) -> tuple[JanitorReport, list[str]]:
     lost = restart_jobs_of_lost_hosts(app, redis_client(), settings)
     lost += requeue_lost_stages(app, redis_client(), settings)
     lost += restart_jobs_whose_message_was_lost(app, redis_client(), settings)
+    lost += restore_stranded_messages(app, redis_client(), settings)
     return report, lost

@@ -27,6 +27,12 @@ connection that drops in between (Redis restarted at that instant) loses it. The
 names the message each job waits for (its next stage's task id, noted before it is sent);
 :func:`restart_jobs_whose_message_was_lost` starts again from its input, like a lost host's,
 a job that has waited ``CARINA_LOST_MESSAGE_S`` for a message the broker holds nowhere.
+
+And a message can be stranded: delivered to a consumer whose connection then dropped, it
+stays unacknowledged when kombu cannot put it back (Redis was down as the consumer closed),
+and no worker runs it until the visibility timeout.
+:func:`restore_stranded_messages` puts it back on its queue when its stage has not started
+``CARINA_LOST_MESSAGE_S`` after its delivery and no live worker, asked, holds it.
 """
 
 from __future__ import annotations
@@ -38,11 +44,11 @@ import redis
 from celery import Celery
 
 from fastio.registry import Registry
-from queues.broker import known_queues, messages_held, restore_unacked, unacked_delivery_tag
+from queues.broker import known_queues, messages_held, restore_unacked, unacked_deliveries, unacked_delivery_tag
 from queues.errors import UnknownJob
 from queues.jobs import JobStatus
 from queues.pipelines import queue_restart
-from queues.presence import is_alive, silent_for
+from queues.presence import is_alive, live_workers, silent_for
 from queues.settings import QUEUE_KINDS, Settings
 from workers.lifecycle import job_failed
 from workers.runtime import fastio_context, job_store
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEUES = 3
 LOOK_AGAIN_S = 1.0  # a message is off its list and not yet unacknowledged for an instant
+ASK_WORKERS_S = 2.0  # how long to wait for every live worker to say which messages it holds
 
 
 def requeue_lost_stages(app: Celery, client: redis.Redis, settings: Settings,
@@ -137,6 +144,55 @@ def restart_jobs_whose_message_was_lost(app: Celery, client: redis.Redis, settin
                          f"{settings.lost_message_s:g})")
             acted.append(now.job_id)
     return acted
+
+
+def restore_stranded_messages(app: Celery, client: redis.Redis, settings: Settings,
+                              max_requeues: int = DEFAULT_MAX_REQUEUES) -> list[str]:
+    """Put back on its queue the next stage's message of each job that has waited
+    ``CARINA_LOST_MESSAGE_S`` for it, when the broker has held it unacknowledged for as long
+    and none of the live workers holds it (each is asked; with one silent nothing is done,
+    as a stage run twice would be worse than a pass's delay). After ``max_requeues`` in one
+    job, the job fails with the reason instead. Returns the jobs acted on."""
+    now = time.time()
+    waiting = [s for s in job_store().active_statuses() if _waits_for_lost_message(s, now, settings)]
+    if not waiting:
+        return []
+    delivered = unacked_deliveries(client)
+    stranded = [s for s in waiting if s.awaiting_task in delivered
+                and now - delivered[s.awaiting_task][1] > settings.lost_message_s]
+    if not stranded:
+        return []
+    held = _held_by_live_workers(app, client, settings)
+    if held is None:
+        return []
+    acted = []
+    for status in stranded:
+        if status.awaiting_task in held:
+            continue
+        stage = status.stages[status.awaiting_index - 1] if status.awaiting_index <= len(status.stages) else "?"
+        why = (f"the message of its stage {stage} was delivered {now - delivered[status.awaiting_task][1]:.0f} s ago "
+               "to a consumer that no longer holds it (its connection dropped while Redis was down)")
+        if status.requeues >= max_requeues:
+            job_failed(status.job_id, status.stage, f"MessageStranded: {why} ({status.requeues + 1} times)")
+        else:
+            restore_unacked(app, delivered[status.awaiting_task][0])
+            job_store().requeued(status.job_id, status.requeues + 1)
+            log.warning("job %s: %s; back on its queue", status.job_id, why)
+        acted.append(status.job_id)
+    return acted
+
+
+def _held_by_live_workers(app: Celery, client: redis.Redis, settings: Settings) -> set[str] | None:
+    """The task ids every live worker says it runs or holds reserved; None when one of them
+    did not answer within :data:`ASK_WORKERS_S`."""
+    nodes = {w.node for w in live_workers(client, settings.namespace)}
+    if not nodes:
+        return set()
+    ask = app.control.inspect(destination=sorted(nodes), timeout=ASK_WORKERS_S)
+    active, reserved = ask.active() or {}, ask.reserved() or {}
+    if not nodes <= active.keys() & reserved.keys():
+        return None
+    return {task["id"] for answers in (active, reserved) for tasks in answers.values() for task in tasks}
 
 
 def _start_again(app: Celery, settings: Settings, status: JobStatus, kind: str, why: str) -> None:

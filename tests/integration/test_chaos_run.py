@@ -91,8 +91,10 @@ def test_redis_restarted_mid_stage_ten_times_every_job_done_no_worker_exits(proj
         log = (tmp_path / "worker.log").read_text()
         exits = log.count("Unrecoverable error") + (worker.poll() is not None)
         restarted = sum(jobs.get(job).restarts for job in ids)
+        put_back = sum(jobs.get(job).requeues for job in ids)
         print(f"\nRedis restarted mid-stage 10 times: {states.count('done')} of 10 jobs done, {exits} worker exits, "
-              f"{restarted} started again after a lost message (stages hit: {sorted(set(stages))})")
+              f"{restarted} started again after a lost message, {put_back} put back after a stranded one "
+              f"(stages hit: {sorted(set(stages))})")
         assert states == ["done"] * 10 and exits == 0, log[-3000:]
         assert all(any((tmp_path / f"out-{n}").iterdir()) for n in range(10))
         assert_nothing_held(jobs, settings)

@@ -1,9 +1,11 @@
 """A message the broker lost (kombu's BRPOP took it off its list and the reply never came):
 the job, which would wait for ever, starts again from its input. A message that merely
-waits in its queue is left alone."""
+waits in its queue is left alone. A message stranded unacknowledged (its consumer gone with
+Redis down) goes back on its queue."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -17,7 +19,7 @@ import redis
 from carina.local import start_worker, stop_process_group
 from ops.volume import write_volume
 from queues.app import create_app
-from queues.broker import priority_lists
+from queues.broker import UNACKED_INDEX_KEY, UNACKED_KEY, priority_lists
 from queues.jobs import JobStore
 from queues.pipelines import submit, wait
 from queues.settings import Settings
@@ -86,3 +88,33 @@ def test_a_lost_message_between_two_stages_starts_the_job_again(stack):
     status = wait(jobs, job, 60)
     assert status.state == "done" and status.restarts == 1, status
     assert "stage carina.fastio_itk.filter_volume was lost by the broker" in (tmp_path / "worker.log").read_text()
+
+
+def strand_message(client: redis.Redis, queue: str, delivered_s_ago: float) -> None:
+    """Move the one message waiting in ``queue`` to the broker's unacknowledged set, delivered
+    ``delivered_s_ago`` seconds ago: what a consumer leaves there when its connection drops
+    and Redis is down as it tries to put it back."""
+    [held] = [name for name in priority_lists(queue) if client.llen(name)]
+    raw = client.rpop(held)
+    message = json.loads(raw)
+    info = message["properties"]["delivery_info"]
+    tag = message["properties"]["delivery_tag"]
+    client.hset(UNACKED_KEY, tag, json.dumps([message, info["exchange"], info["routing_key"]]))
+    client.zadd(UNACKED_INDEX_KEY, {tag: time.time() - delivered_s_ago})
+
+
+def test_a_message_stranded_unacknowledged_goes_back_on_its_queue(stack):
+    settings, app, jobs, tmp_path = stack
+    control = app.control
+    assert control.cancel_consumer("cpu.host-a", reply=True, timeout=10)  # the second stage waits
+    try:
+        job = submit(app, settings, "fastio-itk", volume(tmp_path), tmp_path / "out")
+        wait_until(lambda: jobs.get(job).awaiting_index == 2, 30, "the first stage done")
+        wait_until(lambda: any(jobs.redis.llen(n) for n in priority_lists("cpu.host-a")), 10, "the second queued")
+        strand_message(jobs.redis, "cpu.host-a", delivered_s_ago=0.0)
+    finally:
+        control.add_consumer("cpu.host-a", reply=True, timeout=10)
+    status = wait(jobs, job, 60)
+    assert status.state == "done" and status.restarts == 0 and status.requeues == 1, status
+    assert "stage carina.fastio_itk.filter_volume was delivered" in (tmp_path / "worker.log").read_text()
+    assert (tmp_path / "out" / "output.mhd").exists()
