@@ -15,7 +15,7 @@
   header's ``Modality``, ``BodyPartExamined``, ``SeriesDescription`` … and the sender's
   ``CallingAETitle``) choose the pipeline, and one job per series is submitted.
 - **Exactly once**: every arrival and every decision is recorded in Redis (one hash per AE
-  title) before it is acted on, with the job id chosen first, so a listener that restarts
+  title and spool: two listeners never decide on each other's series) before it is acted on, with the job id chosen first, so a listener that restarts
   neither loses a series nor starts its job twice: it goes on waiting for the series it was
   receiving and follows (or submits, under the recorded id) the jobs it had decided on. The
   record of a series that ended is forgotten after ``CARINA_JOB_TTL_S``, as its job is; a
@@ -178,7 +178,7 @@ class Listener:
         self.app = app
         self.redis = client
         self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
-        self.records_key = f"{settings.namespace}:dicom:{config.ae_title}"
+        self.records_key = settings.folder_key(f"dicom:{config.ae_title}", config.spool)
         self.lock = threading.Lock()
         self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
         self.sent_on: dict[int, set[str]] = {}  # association (its id()) → the series it sent into

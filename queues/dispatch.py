@@ -96,7 +96,7 @@ class Outbox:
         self.settings = settings
         self.redis = client
         self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
-        self.key = f"{settings.namespace}:dicom:{name}:outbox"
+        self.key = settings.folder_key(f"dicom:{name}:outbox", self.folder)
         self.name = name
         self.destinations = destinations(settings)
 

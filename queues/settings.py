@@ -6,6 +6,7 @@ operator's environment in Clara, the defaults of a job that gives no crop of its
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -222,6 +223,13 @@ class Settings:
     def host_queue(self, kind: str, host_id: str | None = None) -> str:
         """The queue of ``kind`` (io, cpu, gpu) bound to one host, for stages sharing memory."""
         return f"{kind}.{host_id or self.host_id}"
+
+    def folder_key(self, kind: str, folder: Path) -> str:
+        """The Redis key of what a front door records about one folder of this host (a watch
+        folder's inbox, a DICOM listener's spool or outbox): two front doors of one name on
+        different folders, or hosts, never share their records."""
+        digest = hashlib.sha256(str(Path(folder).absolute()).encode()).hexdigest()[:16]
+        return f"{self.namespace}:{kind}:{self.host_id}:{digest}"
 
 
 def _positive_int(text: str) -> int:

@@ -195,8 +195,7 @@ class Watcher:
         self.redis = client
         self.jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
         self.stable_s = stable_s
-        inbox_id = hashlib.sha256(str(self.inbox).encode()).hexdigest()[:16]
-        self.records_key = f"{settings.namespace}:watch:{settings.host_id}:{inbox_id}"
+        self.records_key = settings.folder_key("watch", self.inbox)
         self._seen: dict[str, _Seen] = {}
         self._inbox_missing = False
 

@@ -13,6 +13,7 @@ import redis
 
 from carina.local import free_port
 from queues.dicom_listener import SUBMITTED, Series
+from queues.settings import Settings
 from tests.helpers import wait_until
 
 STABLE_S = 1.5  # the tests' series are quiet this long once sent
@@ -39,7 +40,7 @@ class RunningListener:
                      "--spool", str(self.spool), "--output", str(self.output), "--rules", str(root / "rules.json"),
                      "--stable-s", str(STABLE_S), "--outbox", str(self.outbox)]
         self.process: subprocess.Popen | None = None
-        self.records_key = f"{env['CARINA_NAMESPACE']}:dicom:CARINA"
+        self.records_key = Settings.from_env(self.env).folder_key("dicom:CARINA", self.spool)
 
     def start(self) -> None:
         out = open(self.log, "a")

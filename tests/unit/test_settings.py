@@ -25,6 +25,17 @@ def test_variables_are_read_and_converted():
     assert s.crop_start == (-1, -1, 5) and s.crop_size == (7, -1, -1)
 
 
+def test_each_folder_of_each_host_has_its_own_records(tmp_path, monkeypatch):
+    """Two DICOM listeners of one AE title (or two watch folders) on different spools, or hosts,
+    must not decide on each other's series; one restarted on its spool finds its own."""
+    monkeypatch.chdir(tmp_path)
+    here, there = Settings.from_env({"CARINA_HOST_ID": "a"}), Settings.from_env({"CARINA_HOST_ID": "b"})
+    assert here.folder_key("dicom:CARINA", Path("spool")) == here.folder_key("dicom:CARINA", tmp_path / "spool")
+    keys = {here.folder_key("dicom:CARINA", tmp_path / "spool"), here.folder_key("dicom:CARINA", tmp_path / "other"),
+            there.folder_key("dicom:CARINA", tmp_path / "spool"), here.folder_key("dicom:PEER", tmp_path / "spool")}
+    assert len(keys) == 4 and all(k.startswith("carina:dicom:") for k in keys)
+
+
 @pytest.mark.parametrize("text, expected", [("0", False), ("off", False), ("No", False), ("1", True), ("true", True)])
 def test_booleans(text, expected):
     assert Settings.from_env({}).triton_shared_memory is True
