@@ -7,6 +7,8 @@ through an outbox, with retries and a dead letter.
 - **Outbox**: when a job a rule sends ends done, its DICOM files (every ``*.dcm`` of its
   output: a segmentation's SEG, 3dblur's series) are copied into ``<outbox>/<job>/`` and the
   job recorded as pending in Redis, before anything is sent. The output itself is not touched.
+  A segmentation's Secondary Capture of its preview goes only to the destinations named in
+  ``CARINA_DICOM_SEND_PREVIEW`` (some viewers show no SEG; others would file a needless image).
 - **Sending**: one association (or one STOW-RS request) per attempt, every file sent; the
   attempt succeeds when the destination answers success (or a warning) for each. A failed attempt is tried again after
   ``CARINA_DICOM_SEND_BACKOFF_S``, doubling, up to ``CARINA_DICOM_SEND_ATTEMPTS`` attempts;
@@ -59,7 +61,8 @@ class Destination:
 def destinations(settings: Settings) -> dict[str, Destination]:
     """The destinations of ``CARINA_DICOM_DESTINATIONS``, by name.
 
-    Raises: ConfigError: an entry that is not ``NAME=AE_TITLE@HOST:PORT``, or a name twice."""
+    Raises: ConfigError: an entry that is not ``NAME=AE_TITLE@HOST:PORT``, a name twice, or a
+    name in CARINA_DICOM_SEND_PREVIEW that is no destination."""
     found: dict[str, Destination] = {}
     for entry in settings.dicom_destinations:
         web = STOW_DESTINATION.fullmatch(entry)
@@ -72,7 +75,23 @@ def destinations(settings: Settings) -> dict[str, Destination]:
             raise ConfigError(f"CARINA_DICOM_DESTINATIONS: {name!r} is named twice")
         found[name] = (Destination(name, url=web["url"].rstrip("/")) if web else
                        Destination(name, match["ae"], match["host"], int(match["port"])))
+    unknown = sorted(set(settings.dicom_send_preview) - found.keys())
+    if unknown:
+        raise ConfigError(f"CARINA_DICOM_SEND_PREVIEW: {', '.join(unknown)} not in CARINA_DICOM_DESTINATIONS "
+                          f"({', '.join(found) or 'none'})")
     return found
+
+
+def is_capture(path: Path) -> bool:
+    """The file is a Secondary Capture (by its SOP class; False if it cannot be read)."""
+    import pydicom
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get(
+            "SOPClassUID") == SecondaryCaptureImageStorage
+    except Exception:  # pydicom raises many kinds on a damaged file; sending will name it
+        return False
 
 
 @dataclass
@@ -119,6 +138,8 @@ class Outbox:
             raise ConfigError(f"destination {destination!r} is not in CARINA_DICOM_DESTINATIONS "
                               f"({', '.join(self.destinations) or 'none'})")
         results = sorted(p for p in Path(output).rglob("*.dcm") if p.is_file())
+        if destination not in self.settings.dicom_send_preview:
+            results = [p for p in results if not is_capture(p)]
         if not results:
             log.warning("dispatch: job %s wrote no DICOM file under %s; nothing to send", job, output)
             return None

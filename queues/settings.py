@@ -152,6 +152,8 @@ class Settings:
     # Where results are sent (queues/dispatch.py): NAME=AE_TITLE@HOST:PORT, comma-separated;
     # the outbox; attempts before the dead letter and the first wait between them (doubling).
     dicom_destinations: tuple[str, ...] = ()
+    # The destinations that also get each result's Secondary Capture preview (some viewers show no SEG).
+    dicom_send_preview: tuple[str, ...] = ()
     dicom_outbox: Path = Path("dicom-outbox")
     dicom_send_attempts: int = 5
     dicom_send_backoff_s: float = 2.0
@@ -329,6 +331,7 @@ _VARIABLES = {
     "dicom_resent": str,
     "dicom_aborted": str,
     "dicom_destinations": _names,
+    "dicom_send_preview": _names,
     "dicom_outbox": Path,
     "dicom_send_attempts": _positive_int,
     "dicom_send_backoff_s": float,

@@ -10,8 +10,10 @@ from __future__ import annotations
 from functools import partial
 
 from ops.arrays import gpu_available
+from ops.dicom.capture import write_secondary_capture
 from ops.dicom.seg import write_segmentation
 from ops.errors import check_work
+from ops.preview import segmentation_preview
 from ops.render import write_segmentation_publish
 from ops.segmentation import OUTPUT_CHANNELS, ROI_SIZE, request_nbytes, segment, window_count
 from ops.volume import read_input
@@ -68,4 +70,7 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
         write_segmentation(labels.array, payload["source_series"], output / f"{payload['study']}.seg.dcm",
                            segments=payload.get("settings", {}).get("output_channels", OUTPUT_CHANNELS) - 1,
                            algorithm=payload["pipeline"], **recipe(payload, "label_names"))
+        # For the viewers that show no SEG; a destination gets it only if asked (queues/dispatch.py).
+        write_secondary_capture(segmentation_preview(ct.array, labels.array, ct.metadata["spacing"]),
+                                payload["source_series"][0], output / f"{payload['study']}.preview.dcm")
     return self.advance(payload, result=self.result(payload, result))

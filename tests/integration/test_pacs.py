@@ -2,15 +2,19 @@
 is asked to C-STORE it to Carina's DICOM listener, spleen-seg runs on Triton, and the SEG it
 makes comes back to Orthanc by C-STORE; the test reads the SEG from Orthanc's REST API,
 decodes it with highdicom and holds it to the job's label volume, voxel for voxel, its frames
-on the source slices' positions within 0.01 mm."""
+on the source slices' positions within 0.01 mm; the preview comes back with it as a Secondary
+Capture, since its destination asks for one."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
+import PIL.Image
 import pydicom
 import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from carina.orthanc import LocalOrthanc
 from ops.samples import ct_phantom, ct_series, spleen_phantom
@@ -31,7 +35,8 @@ def pacs_round_trip(deployment, tmp_path_factory):
     orthanc = LocalOrthanc(dicomweb=True)
     listener = RunningListener(deployment.env, root, rules, "ORTHANC",
                                CARINA_DICOM_DESTINATIONS=f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port},"
-                                                         f"web={orthanc.dicomweb_url}")
+                                                         f"web={orthanc.dicomweb_url}",
+                               CARINA_DICOM_SEND_PREVIEW="orthanc")
     orthanc.modalities = {"carina": ("CARINA", "127.0.0.1", listener.port)}
     with orthanc:
         listener.start()
@@ -82,6 +87,27 @@ def test_a_series_from_orthanc_comes_back_to_it_as_a_seg_on_the_ct(deployment, p
                            position[source], atol=0.01)
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     assert seg.StudyInstanceUID == sources[0].StudyInstanceUID  # filed in Orthanc under the same study
+
+    # The destination asked for the preview too, as a Secondary Capture in the same study.
+    wait_until(lambda: captures(orthanc, uid), 60, "the preview in Orthanc")
+    [capture] = captures(orthanc, uid)
+    [preview] = output.glob("publish/preview.png")
+    assert capture.StudyInstanceUID == sources[0].StudyInstanceUID
+    np.testing.assert_array_equal(capture.pixel_array, np.asarray(PIL.Image.open(preview).convert("RGB")))
+
+
+def captures(orthanc, source_series: str) -> list[pydicom.Dataset]:
+    """The Secondary Captures Orthanc holds in the study of ``source_series`` (1.10 does not
+    index SOPClassUID: each series' first instance is read)."""
+    [source] = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"SeriesInstanceUID": source_series}})
+    study = orthanc.get(f"/series/{source}")["ParentStudy"]
+    found = []
+    for series in orthanc.get(f"/studies/{study}")["Series"]:
+        first = orthanc.get(f"/series/{series}")["Instances"][0]
+        dataset = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{first}/file")))
+        if dataset.SOPClassUID == SecondaryCaptureImageStorage:
+            found.append(dataset)
+    return found
 
 
 def test_results_go_back_by_stow_rs_to_a_dicomweb_destination(deployment, pacs_round_trip, tmp_path):
