@@ -6,6 +6,7 @@ Contract (gaussian-blur-job-server.txt), for every pipeline::
                       → 201 {"uid": ...}
     GET  /query/<uid> → 202 {"msg": "Job is running"}                       queued or running
                       → 200 {"msg": "Job has completed", "output_dir": ...} done
+                            (+ "dispatch": {"state", "destination", …} where a DICOM rule sends it)
                       → 500 {"msg": "Job has failed", "error": ..., "stage": ...}
                       → 410 {"msg": "Job was cancelled", "error": "Cancelled by … at …"}
                       → 404 unknown uid
@@ -163,7 +164,9 @@ async def query_job(request: web.Request) -> web.Response:
         output = Path(status.output)
         root = request.app[SETTINGS].data_root.resolve()
         shown = output.relative_to(root) if output.is_relative_to(root) else output
-        return _json(200, msg="Job has completed", output_dir=str(shown))
+        # Results on their way to a DICOM destination (queues/dispatch.py): sent, pending or dead-lettered.
+        return _json(200, msg="Job has completed", output_dir=str(shown),
+                     **({"dispatch": status.dispatch} if status.dispatch else {}))
     if status.state == FAILED:
         return _json(500, msg="Job has failed", error=status.error, stage=status.stage)
     if status.state == CANCELLED:
@@ -278,7 +281,9 @@ def openapi_document(pipelines: list[str]) -> dict[str, Any]:
                 "summary": "A job's state",
                 "parameters": [{"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": {"description": "Job has completed (output_dir)"},
+                    "200": {"description": "Job has completed (output_dir; dispatch, where its DICOM "
+                                                   "results go to a destination: state, destination, files, "
+                                                   "attempts, reason)"},
                     "202": {"description": "Job is running"},
                     "404": {"description": "unknown uid"},
                     "410": {"description": "Job was cancelled (error: by whom and when)"},

@@ -9,13 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from carina.local import free_port
+from carina.local import free_port, start_api, stop_process_group
 from ops.samples import ct_phantom, ct_series
 from queues.dicom_listener import DONE, Series
 from queues.jobs import JobStore
@@ -276,6 +277,16 @@ def test_results_a_destination_never_takes_go_to_the_dead_letter_with_the_reason
     assert "2 attempts: no association with down" in (letter / "reason.txt").read_text()
     [output] = [p for p in listener.output.iterdir() if p.name.startswith(record.series)]
     assert len(list(output.glob("*.dcm"))) == len(files)  # the job's own output untouched
+    port = free_port()
+    api = start_api({**deployment.env, "CARINA_API_TOKEN": "t" * 32}, port, tmp_path / "api.log")
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/query/{record.job}",
+                                         headers={"Authorization": f"Bearer {'t' * 32}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+    finally:
+        stop_process_group(api)
+    assert body["dispatch"]["state"] == "dead-letter" and "no association with down" in body["dispatch"]["reason"]
 
 
 def test_results_the_destination_refuses_are_kept_in_the_dead_letter_with_its_status(deployment, listener, pacs,
