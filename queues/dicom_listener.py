@@ -30,16 +30,21 @@
   run until it is sent again.
 - **Nothing lost**: a write that fails (a full disk) is answered 0xA700 (out of resources)
   and leaves no partial file; a series with an instance that could not be stored is never
-  run (it is recorded ``unrouted``, incomplete, with the reason) until it is sent again; the
-  spool is never deleted here.
+  run (it is recorded ``unrouted``, incomplete, with the reason) until it is sent again.
+- **Retention**: a series leaves the spool only with ``CARINA_DICOM_SPOOL_RETAIN_S`` set, that
+  long after its job ended done and, where its rule sends the results, after the destination
+  acknowledged them. A series whose job failed, that no rule took, that is incomplete or whose
+  results went to the dead letter stays for someone to look at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -52,7 +57,7 @@ import redis
 from celery import Celery
 
 from queues.dicom_events import count_event
-from queues.dispatch import Outbox
+from queues.dispatch import SENT, Outbox
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJob
 from queues.jobs import JobStore
 from queues.pipelines import submit
@@ -125,6 +130,7 @@ class Series:
     send_to: str | None = None  # the rule's destination for the job's DICOM results
     unstored: list[str] = field(default_factory=list)  # SOP instance UIDs refused for a failed write
     aborted: bool = False  # an association that sent some of it was aborted
+    removed: bool = False  # its spool folder was removed (CARINA_DICOM_SPOOL_RETAIN_S)
 
     def folder(self, spool: Path) -> Path:
         return spool / self.study / f"{self.series}-g{self.generation}"
@@ -327,6 +333,8 @@ class Listener:
                     if current is not None and current.state in ENDED and current.last == record.last:
                         self.redis.hdel(self.records_key, record.series)
                 continue
+            if self._may_remove(record, now):
+                self._remove(record)
             if record.state == RECEIVING and now - record.last >= self.config.stable_s:
                 with self.lock:
                     current = self._load(record.series)
@@ -335,6 +343,32 @@ class Listener:
                     self._decide(current)
             elif record.state == SUBMITTED:
                 self._follow(record)
+
+    def _may_remove(self, record: Series, now: float) -> bool:
+        """The series' job ended done CARINA_DICOM_SPOOL_RETAIN_S ago and its results, if its
+        rule sends them, were acknowledged."""
+        retain = self.settings.dicom_spool_retain_s
+        if retain is None or record.state != DONE or record.removed or now - record.last < retain:
+            return False
+        if not record.send_to:
+            return True
+        delivery = self.outbox.delivery(record.job)
+        return delivery is not None and delivery.state == SENT
+
+    def _remove(self, record: Series) -> None:
+        with self.lock:
+            current = self._load(record.series)
+            if current is None or current.generation != record.generation or current.removed:
+                return  # sent again meanwhile: the new generation is not this one
+            folder = current.folder(self.config.spool)
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # the study's folder, once its last series has gone
+            current.removed = True
+            self._save(current)
+        log.info("dicom: series %s: removed from the spool, job %s done%s (CARINA_DICOM_SPOOL_RETAIN_S=%g)",
+                 record.series, record.job, " and its results acknowledged" if record.send_to else "",
+                 self.settings.dicom_spool_retain_s)
 
     def _decide(self, record: Series) -> None:
         self.count("series_complete")

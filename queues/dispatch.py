@@ -122,6 +122,11 @@ class Outbox:
     def deliveries(self) -> dict[str, Delivery]:
         return {k.decode(): Delivery(**json.loads(v)) for k, v in self.redis.hgetall(self.key).items()}
 
+    def delivery(self, job: str) -> Delivery | None:
+        """The delivery of ``job``'s results, or None (none was asked for, or it was forgotten)."""
+        raw = self.redis.hget(self.key, job)
+        return Delivery(**json.loads(raw)) if raw else None
+
     def _save(self, delivery: Delivery) -> None:
         self.redis.hset(self.key, delivery.job, json.dumps(asdict(delivery)))
         detail = {"destination": str(self.destinations.get(delivery.destination, delivery.destination)),

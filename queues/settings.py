@@ -149,6 +149,9 @@ class Settings:
     dicom_stable_s: float = 10.0
     dicom_resent: str = "new-job"
     dicom_aborted: str = "complete"
+    # How long a series stays in the spool once its job is done and its results acknowledged
+    # (unset: for ever); failed, unrouted and undelivered series are always kept.
+    dicom_spool_retain_s: float | None = None
     # Where results are sent (queues/dispatch.py): NAME=AE_TITLE@HOST:PORT, comma-separated;
     # the outbox; attempts before the dead letter and the first wait between them (doubling).
     dicom_destinations: tuple[str, ...] = ()
@@ -196,6 +199,9 @@ class Settings:
         if not 0 < self.stage_soft_time_limit_s < self.stage_time_limit_s < self.visibility_timeout_s:
             raise ConfigError("CARINA_STAGE_SOFT_TIME_LIMIT_S < CARINA_STAGE_TIME_LIMIT_S < "
                               "CARINA_VISIBILITY_TIMEOUT_S is required (a stage stopped before Redis redelivers it)")
+        if self.dicom_spool_retain_s is not None and not 0 <= self.dicom_spool_retain_s < self.job_ttl_s:
+            raise ConfigError("CARINA_DICOM_SPOOL_RETAIN_S must be >= 0 and below CARINA_JOB_TTL_S (the listener "
+                              "forgets a series with its job, and then no longer knows it may be removed)")
         if self.watch_stable_s < 0:
             raise ConfigError("CARINA_WATCH_STABLE_S must be >= 0")
 
@@ -330,6 +336,7 @@ _VARIABLES = {
     "dicom_stable_s": float,
     "dicom_resent": str,
     "dicom_aborted": str,
+    "dicom_spool_retain_s": float,
     "dicom_destinations": _names,
     "dicom_send_preview": _names,
     "dicom_outbox": Path,

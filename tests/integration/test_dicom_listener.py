@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -399,3 +400,22 @@ def test_an_ended_series_is_forgotten_with_its_job_and_sent_again_still_opens_a_
         second = running.finished(deployment.client(), uid, generation=2)
         assert second.state == DONE and second.instances == len(files) and second.job != first.job
         assert len(list(first.folder(running.spool).glob("*.dcm"))) == len(files)  # the first untouched
+
+
+def test_with_a_retention_a_done_series_leaves_the_spool_and_an_incomplete_one_stays(deployment, tmp_path):
+    with own_listener(deployment, tmp_path, CARINA_DICOM_SPOOL_RETAIN_S="1",
+                      CARINA_DICOM_ABORTED="incomplete") as running:
+        done_files, kept_files = a_series(tmp_path / "done", slices=4), a_series(tmp_path / "kept", slices=4)
+        assert store(running, done_files).returncode == 0
+        send_then_abort(running.port, kept_files[:2])
+        done_uid, kept_uid = (pydicom.dcmread(f[0]).SeriesInstanceUID for f in (done_files, kept_files))
+        done = running.finished(deployment.client(), done_uid)
+        kept = running.finished(deployment.client(), kept_uid)
+        assert done.state == DONE and kept.state == "unrouted"
+        wait_until(lambda: running.records(deployment.client())[done_uid].removed, 30, "the done series removed")
+        assert not done.folder(running.spool).exists()
+        time.sleep(2)  # past the retention, and two passes
+        assert len(list(kept.folder(running.spool).glob("*.dcm"))) == 2 and not running.records(
+            deployment.client())[kept_uid].removed
+        [output] = [p for p in running.output.iterdir() if p.name.startswith(done_uid)]
+        assert len(list(output.glob("*.dcm"))) == 4  # the job's results are not the spool's

@@ -63,3 +63,9 @@ def test_the_sentinel_form_names_each_sentinel_the_database_and_the_primarys_pas
     assert parse_sentinel_url("redis://127.0.0.1:6379/0") is None
     assert parse_sentinel_url("sentinel://:pw@a:26379/3; sentinel://:pw@b:26380/3") == SentinelAddress(
         (("a", 26379), ("b", 26380)), 3, "pw")
+
+
+@pytest.mark.parametrize("retain", ["-1", "3600"])
+def test_a_spool_retention_must_end_before_the_listener_forgets_the_series(retain):
+    with pytest.raises(ConfigError, match="CARINA_DICOM_SPOOL_RETAIN_S must be >= 0 and below CARINA_JOB_TTL_S"):
+        Settings.from_env({"CARINA_DICOM_SPOOL_RETAIN_S": retain, "CARINA_JOB_TTL_S": "3600"})
