@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,9 @@ def test_a_lost_first_message_starts_the_job_again_and_a_waiting_one_does_not(st
     assert (tmp_path / "out" / "output.mhd").exists()
 
 
-def test_a_lost_message_between_two_stages_starts_the_job_again(stack):
+def second_message_mishandled(stack, mishap: Callable[[redis.Redis, str], None]) -> str:
+    """Submit a fastio-itk job, let ``mishap`` befall its second stage's message as it waits in
+    host-a's cpu queue, and return the job's id."""
     settings, app, jobs, tmp_path = stack
     control = app.control
     assert control.cancel_consumer("cpu.host-a", reply=True, timeout=10)  # the second stage waits
@@ -82,39 +85,34 @@ def test_a_lost_message_between_two_stages_starts_the_job_again(stack):
         job = submit(app, settings, "fastio-itk", volume(tmp_path), tmp_path / "out")
         wait_until(lambda: jobs.get(job).awaiting_index == 2, 30, "the first stage done")
         wait_until(lambda: any(jobs.redis.llen(n) for n in priority_lists("cpu.host-a")), 10, "the second queued")
-        take_message(jobs.redis, "cpu.host-a")
+        mishap(jobs.redis, "cpu.host-a")
     finally:
         control.add_consumer("cpu.host-a", reply=True, timeout=10)
-    status = wait(jobs, job, 60)
+    return job
+
+
+def test_a_lost_message_between_two_stages_starts_the_job_again(stack):
+    _, _, jobs, tmp_path = stack
+    status = wait(jobs, second_message_mishandled(stack, take_message), 60)
     assert status.state == "done" and status.restarts == 1, status
     assert "stage carina.fastio_itk.filter_volume was lost by the broker" in (tmp_path / "worker.log").read_text()
 
 
-def strand_message(client: redis.Redis, queue: str, delivered_s_ago: float) -> None:
+def strand_message(client: redis.Redis, queue: str) -> None:
     """Move the one message waiting in ``queue`` to the broker's unacknowledged set, delivered
-    ``delivered_s_ago`` seconds ago: what a consumer leaves there when its connection drops
-    and Redis is down as it tries to put it back."""
+    now: what a consumer leaves there when its connection drops and Redis is down as it tries
+    to put it back."""
     [held] = [name for name in priority_lists(queue) if client.llen(name)]
-    raw = client.rpop(held)
-    message = json.loads(raw)
+    message = json.loads(client.rpop(held))
     info = message["properties"]["delivery_info"]
     tag = message["properties"]["delivery_tag"]
     client.hset(UNACKED_KEY, tag, json.dumps([message, info["exchange"], info["routing_key"]]))
-    client.zadd(UNACKED_INDEX_KEY, {tag: time.time() - delivered_s_ago})
+    client.zadd(UNACKED_INDEX_KEY, {tag: time.time()})
 
 
 def test_a_message_stranded_unacknowledged_goes_back_on_its_queue(stack):
-    settings, app, jobs, tmp_path = stack
-    control = app.control
-    assert control.cancel_consumer("cpu.host-a", reply=True, timeout=10)  # the second stage waits
-    try:
-        job = submit(app, settings, "fastio-itk", volume(tmp_path), tmp_path / "out")
-        wait_until(lambda: jobs.get(job).awaiting_index == 2, 30, "the first stage done")
-        wait_until(lambda: any(jobs.redis.llen(n) for n in priority_lists("cpu.host-a")), 10, "the second queued")
-        strand_message(jobs.redis, "cpu.host-a", delivered_s_ago=0.0)
-    finally:
-        control.add_consumer("cpu.host-a", reply=True, timeout=10)
-    status = wait(jobs, job, 60)
+    _, _, jobs, tmp_path = stack
+    status = wait(jobs, second_message_mishandled(stack, strand_message), 60)
     assert status.state == "done" and status.restarts == 0 and status.requeues == 1, status
     assert "stage carina.fastio_itk.filter_volume was delivered" in (tmp_path / "worker.log").read_text()
     assert (tmp_path / "out" / "output.mhd").exists()
