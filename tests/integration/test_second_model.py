@@ -53,7 +53,7 @@ def test_the_second_model_segments_three_organs_through_the_cli(deployment, abdo
     labels, _ = read_volume(tmp_path / "out" / "ct.mhd")
     assert labels.shape == organs.shape and set(np.unique(labels)) == {0, 1, 2, 3}
     scores = {name: dice(labels == value, organs == value) for name, value in ORGAN_LABELS.items()}
-    print(f"\nabdomen-seg on a held-out phantom: " + ", ".join(f"{k} Dice {v:.3f}" for k, v in scores.items()))
+    print("\nabdomen-seg on a held-out phantom: " + ", ".join(f"{k} Dice {v:.3f}" for k, v in scores.items()))
     # A stand-in, small and trained for minutes on phantoms: floors a little under what it scores.
     assert scores["liver"] >= 0.75 and scores["kidney"] >= 0.15 and scores["spleen"] >= 0.15
     assert (tmp_path / "out" / "publish" / "image.seg.mhd").exists()
