@@ -183,16 +183,17 @@ def restore_stranded_messages(app: Celery, client: redis.Redis, settings: Settin
 
 
 def _held_by_live_workers(app: Celery, client: redis.Redis, settings: Settings) -> set[str] | None:
-    """The task ids every live worker says it runs or holds reserved; None when one of them
-    did not answer within :data:`ASK_WORKERS_S`."""
+    """The task ids every live worker says it runs, holds reserved or holds for later (a
+    countdown); None when one of them did not answer within :data:`ASK_WORKERS_S`."""
     nodes = {w.node for w in live_workers(client, settings.namespace)}
     if not nodes:
         return set()
     ask = app.control.inspect(destination=sorted(nodes), timeout=ASK_WORKERS_S)
-    active, reserved = ask.active() or {}, ask.reserved() or {}
-    if not nodes <= active.keys() & reserved.keys():
+    active, reserved, scheduled = ask.active() or {}, ask.reserved() or {}, ask.scheduled() or {}
+    if not nodes <= active.keys() & reserved.keys() & scheduled.keys():
         return None
-    return {task["id"] for answers in (active, reserved) for tasks in answers.values() for task in tasks}
+    held = {task["id"] for answers in (active, reserved) for tasks in answers.values() for task in tasks}
+    return held | {entry["request"]["id"] for entries in scheduled.values() for entry in entries}
 
 
 def _start_again(app: Celery, settings: Settings, status: JobStatus, kind: str, why: str) -> None:
