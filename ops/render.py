@@ -90,15 +90,18 @@ def write_render_files(output_dir: Path, meta: dict[str, Any] | list[dict[str, A
 
 
 def write_segmentation_publish(folder: Path, image: np.ndarray, labels: np.ndarray, geometry: dict[str, Any],
-                               config_dir: Path | None, label_names: dict[str, str] | None = None) -> list[Path]:
+                               config_dir: Path | None, preview: np.ndarray,
+                               label_names: dict[str, str] | None = None) -> list[Path]:
     """The seed's publish folder for the Render Server: ``image.mhd``, ``image.seg.mhd``,
-    ``config.meta``, ``config_render.json`` and a ``preview.png`` (mid-slices, mask overlaid).
+    ``config.meta``, ``config_render.json`` and ``preview.png``.
 
-    Both volumes are (z, y, x) on the same grid, ``geometry``. ``label_names`` (label value as
-    a string → name), where given, describe ``image.seg.mhd`` in ``config.meta`` as its
-    ``labels``. Returns the paths written.
+    Both volumes are (z, y, x) on the same grid, ``geometry``. ``preview`` is the (h, w, 3)
+    uint8 picture of them (:func:`ops.preview.segmentation_preview`; the caller makes it once,
+    as the DICOM path sends it too). ``label_names`` (label value as a string → name), where
+    given, describe ``image.seg.mhd`` in ``config.meta`` as its ``labels``. Returns the paths
+    written.
     """
-    from ops.preview import segmentation_preview, write_png
+    from ops.preview import write_png
     from ops.volume import write_volume
 
     folder = Path(folder)
@@ -108,7 +111,7 @@ def write_segmentation_publish(folder: Path, image: np.ndarray, labels: np.ndarr
     if label_names:
         metas[1]["labels"] = dict(label_names)
     written += write_render_files(folder, metas, config_dir)
-    written.append(write_png(segmentation_preview(image, labels, geometry["spacing"]), folder / "preview.png"))
+    written.append(write_png(preview, folder / "preview.png"))
     return written
 
 

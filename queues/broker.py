@@ -59,10 +59,8 @@ def queue_depths(client: redis.Redis, names: Iterable[str]) -> dict[str, int]:
 def unacked_delivery_tag(client: redis.Redis, task_id: str) -> str | None:
     """The delivery tag under which Celery task ``task_id``'s message waits unacknowledged,
     or None (acknowledged, restored, or never delivered)."""
-    for tag, raw in client.hscan_iter(UNACKED_KEY):
-        if _task_id(json.loads(raw)[0]) == task_id:
-            return tag.decode()
-    return None
+    delivered = unacked_deliveries(client).get(task_id)
+    return delivered[0] if delivered else None
 
 
 def unacked_deliveries(client: redis.Redis) -> dict[str, tuple[str, float]]:
@@ -87,7 +85,7 @@ def messages_held(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     at any priority, or delivered and not yet acknowledged. A message in neither is gone: a
     consumer's BRPOP took it off its list and the connection dropped before the reply (kombu
     records it as unacknowledged only once the reply is read)."""
-    held = {_task_id(json.loads(raw)[0]) for raw in client.hvals(UNACKED_KEY)}
+    held = set(unacked_deliveries(client))
     for queue in queues:
         for key in priority_lists(queue):
             held |= {_task_id(json.loads(raw)) for raw in client.lrange(key, 0, -1)}

@@ -15,8 +15,9 @@
   header's ``Modality``, ``BodyPartExamined``, ``SeriesDescription`` … and the sender's
   ``CallingAETitle``) choose the pipeline, and one job per series is submitted.
 - **Exactly once**: every arrival and every decision is recorded in Redis (one hash per AE
-  title and spool: two listeners never decide on each other's series) before it is acted on, with the job id chosen first, so a listener that restarts
-  neither loses a series nor starts its job twice: it goes on waiting for the series it was
+  title, host and spool: two listeners never decide on each other's series) before it is
+  acted on, with the job id chosen first, so a listener that restarts neither loses a series
+  nor starts its job twice: it goes on waiting for the series it was
   receiving and follows (or submits, under the recorded id) the jobs it had decided on. The
   record of a series that ended is forgotten after ``CARINA_JOB_TTL_S``, as its job is; a
   series sent after that still opens a generation of its own (the spool's folders say which).

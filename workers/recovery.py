@@ -114,6 +114,11 @@ def _waits_for_lost_message(status: JobStatus, now: float, settings: Settings) -
             and status.stage_index < status.awaiting_index and now - status.awaiting_since > settings.lost_message_s)
 
 
+def _awaited_stage(status: JobStatus) -> str:
+    """The name of the stage whose message the job waits for ('?' past its stages)."""
+    return status.stages[status.awaiting_index - 1] if status.awaiting_index <= len(status.stages) else "?"
+
+
 def restart_jobs_whose_message_was_lost(app: Celery, client: redis.Redis, settings: Settings) -> list[str]:
     """Start again from their input the jobs that have waited ``CARINA_LOST_MESSAGE_S`` for
     their next stage while the broker holds its message nowhere (not queued, not delivered):
@@ -137,9 +142,8 @@ def restart_jobs_whose_message_was_lost(app: Celery, client: redis.Redis, settin
             continue
         if (now.awaiting_task == status.awaiting_task and now.awaiting_task not in held
                 and _waits_for_lost_message(now, time.time(), settings)):
-            stage = now.stages[now.awaiting_index - 1] if now.awaiting_index <= len(now.stages) else "?"
             _start_again(app, settings, now, "MessageLost",
-                         f"the message of its stage {stage} was lost by the broker (not queued nor delivered "
+                         f"the message of its stage {_awaited_stage(now)} was lost by the broker (not queued nor delivered "
                          f"{time.time() - now.awaiting_since:.0f} s after it was sent; CARINA_LOST_MESSAGE_S="
                          f"{settings.lost_message_s:g})")
             acted.append(now.job_id)
@@ -169,8 +173,7 @@ def restore_stranded_messages(app: Celery, client: redis.Redis, settings: Settin
     for status in stranded:
         if status.awaiting_task in held:
             continue
-        stage = status.stages[status.awaiting_index - 1] if status.awaiting_index <= len(status.stages) else "?"
-        why = (f"the message of its stage {stage} was delivered {now - delivered[status.awaiting_task][1]:.0f} s ago "
+        why = (f"the message of its stage {_awaited_stage(status)} was delivered {now - delivered[status.awaiting_task][1]:.0f} s ago "
                "to a consumer that no longer holds it (its connection dropped while Redis was down)")
         if status.requeues >= max_requeues:
             job_failed(status.job_id, status.stage, f"MessageStranded: {why} ({status.requeues + 1} times)")

@@ -64,13 +64,13 @@ def write_results(self: StageTask, payload: Payload) -> Payload:
     output = self.staging(payload)
     # The seed names the label volume after the input (its downstream consumer expects it).
     result = write_image(labels.array, labels.metadata, output / f"{payload['study']}.mhd")
-    write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"],
+    preview = segmentation_preview(ct.array, labels.array, ct.metadata["spacing"])
+    write_segmentation_publish(output / "publish", ct.array, labels.array, ct.metadata, payload["config"], preview,
                                **recipe(payload, "label_names"))
     if payload.get("source_series"):  # a DICOM series in: the labels as a SEG over it, for the PACS
         write_segmentation(labels.array, payload["source_series"], output / f"{payload['study']}.seg.dcm",
                            segments=payload.get("settings", {}).get("output_channels", OUTPUT_CHANNELS) - 1,
                            algorithm=payload["pipeline"], **recipe(payload, "label_names"))
         # For the viewers that show no SEG; a destination gets it only if asked (queues/dispatch.py).
-        write_secondary_capture(segmentation_preview(ct.array, labels.array, ct.metadata["spacing"]),
-                                payload["source_series"][0], output / f"{payload['study']}.preview.dcm")
+        write_secondary_capture(preview, payload["source_series"][0], output / f"{payload['study']}.preview.dcm")
     return self.advance(payload, result=self.result(payload, result))
