@@ -1,5 +1,6 @@
-"""The shipped nuclei_unet model: its ONNX interface, a Dice on unseen synthetic H&E, its size,
-and its Triton python-backend wrapper (models/nuclei_unet/, trained by models/train_nuclei.py)."""
+"""The shipped nuclei_unet model: its ONNX interface, its agreement with the stain reference on
+real H&E it never saw, a Dice on unseen synthetic H&E, its size, and its Triton python-backend
+wrapper (models/nuclei_unet/, trained by models/train_nuclei.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 from ops.samples import render_he  # noqa: E402
+from ops.stain import nuclei_by_stain  # noqa: E402
+from tests import real_he  # noqa: E402
 from tests.helpers import load_triton_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +74,17 @@ def test_it_finds_the_nuclei_of_unseen_tiles(session):
     truth = np.stack([nuclei for _, nuclei in tiles])
     assert truth.mean() > 0.03  # the tiles hold real nuclei
     assert dice(probabilities[:, 0] >= THRESHOLD, truth) > DICE_FLOOR
+
+
+@pytest.mark.parametrize("name", [name for name, image in real_he.IMAGES.items() if image.role == "held-out"])
+def test_on_real_he_it_never_saw_it_marks_the_nuclei_the_stain_reference_marks(session, name):
+    rgb = real_he.load(name)
+    height, width = (n // 8 * 8 for n in rgb.shape[:2])
+    rgb = rgb[:height, :width]
+    probability = session.run(["OUTPUT__0"], {"INPUT__0": channels_first([rgb])})[0][0, 0]
+    reference = nuclei_by_stain(rgb)
+    result = real_he.agreement(probability >= THRESHOLD, reference.nuclei, reference.tissue)
+    assert result.meets_targets, result
 
 
 def test_glass_and_white_padding_are_not_nuclei(session):
