@@ -20,6 +20,18 @@ same run:
   CPU cores, so end to end ≈ 1 / (1/model + 1/client); with the model on its own device the
   slower of the two sets the pace.
 
+- ``profile_ms_per_tile``: where the stage's CPU goes, each step timed alone on one thread
+  over the 1/16 slide, in milliseconds per tissue tile (the glass tiles' reading and writing
+  spread over the tissue tiles, since the stage does both for every tile): reading and
+  decoding with margins, the pre-filter, the stand-in model, cropping and overlaying (on the
+  stand-in's empty answer, as the stage does, and ``overlay_with_nuclei`` on a realistic
+  mask, ``ops.stain``'s), the pyramid writer (JPEG encoding of every tile and
+  of the reduced levels, 2× reductions, the file), and what the Dask cluster adds (the
+  stage with the stand-in on one thread, less the steps). ``standin_tiles_per_s`` is the
+  stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
+  is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
+  cores allow, and ``e2e_over_bound`` how close the stage comes to it.
+
 The last line printed is one JSON object.
 
     python bench/wsi.py                        # about 10 minutes on 2 cores
@@ -40,9 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.nuclei import model_input, model_side, request_nbytes, tissue_tiles
+from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, tissue_tiles
+from ops.overlay import overlay_nuclei
 from ops.pyramid import write_pyramid
 from ops.samples import he_slide
+from ops.stain import nuclei_by_stain
 from ops.triton import SLOT_ALIGNMENT, TritonPredictor
 from ops.wsi import open_slide
 from carina.triton import MODEL_REPOSITORY, LocalTriton
@@ -113,6 +127,63 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def profile(path: Path, workdir: Path) -> dict:
+    """Milliseconds of one thread per tissue tile for each step of the stage (see the module's
+    docstring), over every tile of the slide at ``path``."""
+    from workers.tiling import dask_client, plan_batches, segmented_tiles
+
+    with open_slide(path) as slide:
+        tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
+        rows, cols = tissue.shape
+        positions = [(r * TILE, c * TILE) for r in range(rows) for c in range(cols)]
+        batches = plan_batches(tissue, BATCH)
+        seconds = dict.fromkeys(("read", "pre_filter", "model", "overlay", "writer", "dask",
+                                 "overlay_with_nuclei"), 0.0)
+        tiles: list[np.ndarray] = []
+        for batch in batches:
+            started = time.perf_counter()
+            regions = read_tiles(slide, [positions[i] for i in batch], TILE, 0)
+            read = time.perf_counter()
+            chosen = [k for k, i in enumerate(batch) if tissue.flat[i]]
+            inputs = model_input(regions[chosen])
+            pre_filtered = time.perf_counter()
+            probability = no_model(inputs)[:, 0]
+            answered = time.perf_counter()
+            batch_tiles = list(regions)
+            for k, tile_probability in zip(chosen, probability):
+                batch_tiles[k] = overlay_nuclei(regions[k], tile_probability)
+            done = time.perf_counter()
+            masks = [nuclei_by_stain(regions[k]).nuclei.astype(np.float32) for k in chosen]  # not timed
+            realistic = time.perf_counter()
+            for k, mask in zip(chosen, masks):
+                overlay_nuclei(regions[k], mask)
+            seconds["overlay_with_nuclei"] += time.perf_counter() - realistic
+            tiles += batch_tiles
+            for step, (a, b) in (("read", (started, read)), ("pre_filter", (read, pre_filtered)),
+                                 ("model", (pre_filtered, answered)), ("overlay", (answered, done))):
+                seconds[step] += b - a
+        shape = slide.levels[0].shape_yx
+        started = time.perf_counter()
+        write_pyramid(workdir / "profile.tif", shape, TILE,
+                      ((i // cols, i % cols, tile[:min(TILE, shape[0] - p[0]), :min(TILE, shape[1] - p[1])])
+                       for i, (tile, p) in enumerate(zip(tiles, positions))))
+        seconds["writer"] = time.perf_counter() - started
+        del tiles
+        dask_client(1)
+        started = time.perf_counter()
+        write_pyramid(workdir / "profile.tif", shape, TILE,
+                      segmented_tiles(slide, tissue, TILE, 0, no_model, threads=1, batch_size=BATCH))
+        stage = time.perf_counter() - started
+    with_nuclei = seconds.pop("overlay_with_nuclei")
+    seconds["dask"] = max(0.0, stage - sum(seconds.values()))
+    count = int(tissue.sum())
+    profile_ms = {step: round(1000 * value / count, 3) for step, value in seconds.items()}
+    profile_ms["total"] = round(1000 * stage / count, 3)
+    # The stand-in finds no nuclei; a model that finds some costs the overlay this instead.
+    profile_ms["overlay_with_nuclei"] = round(1000 * with_nuclei / count, 3)
+    return profile_ms
+
+
 def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path) -> dict:
     command = [sys.executable, __file__, "--e2e-child", str(path), "--threads", str(threads),
                "--workdir", str(workdir), *(["--url", url] if url else [])]
@@ -162,21 +233,29 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         e2e = child_end_to_end(server.url, slide, args.threads, workdir)
         e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
     client = child_end_to_end(None, slide, args.threads, workdir)
+    profile_ms = profile(small, workdir)
 
     e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
     client_rate = client["tissue_tiles"] / client["seconds"]
+    bound = 1 / (1 / model + 1 / client_rate)
     print("| figure | tiles/s |\n|---|---:|", file=sys.stderr)
     for name, value in (("read, ops.wsi (tifffile)", ours), ("read, OpenSlide read_region", theirs),
                         ("nuclei_unet alone", model), ("nuclei-seg stage end to end", e2e_rate),
-                        ("the stage around a stand-in model that answers at once", client_rate)):
+                        ("the stage around a stand-in model that answers at once", client_rate),
+                        ("the shared-core bound 1/(1/model + 1/stand-in)", bound)):
         print(f"| {name} | {value:.0f} |", file=sys.stderr)
+    print("| step (one thread) | ms per tissue tile |\n|---|---:|", file=sys.stderr)
+    for step, value in profile_ms.items():
+        print(f"| {step} | {value:.3f} |", file=sys.stderr)
     return {
         "shape": list(shape), "threads": args.threads, "tiles": e2e["tiles"], "tissue_tiles": e2e["tissue_tiles"],
         "read_tiles_per_s": round(ours), "openslide_tiles_per_s": round(theirs),
         "read_over_openslide": round(ours / theirs, 1),
         "model_tiles_per_s": round(model, 1), "e2e_tiles_per_s": round(e2e_rate, 1),
         "e2e_over_model": round(e2e_rate / model, 3), "e2e_s": round(e2e["seconds"], 1),
-        "client_tiles_per_s": round(client_rate, 1),
+        "client_tiles_per_s": round(client_rate, 1), "standin_tiles_per_s": round(client_rate, 1),
+        "bound_tiles_per_s": round(bound, 1), "e2e_over_bound": round(e2e_rate / bound, 3),
+        "profile_ms_per_tile": profile_ms,
         "peak_rss_mb": round(e2e["peak_rss_mb"]), "peak_rss_small_mb": round(e2e_small["peak_rss_mb"]),
     }
 
