@@ -20,14 +20,15 @@ same run:
   CPU cores, so end to end ≈ 1 / (1/model + 1/client); with the model on its own device the
   slower of the two sets the pace.
 
-- ``profile_ms_per_tile``: where the stage's CPU goes, each step timed alone on one thread
+- ``profile_ms_per_tile``: where the stage's CPU goes, each step's CPU time on one thread
   over the 1/16 slide, in milliseconds per tissue tile (the glass tiles' reading and writing
   spread over the tissue tiles, since the stage does both for every tile): reading and
-  decoding with margins, the pre-filter, the stand-in model, cropping and overlaying (on the
-  stand-in's empty answer, as the stage does, and ``overlay_with_nuclei`` on a realistic
-  mask, ``ops.stain``'s), the pyramid writer (JPEG encoding of every tile and
-  of the reduced levels, 2× reductions, the file), and what the Dask cluster adds (the
-  stage with the stand-in on one thread, less the steps). ``standin_tiles_per_s`` is the
+  decoding, the pre-filter, the stand-in model, cropping and overlaying (on the stand-in's
+  empty answer, as the stage does, and ``overlay_with_nuclei`` on a realistic mask,
+  ``ops.stain``'s), encoding (each level-0 tile's JPEG and 2× reduction, done in the Dask
+  tasks), the pyramid writer (the reduced levels and the file, on the writer's thread), and
+  what the Dask cluster adds: ``total`` (the whole stage's process CPU time with the stand-in
+  on one Dask thread) less the steps. ``standin_tiles_per_s`` is the
   stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
   is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
   cores allow, and ``e2e_over_bound`` how close the stage comes to it.
@@ -36,6 +37,7 @@ The last line printed is one JSON object.
 
     python bench/wsi.py                        # about 10 minutes on 2 cores
     python bench/wsi.py --shape 6000 8000      # a quick look
+    python bench/wsi.py --profile-only --shape 7500 10000   # the profile alone, a minute
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import numpy as np
 
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, tissue_tiles
 from ops.overlay import overlay_nuclei
-from ops.pyramid import write_pyramid
+from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, write_pyramid
 from ops.samples import he_slide
 from ops.stain import nuclei_by_stain
 from ops.triton import SLOT_ALIGNMENT, TritonPredictor
@@ -117,7 +119,8 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
             model(model_input(np.full((1, TILE, TILE, 3), 255, np.uint8)))  # load and warm
             dask_client(threads)  # a worker starts its cluster once, not per slide
             start = time.perf_counter()
-            tiles = segmented_tiles(slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH)
+            tiles = segmented_tiles(slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH,
+                                    encoding=JpegEncoding(TILE))
             write_pyramid(output, slide.levels[0].shape_yx, TILE, tiles, mpp_yx=slide.mpp_yx)
             seconds = time.perf_counter() - start
         finally:
@@ -128,52 +131,57 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
 
 
 def profile(path: Path, workdir: Path) -> dict:
-    """Milliseconds of one thread per tissue tile for each step of the stage (see the module's
-    docstring), over every tile of the slide at ``path``."""
+    """CPU milliseconds per tissue tile of each step of the stage (see the module's docstring),
+    over every tile of the slide at ``path``: each step's thread time, the stage's process time."""
     from workers.tiling import dask_client, plan_batches, segmented_tiles
 
+    clock = time.thread_time
+    encoding = JpegEncoding(TILE)
     with open_slide(path) as slide:
         tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
         rows, cols = tissue.shape
+        height, width = slide.levels[0].shape_yx
         positions = [(r * TILE, c * TILE) for r in range(rows) for c in range(cols)]
-        batches = plan_batches(tissue, BATCH)
-        seconds = dict.fromkeys(("read", "pre_filter", "model", "overlay", "writer", "dask",
+        seconds = dict.fromkeys(("read", "pre_filter", "model", "overlay", "encode", "writer", "dask",
                                  "overlay_with_nuclei"), 0.0)
-        tiles: list[np.ndarray] = []
-        for batch in batches:
-            started = time.perf_counter()
+        tiles: list[EncodedTile] = []
+        for batch in plan_batches(tissue, BATCH):
+            started = clock()
             regions = read_tiles(slide, [positions[i] for i in batch], TILE, 0)
-            read = time.perf_counter()
+            read = clock()
             chosen = [k for k, i in enumerate(batch) if tissue.flat[i]]
             inputs = model_input(regions[chosen])
-            pre_filtered = time.perf_counter()
+            pre_filtered = clock()
             probability = no_model(inputs)[:, 0]
-            answered = time.perf_counter()
+            answered = clock()
             batch_tiles = list(regions)
             for k, tile_probability in zip(chosen, probability):
                 batch_tiles[k] = overlay_nuclei(regions[k], tile_probability)
-            done = time.perf_counter()
+            overlaid = clock()
+            batch_tiles = [encode_tile(tile[:min(TILE, height - positions[i][0]), :min(TILE, width - positions[i][1])],
+                                       encoding) for i, tile in zip(batch, batch_tiles)]
+            encoded = clock()
             masks = [nuclei_by_stain(regions[k]).nuclei.astype(np.float32) for k in chosen]  # not timed
-            realistic = time.perf_counter()
+            realistic = clock()
             for k, mask in zip(chosen, masks):
                 overlay_nuclei(regions[k], mask)
-            seconds["overlay_with_nuclei"] += time.perf_counter() - realistic
+            seconds["overlay_with_nuclei"] += clock() - realistic
             tiles += batch_tiles
             for step, (a, b) in (("read", (started, read)), ("pre_filter", (read, pre_filtered)),
-                                 ("model", (pre_filtered, answered)), ("overlay", (answered, done))):
+                                 ("model", (pre_filtered, answered)), ("overlay", (answered, overlaid)),
+                                 ("encode", (overlaid, encoded))):
                 seconds[step] += b - a
-        shape = slide.levels[0].shape_yx
-        started = time.perf_counter()
-        write_pyramid(workdir / "profile.tif", shape, TILE,
-                      ((i // cols, i % cols, tile[:min(TILE, shape[0] - p[0]), :min(TILE, shape[1] - p[1])])
-                       for i, (tile, p) in enumerate(zip(tiles, positions))))
-        seconds["writer"] = time.perf_counter() - started
+        started = clock()
+        write_pyramid(workdir / "profile.tif", (height, width), TILE,
+                      ((i // cols, i % cols, tile) for i, tile in enumerate(tiles)))
+        seconds["writer"] = clock() - started
         del tiles
         dask_client(1)
-        started = time.perf_counter()
-        write_pyramid(workdir / "profile.tif", shape, TILE,
-                      segmented_tiles(slide, tissue, TILE, 0, no_model, threads=1, batch_size=BATCH))
-        stage = time.perf_counter() - started
+        started = time.process_time()
+        write_pyramid(workdir / "profile.tif", (height, width), TILE,
+                      segmented_tiles(slide, tissue, TILE, 0, no_model, threads=1, batch_size=BATCH,
+                                      encoding=encoding))
+        stage = time.process_time() - started
     with_nuclei = seconds.pop("overlay_with_nuclei")
     seconds["dask"] = max(0.0, stage - sum(seconds.values()))
     count = int(tissue.sum())
@@ -198,6 +206,8 @@ def main() -> None:
     parser.add_argument("--model-tiles", type=int, default=480, help="tissue tiles sent to the model alone")
     parser.add_argument("--models", type=Path, default=MODEL_REPOSITORY, help="model repository")
     parser.add_argument("--workdir", type=Path, help="where the slides go (default: a temporary folder)")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the profile and the stand-in stage, on a slide of --shape (no Triton)")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--e2e-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,7 +215,16 @@ def main() -> None:
         print(json.dumps(end_to_end(args.url, args.e2e_child, args.threads, args.workdir / "e2e.tif")))
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        print(json.dumps(measure(Path(tmp), tuple(args.shape), args)))
+        print(json.dumps((measure_profile if args.profile_only else measure)(Path(tmp), tuple(args.shape), args)))
+
+
+def measure_profile(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> dict:
+    """The stand-in stage on ``--threads`` threads and the per-step profile, on one slide."""
+    slide = he_slide(workdir / "slide.tif", shape, seed=11, tile_size=TILE)
+    standin = child_end_to_end(None, slide, args.threads, workdir)
+    return {"shape": list(shape), "threads": args.threads, "tissue_tiles": standin["tissue_tiles"],
+            "tiles": standin["tiles"], "standin_tiles_per_s": round(standin["tissue_tiles"] / standin["seconds"], 1),
+            "profile_ms_per_tile": profile(slide, workdir)}
 
 
 def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> dict:

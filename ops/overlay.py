@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 from ops.errors import InvalidParameter
 
@@ -34,25 +35,44 @@ def blend(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int], alpha: float
         alpha: the colour's weight, 0 (image only) to 1 (colour only).
 
     Returns:
-        A new (y, x, 3) uint8 array, blended values rounded to the nearest integer.
+        A new (y, x, 3) uint8 array, blended values rounded to the nearest integer (computed
+        in float32).
     """
     _check_colour(colour, alpha)
+    return _painted(rgb, mask, colour, alpha, outline=False)
+
+
+def _painted(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int], alpha: float, outline: bool) -> np.ndarray:
+    """A copy of ``rgb`` with ``mask`` tinted (see :func:`blend`) and, with ``outline``, the
+    mask's boundary drawn in ``colour``: the mask pixels that touch, side by side, a pixel
+    outside it. The array's border counts as inside the mask, so a region cut by a tile's edge
+    gets no line along the cut and tiles written side by side draw no grid through the nuclei
+    they share."""
     out = rgb.copy()
-    hit = rgb[mask].astype(np.float32)
-    out[mask] = np.rint((1.0 - alpha) * hit + alpha * np.asarray(colour, np.float32)).astype(np.uint8)
+    tint = np.float32(alpha) * np.asarray(colour, np.float32)
+    _paint(rgb, mask, outline, np.asarray(colour, np.uint8), np.float32(1.0 - alpha), tint, out)
     return out
 
 
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """The pixels of a (y, x) bool mask that touch, side by side, a pixel outside it.
-
-    The array's border counts as inside: a region cut by a tile's edge gets no line along the
-    cut, so tiles written side by side draw no grid through the nuclei they share.
-    Returns a new (y, x) bool array.
-    """
-    inner = np.pad(mask, 1, mode="constant", constant_values=True)
-    eroded = inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-    return mask & ~eroded
+@njit(nogil=True, cache=True)
+def _paint(rgb: np.ndarray, mask: np.ndarray, outline: bool, colour: np.ndarray, keep: np.float32,
+           tint: np.ndarray, out: np.ndarray) -> None:
+    """Write the mask's pixels of ``out`` (a copy of ``rgb``): the outline in ``colour``, the
+    rest ``rint(keep * rgb + tint)`` in float32, as numpy computes the same expression.
+    One pass, no temporaries, without the GIL: tiles overlaid on several threads run in
+    parallel."""
+    height, width = mask.shape
+    for y in range(height):
+        for x in range(width):
+            if not mask[y, x]:
+                continue
+            if outline and ((y > 0 and not mask[y - 1, x]) or (y + 1 < height and not mask[y + 1, x])
+                            or (x > 0 and not mask[y, x - 1]) or (x + 1 < width and not mask[y, x + 1])):
+                for c in range(3):
+                    out[y, x, c] = colour[c]
+            else:
+                for c in range(3):
+                    out[y, x, c] = np.uint8(np.rint(keep * np.float32(rgb[y, x, c]) + tint[c]))
 
 
 def overlay_nuclei(rgb: np.ndarray, probability: np.ndarray, *, threshold: float = 0.5,
@@ -62,7 +82,7 @@ def overlay_nuclei(rgb: np.ndarray, probability: np.ndarray, *, threshold: float
 
     The mask is ``probability >= threshold``. Inside it the tile is blended with ``colour``
     at ``alpha`` (``alpha=0`` leaves it untouched); with ``outline`` the mask's boundary
-    (:func:`mask_outline`) is then drawn in ``colour`` at full strength, so a nucleus stays
+    (the mask pixels that touch one outside it; the tile's border counts as inside) is then drawn in ``colour`` at full strength, so a nucleus stays
     visible through a light tint.
 
     Args:
@@ -86,8 +106,5 @@ def overlay_nuclei(rgb: np.ndarray, probability: np.ndarray, *, threshold: float
                                f"got {probability.dtype}{probability.shape}")
     if not 0.0 <= threshold <= 1.0:
         raise InvalidParameter(f"threshold must be within [0, 1], got {threshold}")
-    mask = probability >= threshold
-    out = blend(rgb, mask, colour, alpha)
-    if outline:
-        out[mask_outline(mask)] = colour
-    return out
+    _check_colour(colour, alpha)
+    return _painted(rgb, probability >= threshold, colour, alpha, outline)

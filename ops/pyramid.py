@@ -24,6 +24,11 @@ so memory grows with the slide's width, never with its height or area: a 40000 �
 with 256-pixel tiles needs about 31 MB of strips, where its first reduced level alone is
 900 MB.
 
+Threads: the writer runs on its caller's thread, but most of its work per tile (the level-0
+JPEG and the first 2× reduction, two thirds of it all) can be done where the tiles are made:
+:func:`encode_tile` does it on any thread without the GIL, and the writer takes the
+:class:`EncodedTile` in place of the pixels.
+
 Needs tifffile ≥ 2025.6.1 (writing an iterator of already-encoded tiles).
 """
 
@@ -34,10 +39,12 @@ import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
 import numpy as np
+from numba import njit
 
 from ops.errors import InvalidParameter, SlideWriteError
 
@@ -92,28 +99,59 @@ def downsample_2x(rgb: np.ndarray) -> np.ndarray:
 
     An odd last row or column is averaged with itself (edge replicated), so the output is
     (ceil(h / 2), ceil(w / 2), channels) and its last pixels are the mean of what the input
-    has there. Returns a new uint8 array.
+    has there. Returns a new uint8 array; runs without the GIL, so threads reduce in parallel.
     """
     height, width = rgb.shape[:2]
-    if height % 2 or width % 2:
-        pad = ((0, height % 2), (0, width % 2)) + ((0, 0),) * (rgb.ndim - 2)
-        rgb = np.pad(rgb, pad, mode="edge")
-    total = rgb[0::2, 0::2].astype(np.uint16)
-    total += rgb[1::2, 0::2]
-    total += rgb[0::2, 1::2]
-    total += rgb[1::2, 1::2]
-    total += 2
-    total >>= 2
-    return total.astype(np.uint8)
+    out = np.empty(((height + 1) // 2, (width + 1) // 2, *rgb.shape[2:]), np.uint8)
+    _mean_2x2(rgb.reshape(height, width, -1), out.reshape(out.shape[0], out.shape[1], -1))
+    return out
 
 
-class _JpegTiles:
-    """Encodes tiles the way the TIFF's tags declare them: RGB in, YCbCr JPEG out."""
+@njit(nogil=True, cache=True)
+def _mean_2x2(rgb: np.ndarray, out: np.ndarray) -> None:
+    """``out[y, x] = (sum of rgb[2y:2y+2, 2x:2x+2], edges replicated, + 2) >> 2``, per channel.
 
-    def __init__(self, tile_size: int, quality: int, subsampling: tuple[int, int]) -> None:
-        self.tile_size = tile_size
-        self.quality = quality
-        self.subsampling = subsampling
+    The whole 2×2 blocks are one loop without bounds arithmetic; an odd last row or column
+    is done apart, reading its own pixels twice.
+    """
+    height, width, channels = rgb.shape
+    for y in range(out.shape[0]):
+        top = rgb[2 * y]
+        bottom = rgb[min(2 * y + 1, height - 1)]
+        row = out[y]
+        for x in range(width // 2):
+            for c in range(channels):
+                row[x, c] = (np.uint16(top[2 * x, c]) + top[2 * x + 1, c] + bottom[2 * x, c]
+                             + bottom[2 * x + 1, c] + 2) >> 2
+        if width % 2:
+            x = width // 2
+            for c in range(channels):
+                row[x, c] = (2 * (np.uint16(top[2 * x, c]) + bottom[2 * x, c]) + 2) >> 2
+
+
+@dataclass(frozen=True)
+class JpegEncoding:
+    """How a pyramid's tiles are encoded, the way the TIFF's tags declare them: RGB in, YCbCr
+    JPEG out, in square tiles of ``tile_size``.
+
+    Raises InvalidParameter when ``tile_size`` is not a positive multiple of
+    :data:`TILE_MULTIPLE`, ``quality`` not within 1..100 or ``subsampling`` not (1, 1) or (2, 2).
+    """
+
+    tile_size: int
+    quality: int = JPEG_QUALITY
+    subsampling: tuple[int, int] = CHROMA_SUBSAMPLING
+
+    def __post_init__(self) -> None:
+        if int(self.tile_size) != self.tile_size or self.tile_size < TILE_MULTIPLE or self.tile_size % TILE_MULTIPLE:
+            raise InvalidParameter(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {self.tile_size}")
+        if not 1 <= self.quality <= 100:
+            raise InvalidParameter(f"quality must be within 1..100, got {self.quality}")
+        if tuple(self.subsampling) not in {(1, 1), (2, 2)}:
+            raise InvalidParameter(f"subsampling must be (1, 1) or (2, 2), got {self.subsampling}")
+        object.__setattr__(self, "tile_size", int(self.tile_size))
+        object.__setattr__(self, "quality", int(self.quality))
+        object.__setattr__(self, "subsampling", tuple(self.subsampling))
 
     def encode(self, block: np.ndarray) -> bytes:
         """JPEG bytes of a (h ≤ tile, w ≤ tile, 3) uint8 block, padded out to a whole tile.
@@ -133,6 +171,43 @@ class _JpegTiles:
         """The ``TiffWriter.write`` arguments that tag tiles from :meth:`encode` correctly."""
         return {"tile": (self.tile_size, self.tile_size), "photometric": "rgb", "compression": "jpeg",
                 "subsampling": self.subsampling}
+
+
+class EncodedTile(NamedTuple):
+    """A level-0 tile made ready for :func:`write_pyramid` by :func:`encode_tile`, on any thread.
+
+    Attributes:
+        jpeg: the tile encoded as ``encoding`` says, padded out to a whole tile.
+        reduced: the 2× reduction of its pixels (:func:`downsample_2x`), for the first reduced level.
+        shape_yx: (h, w) of its pixels, the part of the tile inside the image.
+        encoding: how ``jpeg`` was encoded; the writer's must be the same.
+    """
+
+    jpeg: bytes
+    reduced: np.ndarray
+    shape_yx: tuple[int, int]
+    encoding: JpegEncoding
+
+
+def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
+    """What the pyramid writer does with each level-0 tile before it reaches the file: JPEG
+    encoding and the first 2× reduction, done here by the caller, so that tiles made in
+    parallel are encoded in parallel too (both release the GIL) and the writer's one thread
+    only builds the reduced levels, a third as much work.
+
+    Args:
+        rgb: the tile's pixels inside the image, (h ≤ tile, w ≤ tile, 3) uint8; read, never kept.
+        encoding: the writer's encoding.
+
+    Raises:
+        InvalidParameter: ``rgb`` is not uint8 (h, w, 3) within a tile.
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise InvalidParameter(f"expected a uint8 (h, w, 3) RGB tile, got {got}")
+    if max(rgb.shape[:2]) > encoding.tile_size:
+        raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
+    return EncodedTile(encoding.encode(rgb), downsample_2x(rgb), rgb.shape[:2], encoding)
 
 
 class _Spool:
@@ -165,7 +240,7 @@ class _ReducedLevel:
     encoded into the spool and handed on, tile by tile, to the next coarser level.
     """
 
-    def __init__(self, index: int, shape: tuple[int, int], encoder: _JpegTiles, spool: _Spool,
+    def __init__(self, index: int, shape: tuple[int, int], encoder: JpegEncoding, spool: _Spool,
                  coarser: _ReducedLevel | None) -> None:
         self.index = index
         self.shape = shape
@@ -176,15 +251,14 @@ class _ReducedLevel:
         self._strip = np.empty((encoder.tile_size, shape[1], 3), np.uint8)
         self._row = 0
 
-    def take(self, block: np.ndarray, source_row: int, source_x: int) -> None:
+    def take(self, small: np.ndarray, source_row: int, source_x: int) -> None:
         """Lay the 2× reduction of a tile of the level above into the current strip.
 
         Args:
-            block: the tile's pixels inside the image, (h, w, 3) uint8.
+            small: :func:`downsample_2x` of the tile's pixels inside the image.
             source_row: the tile's row in the level above; even rows fill the strip's top half.
             source_x: the tile's first column in the level above, in pixels.
         """
-        small = downsample_2x(block)
         top = (source_row % 2) * (self.encoder.tile_size // 2)
         left = source_x // 2
         self._strip[top: top + small.shape[0], left: left + small.shape[1]] = small
@@ -203,17 +277,19 @@ class _ReducedLevel:
             block = strip[:, left: left + tile]
             self.spool.add(self.index, self.encoder.encode(block))
             if self.coarser is not None:
-                self.coarser.take(block, self._row, left)
+                self.coarser.take(downsample_2x(block), self._row, left)
         if self.coarser is not None:
             self.coarser.row_done(self._row, last=self._row == self.rows - 1)
         self._row += 1
 
 
-def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, int], tile_size: int) -> np.ndarray:
-    """The part inside the image of a level-0 tile from the caller, after checking it.
+def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, int],
+                  encoder: JpegEncoding) -> EncodedTile:
+    """A level-0 tile from the caller, checked, encoded as ``encoder`` says unless it came so.
 
     Raises InvalidParameter naming the tile when it is not ``(row, col, rgb)`` with the
-    expected position, or ``rgb`` is not uint8 (h, w, 3) covering ``inside`` and within a tile.
+    expected position, or ``rgb`` is neither uint8 (h, w, 3) covering ``inside`` within a tile
+    nor an :class:`EncodedTile` of exactly ``inside`` and the writer's encoding.
     """
     try:
         row, col, rgb = item  # type: ignore[misc]
@@ -221,16 +297,21 @@ def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, in
         raise InvalidParameter(f"tile {expected}: expected (tile_row, tile_col, rgb), got {type(item).__name__}") from None
     if (row, col) != expected:
         raise InvalidParameter(f"tile ({row}, {col}) out of order: expected tile {expected} (row-major order)")
+    if isinstance(rgb, EncodedTile):
+        if rgb.encoding != encoder or tuple(rgb.shape_yx) != inside:
+            raise InvalidParameter(f"tile {expected}: encoded as {rgb.encoding} for {tuple(rgb.shape_yx)} px; "
+                                   f"the pyramid is {encoder} and the tile's image part {inside}")
+        return rgb
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         got = f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise InvalidParameter(f"tile {expected}: expected uint8 (h, w, 3) RGB, got {got}")
-    if not (inside[0] <= rgb.shape[0] <= tile_size and inside[1] <= rgb.shape[1] <= tile_size):
+    if not (inside[0] <= rgb.shape[0] <= encoder.tile_size and inside[1] <= rgb.shape[1] <= encoder.tile_size):
         raise InvalidParameter(f"tile {expected}: {rgb.shape[:2]} does not cover the image's {inside} "
-                               f"within a {tile_size} px tile")
-    return rgb[: inside[0], : inside[1]]
+                               f"within a {encoder.tile_size} px tile")
+    return encode_tile(rgb[: inside[0], : inside[1]], encoder)
 
 
-def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: _JpegTiles,
+def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: JpegEncoding,
                   coarser: _ReducedLevel | None) -> Iterator[bytes]:
     """Encoded level-0 tiles in row-major order, each also handed to the first reduced level."""
     tile = encoder.tile_size
@@ -241,30 +322,24 @@ def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: _Jpe
             if item is None:
                 raise InvalidParameter(f"tiles ended before tile ({row}, {col}) of {rows}×{cols}")
             inside = (min(tile, shape[0] - row * tile), min(tile, shape[1] - col * tile))
-            block = _checked_tile(item, (row, col), inside, tile)
+            encoded = _checked_tile(item, (row, col), inside, encoder)
             if coarser is not None:
-                coarser.take(block, row, col * tile)
+                coarser.take(encoded.reduced, row, col * tile)
                 if col == cols - 1:
                     # Before the yield: after the last tile tifffile stops asking for more.
                     coarser.row_done(row, last=row == rows - 1)
-            yield encoder.encode(block)
+            yield encoded.jpeg
 
 
-def _validate(shape_yx: tuple[int, int], tile_size: int, mpp_yx: tuple[float, float] | None, quality: int,
-              min_level_size: int, subsampling: tuple[int, int]) -> None:
-    """Raise InvalidParameter naming the first argument of :func:`write_pyramid` out of range."""
+def _validate(shape_yx: tuple[int, int], mpp_yx: tuple[float, float] | None, min_level_size: int) -> None:
+    """Raise InvalidParameter naming the first argument of :func:`write_pyramid` out of range
+    (the encoding's are :class:`JpegEncoding`'s to check)."""
     if len(shape_yx) != 2 or any(int(n) != n or n < 1 for n in shape_yx):
         raise InvalidParameter(f"shape_yx must be two positive whole numbers, got {shape_yx}")
-    if int(tile_size) != tile_size or tile_size < TILE_MULTIPLE or tile_size % TILE_MULTIPLE:
-        raise InvalidParameter(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile_size}")
     if mpp_yx is not None and (len(mpp_yx) != 2 or not all(math.isfinite(m) and m > 0 for m in mpp_yx)):
         raise InvalidParameter(f"mpp_yx must be two positive micrometre sizes or None, got {mpp_yx}")
-    if not 1 <= quality <= 100:
-        raise InvalidParameter(f"quality must be within 1..100, got {quality}")
     if min_level_size < 1:
         raise InvalidParameter(f"min_level_size must be at least 1, got {min_level_size}")
-    if tuple(subsampling) not in {(1, 1), (2, 2)}:
-        raise InvalidParameter(f"subsampling must be (1, 1) or (2, 2), got {subsampling}")
 
 
 def _resolution(mpp_yx: tuple[float, float] | None, level0: tuple[int, int], level: tuple[int, int]) -> dict:
@@ -277,7 +352,7 @@ def _resolution(mpp_yx: tuple[float, float] | None, level0: tuple[int, int], lev
 
 
 def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int], ...], tiles: Iterable[object],
-                  encoder: _JpegTiles, mpp_yx: tuple[float, float] | None, bigtiff: bool) -> None:
+                  encoder: JpegEncoding, mpp_yx: tuple[float, float] | None, bigtiff: bool) -> None:
     """Write every level into the open file ``fh``, spooling the reduced levels in ``spool_dir``."""
     import tempfile
 
@@ -306,7 +381,7 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
 
 
 def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
-                  tiles: Iterable[tuple[int, int, np.ndarray]], *, mpp_yx: tuple[float, float] | None = None,
+                  tiles: Iterable[tuple[int, int, np.ndarray | EncodedTile]], *, mpp_yx: tuple[float, float] | None = None,
                   quality: int = JPEG_QUALITY, min_level_size: int = MIN_LEVEL_SIZE,
                   subsampling: tuple[int, int] = CHROMA_SUBSAMPLING) -> PyramidInfo:
     """Write an RGB slide, given tile by tile, as a multi-resolution tiled JPEG TIFF.
@@ -323,7 +398,9 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
             ``(tile_row, tile_col, rgb)`` with ``rgb`` a uint8 (h, w, 3) array (y, x, channel)
             of the pixels from ``(tile_row * tile_size, tile_col * tile_size)``. Tiles at the
             right and bottom edges may be cut to the image or be whole tiles (what lies
-            outside the image is ignored). Arrays are read, never kept or changed.
+            outside the image is ignored). Arrays are read, never kept or changed. ``rgb`` may
+            instead be the :func:`encode_tile` of the tile's pixels inside the image, with this
+            pyramid's encoding: what a caller making tiles on several threads hands over.
         mpp_yx: level-0 pixel size (y, x) in micrometres, written to the resolution tags.
         quality: JPEG quality, 1..100.
         min_level_size: reduced levels are added until both sides are at most this.
@@ -338,11 +415,11 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
         SlideWriteError: the file cannot be written (the message names ``path``).
         Whatever the ``tiles`` iterable raises, unchanged (the output is cleaned up first).
     """
-    _validate(shape_yx, tile_size, mpp_yx, quality, min_level_size, subsampling)
+    _validate(shape_yx, mpp_yx, min_level_size)
+    encoder = JpegEncoding(tile_size, quality, subsampling)
     path = Path(path)
     shapes = level_shapes(shape_yx, min_level_size)
     bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES
-    encoder = _JpegTiles(int(tile_size), int(quality), tuple(subsampling))
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
         with open(partial, "xb") as fh:

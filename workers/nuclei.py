@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ops.errors import check_work
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
-from ops.pyramid import write_pyramid
+from ops.pyramid import JpegEncoding, write_pyramid
 from ops.render import write_slide_publish
 from ops.wsi import find_slide, open_slide
 from queues.app import app
@@ -45,14 +45,16 @@ def segment(self: StageTask, payload: Payload) -> Payload:
     threads = params.get("num_workers") or os.cpu_count() or 1
     batch_size = get_settings().tile_batch_size
     output = self.staging(payload)
+    quality = recipe(payload, quality="jpeg_quality")
     with (open_slide(payload["slide"]) as slide,
           triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
                            threads) as predictor,
           closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
-                                  batch_size=batch_size, progress=partial(self.report_progress, payload),
+                                  batch_size=batch_size, encoding=JpegEncoding(tile, **quality),
+                                  progress=partial(self.report_progress, payload),
                                   **recipe(payload, "threshold", "input_layout"))) as tiles):
         written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx,
-                                **recipe(payload, quality="jpeg_quality"))
+                                **quality)
     return self.advance(payload, result=self.result(payload, written.path))
 
 

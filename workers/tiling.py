@@ -4,7 +4,8 @@ back in row-major order for the pyramid writer.
 Each worker process runs one in-process Dask cluster (threads, no extra processes: the tiles
 stay in this process's memory and its GPU pinning holds for every thread). A batch of tiles is
 one Dask task (:func:`ops.nuclei.segment_tiles`: read with margins, pre-filter, one Triton
-request for its tissue tiles, crop, overlay), so ``threads`` tasks run at once and as many
+request for its tissue tiles, crop, overlay, and, given the pyramid's encoding, each tile's
+JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`), so ``threads`` tasks run at once and as many
 requests are in flight, which keeps Triton's dynamic batcher fed while other threads read and
 decode. At most ``2 × threads`` batches are submitted ahead of the one being written, so memory
 stays bounded whatever the slide's size.
@@ -29,6 +30,7 @@ import numpy as np
 
 from ops.nuclei import segment_tiles
 from ops.protocols import Predictor, Progress
+from ops.pyramid import EncodedTile, JpegEncoding, encode_tile
 from ops.wsi import Slide
 
 AHEAD_PER_THREAD = 2  # batches submitted ahead of the one being written, per Dask thread
@@ -44,6 +46,7 @@ class _TileWork:
     tile_size: int
     overlap: int
     recipe: dict[str, Any] = field(default_factory=dict)  # segment_tiles's threshold, input_layout
+    encoding: JpegEncoding | None = None
     stopped: bool = False
     running: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -96,7 +99,8 @@ def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def _segment_batch(token: str, positions: list[tuple[int, int]], tissue: list[bool]) -> list[np.ndarray] | None:
+def _segment_batch(token: str, positions: list[tuple[int, int]],
+                   tissue: list[bool]) -> list[np.ndarray] | list[EncodedTile] | None:
     """A Dask task: one batch of :func:`segmented_tiles`; None once the slide's work has stopped."""
     with _WORK_LOCK:
         work = _WORK.get(token)
@@ -107,8 +111,9 @@ def _segment_batch(token: str, positions: list[tuple[int, int]], tissue: list[bo
             return None
         work.running += 1
     try:
-        return segment_tiles(work.slide, positions, tissue, work.tile_size, work.overlap, work.predictor,
-                             **work.recipe)
+        tiles = segment_tiles(work.slide, positions, tissue, work.tile_size, work.overlap, work.predictor,
+                              **work.recipe)
+        return tiles if work.encoding is None else [encode_tile(tile, work.encoding) for tile in tiles]
     finally:
         with work.changed:
             work.running -= 1
@@ -116,8 +121,9 @@ def _segment_batch(token: str, positions: list[tuple[int, int]], tissue: list[bo
 
 
 def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int, predictor: Predictor, *,
-                    threads: int, batch_size: int, progress: Progress | None = None,
-                    **recipe: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+                    threads: int, batch_size: int, encoding: JpegEncoding | None = None,
+                    progress: Progress | None = None,
+                    **recipe: Any) -> Iterator[tuple[int, int, np.ndarray | EncodedTile]]:
     """Every level-0 tile of ``slide``, segmented where ``tissue`` says so, in row-major order.
 
     Args:
@@ -127,11 +133,14 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         predictor: the model; called from several threads at once.
         threads: Dask threads, hence batches (and model requests) in flight.
         batch_size: tissue tiles per model request.
+        encoding: the pyramid's, when the tiles are for :func:`ops.pyramid.write_pyramid`:
+            each is then encoded in its batch's task and yielded as an ``EncodedTile``.
         progress: called with (tiles done, tiles in all) after each batch.
         recipe: ``threshold`` and ``input_layout``, as :func:`ops.nuclei.segment_tiles` takes them.
 
     Yields:
-        ``(row, col, rgb)`` per tile, as :func:`ops.pyramid.write_pyramid` takes them.
+        ``(row, col, rgb)`` per tile (``rgb`` an ``EncodedTile`` given ``encoding``), as
+        :func:`ops.pyramid.write_pyramid` takes them.
 
     Raises:
         Whatever a batch raises (SlideReadError, InferenceError, ...), when its turn comes;
@@ -140,7 +149,7 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     rows, cols = tissue.shape
     total = rows * cols
     token = secrets.token_hex(8)
-    work = _TileWork(slide, predictor, tile_size, overlap, recipe)
+    work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding)
     with _WORK_LOCK:
         _WORK[token] = work
     client = dask_client(threads)
@@ -164,7 +173,7 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
 
 
 def _drain(entry: tuple[np.ndarray, Any], cols: int, done: int, total: int,
-           progress: Progress | None) -> Iterator[tuple[int, int, np.ndarray]]:
+           progress: Progress | None) -> Iterator[tuple[int, int, np.ndarray | EncodedTile]]:
     batch, future = entry
     for index, rgb in zip(batch, future.result()):
         yield int(index // cols), int(index % cols), rgb

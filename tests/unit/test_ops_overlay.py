@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ops.errors import InvalidParameter
-from ops.overlay import blend, mask_outline, overlay_nuclei
+from ops.overlay import blend, overlay_nuclei
 
 GREEN = (0, 255, 0)
 TINTED = (60, 162, 60)  # 0.6 * 100 + 0.4 * (0, 255, 0)
@@ -47,18 +47,43 @@ def test_threshold_is_inclusive_and_below_it_nothing_is_drawn():
     np.testing.assert_array_equal(below, grey_tile())
 
 
+def outline_of(mask: np.ndarray) -> np.ndarray:
+    """Where overlay_nuclei draws the outline of ``mask``: the pixels it paints pure green with
+    no tint, on a black tile (a tinted pixel there is (0, 102, 0))."""
+    out = overlay_nuclei(np.zeros((*mask.shape, 3), np.uint8), mask.astype(np.float32), colour=GREEN)
+    return (out == GREEN).all(axis=-1)
+
+
 def test_no_outline_along_the_tile_edge():
     mask = np.zeros((4, 5), bool)
     mask[:2] = True  # a nucleus cut by the top, left and right edges
     expected = np.zeros_like(mask)
     expected[1] = True  # only where it meets row 2, outside it
-    np.testing.assert_array_equal(mask_outline(mask), expected)
+    np.testing.assert_array_equal(outline_of(mask), expected)
 
 
 def test_a_single_pixel_is_its_own_outline():
     mask = np.zeros((3, 3), bool)
     mask[1, 1] = True
-    np.testing.assert_array_equal(mask_outline(mask), mask)
+    np.testing.assert_array_equal(outline_of(mask), mask)
+
+
+def test_random_masks_match_the_array_formulas():
+    # The tint as numpy computes (1 - a) * rgb + a * colour in float32, the outline as the mask
+    # less its erosion with the border counted inside: what the one-pass kernel must reproduce.
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    probability = rng.random((64, 48)).astype(np.float32)
+    colour, alpha = (200, 17, 90), 0.37
+    mask = probability >= 0.6
+    expected = rgb.copy()
+    expected[mask] = np.rint((1.0 - alpha) * rgb[mask].astype(np.float32)
+                             + alpha * np.asarray(colour, np.float32)).astype(np.uint8)
+    inner = np.pad(mask, 1, constant_values=True)
+    eroded = inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+    expected[mask & ~eroded] = colour
+    out = overlay_nuclei(rgb[:, ::-1], probability[:, ::-1], threshold=0.6, colour=colour, alpha=alpha)
+    np.testing.assert_array_equal(out, expected[:, ::-1])  # views of other strides too
 
 
 def test_blend_rounds_to_nearest():

@@ -10,7 +10,7 @@ import pytest
 
 from ops import pyramid
 from ops.errors import InvalidParameter, SlideWriteError
-from ops.pyramid import downsample_2x, level_shapes, write_pyramid
+from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, level_shapes, write_pyramid
 
 TILE = 256
 MPP_YX = (0.5, 0.25)
@@ -145,6 +145,41 @@ def test_downsample_is_the_2x2_mean_rounded_half_up():
     np.testing.assert_array_equal(downsample_2x(grey[..., None])[..., 0], [[3, 4, 1]])
     # the odd column and row count twice: (7+7+9+9)/4, (1+1+1+1)/4, (2+2+2+2)/4
     np.testing.assert_array_equal(downsample_2x(odd[..., None])[..., 0], [[3, 8], [1, 2]])
+
+
+@pytest.mark.parametrize("shape", [(256, 256, 3), (255, 256, 3), (256, 131, 3), (1, 1, 3), (7, 5, 1)])
+def test_downsample_matches_the_padded_block_mean(shape):
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    padded = np.pad(image, ((0, shape[0] % 2), (0, shape[1] % 2), (0, 0)), mode="edge").astype(np.uint16)
+    expected = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) >> 2
+    np.testing.assert_array_equal(downsample_2x(image), expected.astype(np.uint8))
+    # a view with strides of its own (a crop of a larger tile) reads the same pixels
+    np.testing.assert_array_equal(downsample_2x(np.pad(image, ((0, 3), (0, 3), (0, 0)))[: shape[0], : shape[1]]),
+                                  expected.astype(np.uint8))
+
+
+def test_tiles_encoded_by_the_caller_make_the_same_file(tmp_path):
+    image = smooth_rgb(SHAPE)
+    plain = write_pyramid(tmp_path / "plain.tif", SHAPE, TILE, tiles_of(image), mpp_yx=MPP_YX, quality=80)
+    encoding = JpegEncoding(TILE, quality=80)
+    encoded = write_pyramid(tmp_path / "encoded.tif", SHAPE, TILE,
+                            ((r, c, encode_tile(block, encoding)) for r, c, block in tiles_of(image)),
+                            mpp_yx=MPP_YX, quality=80)
+    assert encoded.path.read_bytes() == plain.path.read_bytes()
+
+
+@pytest.mark.parametrize(("encoding", "cut", "match"), [
+    (JpegEncoding(TILE, quality=80), None, r"tile \(0, 0\): encoded as .*quality=80.* the pyramid is .*quality=90"),
+    (JpegEncoding(TILE), (200, 256), r"tile \(0, 0\): encoded as .* for \(200, 256\) px.* image part \(256, 256\)"),
+])
+def test_tiles_encoded_otherwise_than_the_pyramid_are_refused(tmp_path, encoding, cut, match):
+    def encoded(item):
+        row, col, block = item
+        return row, col, encode_tile(block[: cut[0], : cut[1]] if cut else block, encoding)
+
+    with pytest.raises(InvalidParameter, match=match):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, with_tile(tiles_of(smooth_rgb(SHAPE)), 0, encoded))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bigtiff_past_the_threshold(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 
 from ops.errors import InferenceServerUnavailable
 from ops.nuclei import segment_tiles
+from ops.pyramid import JpegEncoding, encode_tile
 from ops.wsi import open_slide
 from tests.helpers import darkness, opened_test_slide, write_slide
 from workers.tiling import plan_batches, segmented_tiles
@@ -49,6 +50,19 @@ def test_every_tile_comes_back_in_row_major_order_as_the_sequential_op_gives_it(
         np.testing.assert_array_equal(rgb, expected)
     assert reports[-1] == (rows * cols, rows * cols) and reports == sorted(reports)
     assert len(threads_seen) > 1  # batches really ran on several Dask threads
+
+
+def test_tiles_for_the_pyramid_come_encoded_as_the_writer_would_encode_them(slide):
+    rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
+    tissue = np.random.default_rng(4).random((rows, cols)) < 0.5
+    encoding = JpegEncoding(TILE, quality=75)
+    out = list(segmented_tiles(slide, tissue, TILE, 8, darkness, threads=2, batch_size=4, encoding=encoding))
+    assert [(r, c) for r, c, _ in out] == [(r, c) for r in range(rows) for c in range(cols)]
+    for row, col, encoded in out:
+        [pixels] = segment_tiles(slide, [(row * TILE, col * TILE)], [tissue[row, col]], TILE, 8, darkness)
+        expected = encode_tile(pixels, encoding)
+        assert (encoded.jpeg, encoded.shape_yx, encoded.encoding) == (expected.jpeg, expected.shape_yx, encoding)
+        np.testing.assert_array_equal(encoded.reduced, expected.reduced)
 
 
 def test_a_failing_batch_stops_the_rest_and_waits_for_those_under_way(slide):
