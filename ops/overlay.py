@@ -54,7 +54,9 @@ def _painted(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int], alpha: fl
     return out
 
 
-@njit(nogil=True, cache=True)
+# Compiled at import for any strides (tiles are views of their margins), so no first call compiles.
+@njit("void(uint8[:, :, :], boolean[:, :], boolean, uint8[:], float32, float32[:], uint8[:, :, :])",
+      nogil=True, cache=True)
 def _paint(rgb: np.ndarray, mask: np.ndarray, outline: bool, colour: np.ndarray, keep: np.float32,
            tint: np.ndarray, out: np.ndarray) -> None:
     """Write the mask's pixels of ``out`` (a copy of ``rgb``): the outline in ``colour``, the

@@ -107,7 +107,8 @@ def downsample_2x(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(nogil=True, cache=True)
+# Compiled at import for any strides (tiles come as views of strips), so no first call compiles.
+@njit("void(uint8[:, :, :], uint8[:, :, :])", nogil=True, cache=True)
 def _mean_2x2(rgb: np.ndarray, out: np.ndarray) -> None:
     """``out[y, x] = (sum of rgb[2y:2y+2, 2x:2x+2], edges replicated, + 2) >> 2``, per channel.
 

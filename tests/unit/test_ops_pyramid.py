@@ -216,7 +216,6 @@ def peak_bytes_of_a_write(path, shape: tuple[int, int]) -> int:
     cols = math.ceil(shape[1] / TILE)
     # One of four prepared tiles each time: the source allocates nothing while traced.
     source = ((r, c, tiles[(r + c) % 4]) for r in range(math.ceil(shape[0] / TILE)) for c in range(cols))
-    downsample_2x(tiles[0])  # compiled (numba) before tracing, for the same reason
     tracemalloc.start()
     try:
         write_pyramid(path, shape, TILE, source)
