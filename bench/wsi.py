@@ -110,14 +110,14 @@ def no_model(batch: np.ndarray) -> np.ndarray:
 def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
     """The nuclei-seg stage in this process (run as a child: its peak RSS is the figure);
     ``url`` None runs it with :func:`no_model`."""
-    from workers.tiling import dask_client, segmented_tiles
+    from workers.tiling import dask_pools, segmented_tiles
 
     with open_slide(path) as slide:
         tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
         model, remove = predictor(url, threads) if url else (no_model, lambda: None)
         try:
             model(model_input(np.full((1, TILE, TILE, 3), 255, np.uint8)))  # load and warm
-            dask_client(threads)  # a worker starts its cluster once, not per slide
+            dask_pools(threads)  # a worker makes its pools once, not per slide
             start = time.perf_counter()
             tiles = segmented_tiles(slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH,
                                     encoding=JpegEncoding(TILE))
@@ -133,7 +133,7 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
 def profile(path: Path, workdir: Path) -> dict:
     """CPU milliseconds per tissue tile of each step of the stage (see the module's docstring),
     over every tile of the slide at ``path``: each step's thread time, the stage's process time."""
-    from workers.tiling import dask_client, plan_batches, segmented_tiles
+    from workers.tiling import dask_pools, plan_batches, segmented_tiles
 
     clock = time.thread_time
     encoding = JpegEncoding(TILE)
@@ -176,7 +176,7 @@ def profile(path: Path, workdir: Path) -> dict:
                       ((i // cols, i % cols, tile) for i, tile in enumerate(tiles)))
         seconds["writer"] = clock() - started
         del tiles
-        dask_client(1)
+        dask_pools(1)
         started = time.process_time()
         write_pyramid(workdir / "profile.tif", (height, width), TILE,
                       segmented_tiles(slide, tissue, TILE, 0, no_model, threads=1, batch_size=BATCH,

@@ -1,27 +1,28 @@
 """Dask inside a worker: a whole slide's tiles read, segmented and overlaid in parallel, handed
 back in row-major order for the pyramid writer.
 
-Each worker process runs one in-process Dask cluster (threads, no extra processes: the tiles
-stay in this process's memory and its GPU pinning holds for every thread). A batch of tiles is
-one Dask task (:func:`ops.nuclei.segment_tiles`: read with margins, pre-filter, one Triton
-request for its tissue tiles, crop, overlay, and, given the pyramid's encoding, each tile's
-JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`), so ``threads`` tasks run at once and as many
-requests are in flight, which keeps Triton's dynamic batcher fed while other threads read and
-decode. At most ``2 × threads`` batches are submitted ahead of the one being written, so memory
-stays bounded whatever the slide's size.
+A batch of tiles is one Dask task (:func:`ops.nuclei.segment_tiles`: read with margins,
+pre-filter, one Triton request for its tissue tiles, crop, overlay, and, given the pyramid's
+encoding, each tile's JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`),
+so ``threads`` tasks run at once and as many requests are in flight, which keeps Triton's
+dynamic batcher fed while other threads read and decode.
 
-Tasks name the slide and predictor by a token of this module's registry rather than carrying
-them: Dask pickles task arguments even between threads, and an open slide (file descriptor,
-tile cache) or a predictor holding shared memory must not be copied.
+The tasks run on Dask's threaded scheduler over this process's pool of ``threads`` threads
+(no extra processes: the tiles stay in this process's memory and its GPU pinning holds for
+every thread). Batches are computed a window at a time, ``WINDOW_PER_THREAD × threads`` of
+them, and :data:`WINDOWS_AHEAD` windows are under way beyond the one being written, so a
+thread that finishes the last tasks of one window early starts on the next, and memory stays
+bounded whatever the slide's size. An in-process ``distributed`` cluster did the same with
+futures, but its scheduler and event loop cost about 0.1 ms of CPU per tile, a sixth of the
+stage around a model (``bench/wsi.py``'s profile), for nothing these tasks need.
 """
 
 from __future__ import annotations
 
-import atexit
-import secrets
 import threading
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -33,8 +34,11 @@ from ops.protocols import Predictor, Progress
 from ops.pyramid import EncodedTile, JpegEncoding, encode_tile
 from ops.wsi import Slide
 
-AHEAD_PER_THREAD = 2  # batches submitted ahead of the one being written, per Dask thread
+WINDOW_PER_THREAD = 2  # batches per Dask computation, per thread
+WINDOWS_AHEAD = 2  # computations under way beyond the one being written
 GLASS_PER_BATCH = 4  # a batch holds at most this many times batch_size tiles in all
+
+Tiles = list[np.ndarray] | list[EncodedTile]
 
 
 @dataclass
@@ -51,6 +55,21 @@ class _TileWork:
     running: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
 
+    def segment_batch(self, positions: list[tuple[int, int]], tissue: list[bool]) -> Tiles | None:
+        """A Dask task: one batch of :func:`segmented_tiles`; None once the work has stopped."""
+        with self.changed:
+            if self.stopped:
+                return None
+            self.running += 1
+        try:
+            tiles = segment_tiles(self.slide, positions, tissue, self.tile_size, self.overlap, self.predictor,
+                                  **self.recipe)
+            return tiles if self.encoding is None else [encode_tile(tile, self.encoding) for tile in tiles]
+        finally:
+            with self.changed:
+                self.running -= 1
+                self.changed.notify_all()
+
     def stop_and_wait(self) -> None:
         """Start no more batches and wait for those under way: the slide and the predictor's
         shared memory are released by the caller next, and no thread may still use them."""
@@ -59,25 +78,12 @@ class _TileWork:
             self.changed.wait_for(lambda: self.running == 0)
 
 
-_WORK: dict[str, _TileWork] = {}
-_WORK_LOCK = threading.Lock()
-
-
 @lru_cache(maxsize=None)
-def dask_client(threads: int) -> Any:
-    """This process's in-process Dask cluster of ``threads`` threads (started on first use)."""
-    import dask
-    from distributed import Client
-
-    # Stack sampling would take CPU from the tiles; the cluster lives as long as the process. Its
-    # HTTP server (health, dashboard where bokeh is installed) listens on loopback only, any port.
-    dask.config.set({"distributed.worker.profile.enabled": False})
-    client = Client(processes=False, n_workers=1, threads_per_worker=threads, dashboard_address="127.0.0.1:0",
-                    worker_dashboard_address="127.0.0.1:0", set_as_default=False)
-    # Closed while the interpreter still runs: left to Client.__del__, the close waits 60 s
-    # for an event loop already gone.
-    atexit.register(client.close)
-    return client
+def dask_pools(threads: int) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+    """This process's pool of ``threads`` threads for Dask's tasks, and the threads that drive
+    the windows' computations (waiting, mostly), both made on first use."""
+    return (ThreadPoolExecutor(threads, thread_name_prefix="carina-dask"),
+            ThreadPoolExecutor(WINDOWS_AHEAD + 1, thread_name_prefix="carina-window"))
 
 
 def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -99,25 +105,12 @@ def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def _segment_batch(token: str, positions: list[tuple[int, int]],
-                   tissue: list[bool]) -> list[np.ndarray] | list[EncodedTile] | None:
-    """A Dask task: one batch of :func:`segmented_tiles`; None once the slide's work has stopped."""
-    with _WORK_LOCK:
-        work = _WORK.get(token)
-    if work is None:
-        return None
-    with work.changed:
-        if work.stopped:
-            return None
-        work.running += 1
-    try:
-        tiles = segment_tiles(work.slide, positions, tissue, work.tile_size, work.overlap, work.predictor,
-                              **work.recipe)
-        return tiles if work.encoding is None else [encode_tile(tile, work.encoding) for tile in tiles]
-    finally:
-        with work.changed:
-            work.running -= 1
-            work.changed.notify_all()
+def _compute_window(work: _TileWork, pool: ThreadPoolExecutor, window: list[tuple[list, list]]) -> list[Tiles | None]:
+    """One window of batches, each ``(positions, tissue flags)``, computed by Dask on ``pool``."""
+    import dask
+
+    tasks = [dask.delayed(work.segment_batch, pure=False)(positions, flags) for positions, flags in window]
+    return list(dask.compute(*tasks, scheduler="threads", pool=pool))
 
 
 def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int, predictor: Predictor, *,
@@ -144,40 +137,39 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
 
     Raises:
         Whatever a batch raises (SlideReadError, InferenceError, ...), when its turn comes;
-        the batches still queued are cancelled.
+        the batches not yet started are not run.
     """
     rows, cols = tissue.shape
     total = rows * cols
-    token = secrets.token_hex(8)
     work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding)
-    with _WORK_LOCK:
-        _WORK[token] = work
-    client = dask_client(threads)
-    pending: deque[tuple[np.ndarray, Any]] = deque()
+    pool, driver = dask_pools(threads)
+    batches = plan_batches(tissue, batch_size)
+    per_window = WINDOW_PER_THREAD * threads
+    pending: deque[tuple[list[np.ndarray], Future]] = deque()
     done = 0
     try:
-        for batch in plan_batches(tissue, batch_size):
-            positions = [(int(i // cols) * tile_size, int(i % cols) * tile_size) for i in batch]
-            flags = [bool(f) for f in tissue.ravel()[batch]]
-            pending.append((batch, client.submit(_segment_batch, token, positions, flags, pure=False)))
-            while len(pending) > AHEAD_PER_THREAD * threads:
+        for start in range(0, len(batches), per_window):
+            window = batches[start: start + per_window]
+            described = [([(int(i // cols) * tile_size, int(i % cols) * tile_size) for i in batch],
+                          [bool(f) for f in tissue.ravel()[batch]]) for batch in window]
+            pending.append((window, driver.submit(_compute_window, work, pool, described)))
+            while len(pending) > WINDOWS_AHEAD:
                 done = yield from _drain(pending.popleft(), cols, done, total, progress)
         while pending:
             done = yield from _drain(pending.popleft(), cols, done, total, progress)
     finally:
-        for _, future in pending:
-            future.cancel()
         work.stop_and_wait()
-        with _WORK_LOCK:
-            del _WORK[token]
+        for _, future in pending:  # what they still ran, they ran as no-ops
+            future.exception()
 
 
-def _drain(entry: tuple[np.ndarray, Any], cols: int, done: int, total: int,
+def _drain(entry: tuple[list[np.ndarray], Future], cols: int, done: int, total: int,
            progress: Progress | None) -> Iterator[tuple[int, int, np.ndarray | EncodedTile]]:
-    batch, future = entry
-    for index, rgb in zip(batch, future.result()):
-        yield int(index // cols), int(index % cols), rgb
-    done += len(batch)
-    if progress is not None:
-        progress(done, total)
+    window, future = entry
+    for batch, tiles in zip(window, future.result()):
+        for index, rgb in zip(batch, tiles):
+            yield int(index // cols), int(index % cols), rgb
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
     return done

@@ -106,9 +106,9 @@ def test_memory_stays_bounded_whatever_the_slide_height(tmp_path):
     The reader's tile cache is bounded by its own setting (64 MiB by default); it is kept
     small here so that what is measured is everything else."""
     from ops.pyramid import write_pyramid
-    from workers.tiling import dask_client
+    from workers.tiling import dask_pools
 
-    dask_client(2)  # started once per process, outside what is measured
+    dask_pools(2)  # made once per process, outside what is measured
     peaks = {}
     for height in (1536, 6144):
         path = write_slide(tmp_path / f"{height}.tif", (height, 4096), tile_yx=(256, 256), levels=1)
