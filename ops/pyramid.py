@@ -95,39 +95,43 @@ def level_shapes(shape_yx: tuple[int, int], min_level_size: int = MIN_LEVEL_SIZE
 
 
 def downsample_2x(rgb: np.ndarray) -> np.ndarray:
-    """Halve a (y, x, channel) uint8 image by the mean of 2×2 blocks, rounding half up.
+    """Halve a (y, x, 3) uint8 RGB image by the mean of 2×2 blocks, rounding half up.
 
     An odd last row or column is averaged with itself (edge replicated), so the output is
-    (ceil(h / 2), ceil(w / 2), channels) and its last pixels are the mean of what the input
-    has there. Returns a new uint8 array; runs without the GIL, so threads reduce in parallel.
+    (ceil(h / 2), ceil(w / 2), 3) and its last pixels are the mean of what the input has
+    there. Returns a new uint8 array; runs without the GIL, so threads reduce in parallel.
+    A view of other strides is copied first (the kernel reads whole rows).
     """
     height, width = rgb.shape[:2]
-    out = np.empty(((height + 1) // 2, (width + 1) // 2, *rgb.shape[2:]), np.uint8)
-    _mean_2x2(rgb.reshape(height, width, -1), out.reshape(out.shape[0], out.shape[1], -1))
+    out = np.empty(((height + 1) // 2, (width + 1) // 2, 3), np.uint8)
+    _mean_2x2(np.ascontiguousarray(rgb).reshape(height, width * 3), out.reshape(out.shape[0], -1))
     return out
 
 
-# Compiled at import for any strides (tiles come as views of strips), so no first call compiles.
-@njit("void(uint8[:, :, :], uint8[:, :, :])", nogil=True, cache=True)
-def _mean_2x2(rgb: np.ndarray, out: np.ndarray) -> None:
-    """``out[y, x] = (sum of rgb[2y:2y+2, 2x:2x+2], edges replicated, + 2) >> 2``, per channel.
+# Compiled at import, for rows of interleaved RGB: the three channels written out let LLVM
+# vectorise the loop (a loop over channels ran at a third of the speed).
+@njit("void(uint8[:, ::1], uint8[:, ::1])", nogil=True, cache=True)
+def _mean_2x2(rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[y, 3x + c] = (sum of the 2×2 block's channel c, edges replicated, + 2) >> 2``.
 
-    The whole 2×2 blocks are one loop without bounds arithmetic; an odd last row or column
-    is done apart, reading its own pixels twice.
+    ``rows`` is an (h, w × 3) image of RGB pixels, ``out`` its (ceil(h / 2), ceil(w / 2) × 3)
+    reduction. An odd last row or column reads its own pixels twice.
     """
-    height, width, channels = rgb.shape
+    height = rows.shape[0]
+    pairs = rows.shape[1] // 6
     for y in range(out.shape[0]):
-        top = rgb[2 * y]
-        bottom = rgb[min(2 * y + 1, height - 1)]
+        top = rows[2 * y]
+        bottom = rows[min(2 * y + 1, height - 1)]
         row = out[y]
-        for x in range(width // 2):
-            for c in range(channels):
-                row[x, c] = (np.uint16(top[2 * x, c]) + top[2 * x + 1, c] + bottom[2 * x, c]
-                             + bottom[2 * x + 1, c] + 2) >> 2
-        if width % 2:
-            x = width // 2
-            for c in range(channels):
-                row[x, c] = (2 * (np.uint16(top[2 * x, c]) + bottom[2 * x, c]) + 2) >> 2
+        for x in range(pairs):
+            i, o = 6 * x, 3 * x
+            row[o] = (np.uint16(top[i]) + top[i + 3] + bottom[i] + bottom[i + 3] + 2) >> 2
+            row[o + 1] = (np.uint16(top[i + 1]) + top[i + 4] + bottom[i + 1] + bottom[i + 4] + 2) >> 2
+            row[o + 2] = (np.uint16(top[i + 2]) + top[i + 5] + bottom[i + 2] + bottom[i + 5] + 2) >> 2
+        if rows.shape[1] % 6:
+            i, o = 6 * pairs, 3 * pairs
+            for c in range(3):
+                row[o + c] = (2 * (np.uint16(top[i + c]) + bottom[i + c]) + 2) >> 2
 
 
 @dataclass(frozen=True)

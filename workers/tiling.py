@@ -81,7 +81,11 @@ class _TileWork:
 @lru_cache(maxsize=None)
 def dask_pools(threads: int) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
     """This process's pool of ``threads`` threads for Dask's tasks, and the threads that drive
-    the windows' computations (waiting, mostly), both made on first use."""
+    the windows' computations (waiting, mostly), both made on first use, with Dask imported
+    (a third of a second, once per process rather than in the first slide's time)."""
+    import dask.delayed  # noqa: F401
+    import dask.threaded  # noqa: F401
+
     return (ThreadPoolExecutor(threads, thread_name_prefix="carina-dask"),
             ThreadPoolExecutor(WINDOWS_AHEAD + 1, thread_name_prefix="carina-window"))
 
