@@ -27,8 +27,10 @@ same run:
   empty answer, as the stage does, and ``overlay_with_nuclei`` on a realistic mask,
   ``ops.stain``'s), encoding (each level-0 tile's JPEG and 2× reduction, done in the Dask
   tasks), the pyramid writer (the reduced levels and the file, on the writer's thread), and
-  what the Dask cluster adds: ``total`` (the whole stage's process CPU time with the stand-in
-  on one Dask thread) less the steps. ``standin_tiles_per_s`` is the
+  what Dask and the rest add: ``total`` (the whole stage's process CPU time with the stand-in
+  on one Dask thread, in a process of its own) less the steps. ``jpeg_floor`` is the JPEG work
+  alone, which no pipeline that reads and writes every tile can skip: decoding every level-0
+  tile and encoding every tile of every level. ``standin_tiles_per_s`` is the
   stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
   is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
   cores allow, and ``e2e_over_bound`` how close the stage comes to it.
@@ -56,7 +58,7 @@ import numpy as np
 
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, tissue_tiles
 from ops.overlay import overlay_nuclei
-from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, write_pyramid
+from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, level_shapes, write_pyramid
 from ops.samples import he_slide
 from ops.stain import nuclei_by_stain
 from ops.triton import SLOT_ALIGNMENT, TritonPredictor
@@ -180,6 +182,7 @@ def profile(path: Path, workdir: Path) -> dict:
         write_pyramid(workdir / "profile.tif", (height, width), TILE,
                       ((i // cols, i % cols, tile) for i, tile in enumerate(tiles)))
         seconds["writer"] = clock() - started
+        jpeg_floor = codec_seconds(tiles, encoding, (height, width))
     # The whole stage's CPU in a process of its own: this one has run BLAS and Triton's client,
     # whose idle threads would count in its process time.
     stage = child_end_to_end(None, path, 1, workdir)["cpu_s"]
@@ -190,7 +193,26 @@ def profile(path: Path, workdir: Path) -> dict:
     profile_ms["total"] = round(1000 * stage / count, 3)
     # The stand-in finds no nuclei; a model that finds some costs the overlay this instead.
     profile_ms["overlay_with_nuclei"] = round(1000 * with_nuclei / count, 3)
+    profile_ms["jpeg_floor"] = round(1000 * jpeg_floor / count, 3)
     return profile_ms
+
+
+def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple[int, int]) -> float:
+    """CPU seconds of the JPEG work alone that the stage cannot skip: decoding every level-0 tile
+    (the stage's own output tiles stand in for the slide's, same size and content) and encoding
+    every tile of every level (the reduced levels' at level 0's cost per tile)."""
+    import imagecodecs
+
+    decode = encode = 0.0
+    for tile in tiles:
+        started = time.thread_time()
+        pixels = imagecodecs.jpeg_decode(tile.jpeg)
+        decoded = time.thread_time()
+        encoding.encode(pixels)
+        encode += time.thread_time() - decoded
+        decode += decoded - started
+    per_level = [-(-h // TILE) * -(-w // TILE) for h, w in level_shapes(shape)]
+    return decode + encode * sum(per_level) / per_level[0]
 
 
 def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path) -> dict:
