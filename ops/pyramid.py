@@ -24,6 +24,12 @@ so memory grows with the slide's width, never with its height or area: a 40000 �
 with 256-pixel tiles needs about 31 MB of strips, where its first reduced level alone is
 900 MB.
 
+Resuming: given a folder for ``checkpoints``, the writer spools level 0 too and, every few
+rows of tiles, makes the spool durable and saves where each reduced level stands (its row and
+the top half of a half-filled strip, a few MB) with a ``state.json`` replaced atomically. A
+write killed mid-slide resumes from the last checkpoint (:func:`resumable_rows` tells the
+caller where its tiles must start) and makes the same file, byte for byte.
+
 Threads: the writer runs on its caller's thread, but most of its work per tile (the level-0
 JPEG and the first 2× reduction, two thirds of it all) can be done where the tiles are made:
 :func:`encode_tile` does it on any thread without the GIL, and the writer takes the
@@ -34,6 +40,7 @@ Needs tifffile ≥ 2025.6.1 (writing an iterator of already-encoded tiles).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -57,6 +64,7 @@ TILE_MULTIPLE = 16  # JPEG MCUs at 2×2 chroma subsampling are 16 px square
 # Beyond this many uncompressed pyramid bytes the file is BigTIFF: a JPEG tile is never twice
 # its raw size, so a classic TIFF below it stays clear of its 4 GiB offset limit.
 BIGTIFF_ABOVE_BYTES = 2**31
+CHECKPOINT_ROWS = 8  # rows of tiles between a resumable write's checkpoints
 
 _CM_PER_UM = 1e-4
 
@@ -216,12 +224,26 @@ def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
 
 
 class _Spool:
-    """Encoded tiles of the reduced levels, appended to an anonymous file as they are made."""
+    """Encoded tiles, appended to a file as they are made: the reduced levels' (an anonymous
+    file), or every level's when the write keeps checkpoints (a file among them)."""
 
     def __init__(self, file: IO[bytes], levels: int) -> None:
         self._file = file
         self._end = 0
         self._index: list[list[tuple[int, int]]] = [[] for _ in range(levels)]
+
+    def state(self) -> dict:
+        """Where the tiles are, once on disk (flushed and fsync'd): what :meth:`restore` takes."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return {"spool_bytes": self._end, "index": self._index}
+
+    def restore(self, state: dict) -> None:
+        """Go back to a :meth:`state`: what was appended after it is cut off the file."""
+        self._end = int(state["spool_bytes"])
+        self._index = [[(int(offset), int(length)) for offset, length in level] for level in state["index"]]
+        self._file.truncate(self._end)
+        self._file.seek(self._end)
 
     def add(self, level: int, data: bytes) -> None:
         """Append one tile of ``level``; tiles of a level must come in row-major order."""
@@ -255,6 +277,7 @@ class _ReducedLevel:
         self.rows = math.ceil(shape[0] / encoder.tile_size)
         self._strip = np.empty((encoder.tile_size, shape[1], 3), np.uint8)
         self._row = 0
+        self.half_filled = False  # the strip's top half holds a row from above, not yet encoded
 
     def take(self, small: np.ndarray, source_row: int, source_x: int) -> None:
         """Lay the 2× reduction of a tile of the level above into the current strip.
@@ -274,7 +297,8 @@ class _ReducedLevel:
         A strip is finished by an odd row above, or by the last one (an image whose rows of
         tiles above are odd in number ends on a half-filled strip, which is all there is).
         """
-        if source_row % 2 == 0 and not last:
+        self.half_filled = source_row % 2 == 0 and not last
+        if self.half_filled:
             return
         tile = self.encoder.tile_size
         strip = self._strip[: min(tile, self.shape[0] - self._row * tile)]
@@ -286,6 +310,113 @@ class _ReducedLevel:
         if self.coarser is not None:
             self.coarser.row_done(self._row, last=self._row == self.rows - 1)
         self._row += 1
+
+    def state(self) -> tuple[dict, np.ndarray | None]:
+        """Where this level stands between two rows of level 0, and the top half of its strip
+        when that holds pixels not yet encoded: what :meth:`restore` takes."""
+        top = self._strip[: self.encoder.tile_size // 2] if self.half_filled else None
+        return {"row": self._row, "half_filled": self.half_filled}, top
+
+    def restore(self, state: dict, top: np.ndarray | None) -> None:
+        """Go back to a :meth:`state`."""
+        self._row, self.half_filled = int(state["row"]), bool(state["half_filled"])
+        if self.half_filled:
+            self._strip[: self.encoder.tile_size // 2] = top
+
+
+class _Checkpoints:
+    """A write's checkpoints in a folder of their own: the spool of every level's tiles, the
+    top halves of the reduced levels' half-filled strips and ``state.json``, which says how
+    many rows of level 0 they hold. A checkpoint is taken every ``every_rows`` rows; ``state.json``
+    is replaced last and atomically, so a write killed at any point leaves the previous one
+    whole (what the spool holds beyond it is cut off when the write resumes).
+    """
+
+    STATE = "state.json"
+    SPOOL = "tiles.spool"
+
+    def __init__(self, folder: Path, identity: dict, every_rows: int) -> None:
+        self.folder = folder
+        self.identity = identity
+        self.every_rows = every_rows
+        self._generation = 0
+
+    def load(self) -> dict | None:
+        """The last checkpoint, or None when there is none or it is of another write (other
+        shape, tiles, encoding or pixel size) or unreadable: that write starts over."""
+        try:
+            state = json.loads((self.folder / self.STATE).read_text())
+            whole = (self.folder / self.SPOOL).stat().st_size >= state["spool_bytes"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("pyramid checkpoint in %s unreadable (%s): starting over", self.folder, e)
+            return None
+        if state.get("identity") != self.identity or not whole:
+            log.warning("pyramid checkpoint in %s is of another write or cut short: starting over", self.folder)
+            return None
+        return state
+
+    def open_spool(self, resuming: bool) -> IO[bytes]:
+        """The spool file, opened for reading and writing (made, owner-only, when missing;
+        emptied unless ``resuming``, which :meth:`restore` then cuts to the checkpoint)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | (0 if resuming else os.O_TRUNC)
+        return os.fdopen(os.open(self.folder / self.SPOOL, flags, 0o600), "r+b")
+
+    def restore(self, state: dict, spool: _Spool, levels: list[_ReducedLevel]) -> int:
+        """Put the spool and the reduced levels back as ``state`` has them; the rows it holds."""
+        self._generation = int(state["generation"])
+        spool.restore(state)
+        for level, saved in zip(levels, state["levels"], strict=True):
+            top = np.load(self._strip_path(level.index)) if saved["half_filled"] else None
+            level.restore(saved, top)
+        log.info("pyramid resumed from %s: %d rows of tiles already written", self.folder, state["rows_done"])
+        return int(state["rows_done"])
+
+    def row_written(self, rows_done: int, spool: _Spool, levels: list[_ReducedLevel]) -> None:
+        """Take a checkpoint if ``rows_done`` rows of level 0 call for one."""
+        if rows_done % self.every_rows:
+            return
+        self._generation += 1
+        saved = []
+        for level in levels:
+            state, top = level.state()
+            if top is not None:
+                with open(self._strip_path(level.index), "wb", opener=_owner_only) as fh:
+                    np.save(fh, top)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            saved.append(state)
+        state = {"identity": self.identity, "generation": self._generation, "rows_done": rows_done,
+                 "levels": saved, **spool.state()}
+        partial = self.folder / f".{self.STATE}.part"
+        with open(partial, "w", opener=_owner_only) as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, self.folder / self.STATE)
+        for stale in self.folder.glob(f"strip-{self._generation - 1}-*.npy"):
+            stale.unlink()
+
+    def remove(self) -> None:
+        """Remove the checkpoints, and the folder if that leaves it empty: the write is done."""
+        for name in (self.STATE, self.SPOOL):
+            (self.folder / name).unlink(missing_ok=True)
+        for strip in self.folder.glob("strip-*.npy"):
+            strip.unlink()
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+    def _strip_path(self, level: int) -> Path:
+        return self.folder / f"strip-{self._generation}-{level}.npy"
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """``open``'s opener for files only their owner reads: they hold patient pixels."""
+    return os.open(path, flags, 0o600)
 
 
 def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, int],
@@ -317,11 +448,12 @@ def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, in
 
 
 def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: JpegEncoding,
-                  coarser: _ReducedLevel | None) -> Iterator[bytes]:
-    """Encoded level-0 tiles in row-major order, each also handed to the first reduced level."""
+                  coarser: _ReducedLevel | None, first_row: int) -> Iterator[bytes]:
+    """Encoded level-0 tiles in row-major order from row ``first_row``, each also handed to the
+    first reduced level."""
     tile = encoder.tile_size
     rows, cols = math.ceil(shape[0] / tile), math.ceil(shape[1] / tile)
-    for row in range(rows):
+    for row in range(first_row, rows):
         for col in range(cols):
             item = next(tiles, None)
             if item is None:
@@ -357,24 +489,38 @@ def _resolution(mpp_yx: tuple[float, float] | None, level0: tuple[int, int], lev
 
 
 def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int], ...], tiles: Iterable[object],
-                  encoder: JpegEncoding, mpp_yx: tuple[float, float] | None, bigtiff: bool) -> None:
-    """Write every level into the open file ``fh``, spooling the reduced levels in ``spool_dir``."""
+                  encoder: JpegEncoding, mpp_yx: tuple[float, float] | None, bigtiff: bool,
+                  checkpoints: _Checkpoints | None) -> None:
+    """Write every level into the open file ``fh``, spooling the reduced levels in ``spool_dir``,
+    or every level among the ``checkpoints``, resuming from the last one."""
     import tempfile
 
     import tifffile
 
     source = iter(tiles)
-    with tempfile.TemporaryFile(dir=spool_dir, prefix=".pyramid-spool-") as spool_file:
+    saved = checkpoints.load() if checkpoints else None
+    spool_file = checkpoints.open_spool(saved is not None) if checkpoints else tempfile.TemporaryFile(dir=spool_dir,
+                                                                                    prefix=".pyramid-spool-")
+    with spool_file:
         spool = _Spool(spool_file, len(shapes))
-        coarser = None
+        levels: list[_ReducedLevel] = []
         for index in range(len(shapes) - 1, 0, -1):
-            coarser = _ReducedLevel(index, shapes[index], encoder, spool, coarser)
+            levels.insert(0, _ReducedLevel(index, shapes[index], encoder, spool, levels[0] if levels else None))
+        first_row = checkpoints.restore(saved, spool, levels) if checkpoints and saved else 0
+        level0 = _level0_tiles(source, shapes[0], encoder, levels[0] if levels else None, first_row)
         common = {"dtype": np.uint8, "metadata": None, **encoder.tiff_arguments()}
         # Not a with-block: on failure the file is thrown away, and TiffWriter.close() would
         # first try to finish it, raising over the error that matters.
         tiff = tifffile.TiffWriter(fh, bigtiff=bigtiff)
-        tiff.write(_level0_tiles(source, shapes[0], encoder, coarser), shape=(*shapes[0], 3),
-                   **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
+        if checkpoints is None:
+            tiff.write(level0, shape=(*shapes[0], 3), **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
+        else:
+            cols = math.ceil(shapes[0][1] / encoder.tile_size)
+            for written, data in enumerate(level0, start=first_row * cols + 1):
+                spool.add(0, data)
+                if written % cols == 0:
+                    checkpoints.row_written(written // cols, spool, levels)
+            tiff.write(spool.tiles(0), shape=(*shapes[0], 3), **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
         if next(source, None) is not None:
             raise InvalidParameter(f"more tiles than the {shapes[0]} image holds in {encoder.tile_size} px tiles")
         for index, shape in enumerate(shapes[1:], start=1):
@@ -385,10 +531,29 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
     os.fsync(fh.fileno())
 
 
+def _identity(shapes: tuple[tuple[int, int], ...], encoder: JpegEncoding, mpp_yx: tuple[float, float] | None) -> dict:
+    """What a checkpoint must match to be resumed: the write it was taken of (JSON values)."""
+    return {"levels": [list(shape) for shape in shapes], "tile_size": encoder.tile_size, "quality": encoder.quality,
+            "subsampling": list(encoder.subsampling), "mpp_yx": None if mpp_yx is None else [float(m) for m in mpp_yx]}
+
+
+def resumable_rows(checkpoints: str | Path, shape_yx: tuple[int, int], tile_size: int, *,
+                   mpp_yx: tuple[float, float] | None = None, quality: int = JPEG_QUALITY,
+                   min_level_size: int = MIN_LEVEL_SIZE, subsampling: tuple[int, int] = CHROMA_SUBSAMPLING) -> int:
+    """The rows of level-0 tiles that :func:`write_pyramid`, given the same arguments and
+    ``checkpoints``, already holds: its ``tiles`` must begin at this row (0 when there is no
+    checkpoint of that write)."""
+    _validate(shape_yx, mpp_yx, min_level_size)
+    encoder = JpegEncoding(tile_size, quality, subsampling)
+    state = _Checkpoints(Path(checkpoints), _identity(level_shapes(shape_yx, min_level_size), encoder, mpp_yx), 1).load()
+    return 0 if state is None else int(state["rows_done"])
+
+
 def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
                   tiles: Iterable[tuple[int, int, np.ndarray | EncodedTile]], *, mpp_yx: tuple[float, float] | None = None,
                   quality: int = JPEG_QUALITY, min_level_size: int = MIN_LEVEL_SIZE,
-                  subsampling: tuple[int, int] = CHROMA_SUBSAMPLING) -> PyramidInfo:
+                  subsampling: tuple[int, int] = CHROMA_SUBSAMPLING, checkpoints: Path | None = None,
+                  checkpoint_rows: int = CHECKPOINT_ROWS) -> PyramidInfo:
     """Write an RGB slide, given tile by tile, as a multi-resolution tiled JPEG TIFF.
 
     The file is written under a hidden temporary name beside ``path`` and renamed to ``path``
@@ -410,6 +575,13 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
         quality: JPEG quality, 1..100.
         min_level_size: reduced levels are added until both sides are at most this.
         subsampling: JPEG chroma subsampling, (2, 2) or (1, 1).
+        checkpoints: a folder for this write's checkpoints, taken every ``checkpoint_rows``
+            rows of tiles. A write killed or failed leaves them there, and a write with the same
+            arguments resumes from the last: ``tiles`` must then begin at row
+            :func:`resumable_rows`, and the file is byte for byte the one an uninterrupted write
+            makes. The checkpoints are removed once the file is in place. Every level's tiles
+            are then spooled beside the checkpoints (a JPEG copy of the pyramid) until the end.
+        checkpoint_rows: rows of tiles between checkpoints, at least 1.
 
     Returns:
         A :class:`PyramidInfo` describing the file.
@@ -421,16 +593,22 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
         Whatever the ``tiles`` iterable raises, unchanged (the output is cleaned up first).
     """
     _validate(shape_yx, mpp_yx, min_level_size)
+    if checkpoint_rows < 1:
+        raise InvalidParameter(f"checkpoint_rows must be at least 1, got {checkpoint_rows}")
     encoder = JpegEncoding(tile_size, quality, subsampling)
     path = Path(path)
     shapes = level_shapes(shape_yx, min_level_size)
+    kept = None if checkpoints is None else _Checkpoints(Path(checkpoints), _identity(shapes, encoder, mpp_yx),
+                                                         checkpoint_rows)
     bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
         with open(partial, "xb") as fh:
-            _write_levels(fh, path.parent, shapes, tiles, encoder, mpp_yx, bigtiff)
+            _write_levels(fh, path.parent, shapes, tiles, encoder, mpp_yx, bigtiff, kept)
         nbytes = partial.stat().st_size
         os.replace(partial, path)
+        if kept is not None:
+            kept.remove()
     except BaseException as e:
         partial.unlink(missing_ok=True)
         if isinstance(e, OSError):

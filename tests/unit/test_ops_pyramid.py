@@ -307,3 +307,60 @@ def test_bad_arguments_are_refused(tmp_path, kwargs, match):
     with pytest.raises(InvalidParameter, match=match):
         write_pyramid(tmp_path / "image.tif", tiles=iter(()), **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+def interrupted_after(tiles, count: int):
+    """The tiles, then a failure where the ``count``-th would come: a stage killed mid-slide."""
+    for i, item in enumerate(tiles):
+        if i == count:
+            raise RuntimeError("worker lost")
+        yield item
+
+
+@pytest.mark.parametrize(("every_rows", "fail_at", "resumed_rows"), [
+    (1, 7, 1),  # a checkpoint after row 0; the first reduced level's strip is half filled
+    (1, 20, 3),  # after rows 0, 1 and 2: every level mid-strip somewhere
+    (2, 17, 2),  # one checkpoint, after row 1
+    (2, 5, 0),  # killed before the first checkpoint
+])
+def test_an_interrupted_write_resumes_from_its_checkpoint_to_the_same_file(tmp_path, every_rows, fail_at,
+                                                                           resumed_rows):
+    image = smooth_rgb(SHAPE)
+    arguments = {"mpp_yx": MPP_YX, "min_level_size": 256}
+    whole = write_pyramid(tmp_path / "whole.tif", SHAPE, TILE, tiles_of(image), **arguments)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError, match="worker lost"):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), fail_at),
+                      checkpoints=checkpoints, checkpoint_rows=every_rows, **arguments)
+    assert not (tmp_path / "image.tif").exists()
+    assert all(p.stat().st_mode & 0o077 == 0 for p in checkpoints.iterdir())  # patient pixels: owner only
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE, **arguments) == resumed_rows
+    rest = (item for item in tiles_of(image) if item[0] >= resumed_rows)
+    resumed = write_pyramid(tmp_path / "image.tif", SHAPE, TILE, rest, checkpoints=checkpoints,
+                            checkpoint_rows=every_rows, **arguments)
+    assert resumed.path.read_bytes() == whole.path.read_bytes()
+    assert not checkpoints.exists()  # done: nothing left to resume
+
+
+def test_a_checkpoint_of_another_write_is_not_resumed(tmp_path):
+    image = smooth_rgb(SHAPE)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
+                      checkpoints=checkpoints, checkpoint_rows=1, quality=80)
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE, quality=80) == 2
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE, quality=90) == 0
+    # at quality 90 the write starts over, from row 0, and makes the file a plain write makes
+    info = write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints, quality=90)
+    assert info.path.read_bytes() == write_pyramid(tmp_path / "plain.tif", SHAPE, TILE, tiles_of(image)).path.read_bytes()
+
+
+def test_tiles_from_the_start_after_a_checkpoint_are_refused(tmp_path):
+    image = smooth_rgb(SHAPE)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
+                      checkpoints=checkpoints, checkpoint_rows=1)
+    with pytest.raises(InvalidParameter, match=r"tile \(0, 0\) out of order: expected tile \(2, 0\)"):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints, checkpoint_rows=1)
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 2  # still there for a right retry
