@@ -12,7 +12,8 @@ same run:
   the stage sends them;
 - ``e2e_tiles_per_s``: tissue tiles per second of the whole stage (``workers.tiling`` with
   Dask: read with margins, pre-filter, infer, overlay, and every tile, glass included,
-  JPEG-encoded into the output pyramid), run in a child process whose peak RSS is
+  JPEG-encoded into the output pyramid, checkpoints kept for a resume as the worker keeps
+  them: ``workers.tiling.write_segmented_pyramid``), run in a child process whose peak RSS is
   ``peak_rss_mb``; the same on a slide 1/16 the area gives ``peak_rss_small_mb``: memory
   that does not grow with the slide;
 - ``client_tiles_per_s``: the same stage with a stand-in model that answers at once (zeros):
@@ -112,7 +113,7 @@ def no_model(batch: np.ndarray) -> np.ndarray:
 def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
     """The nuclei-seg stage in this process (run as a child: its peak RSS is the figure);
     ``url`` None runs it with :func:`no_model`."""
-    from workers.tiling import dask_pools, segmented_tiles
+    from workers.tiling import dask_pools, segmented_tiles, write_segmented_pyramid
 
     with open_slide(path) as slide:
         tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
@@ -126,9 +127,9 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
                           segmented_tiles(slide, tissue[:1], TILE, 0, model, threads=threads, batch_size=BATCH,
                                           encoding=JpegEncoding(TILE)))
             start, cpu = time.perf_counter(), time.process_time()
-            tiles = segmented_tiles(slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH,
-                                    encoding=JpegEncoding(TILE))
-            write_pyramid(output, slide.levels[0].shape_yx, TILE, tiles, mpp_yx=slide.mpp_yx)
+            # As the stage writes it: checkpoints kept for a resume.
+            write_segmented_pyramid(output, slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH,
+                                    checkpoints=output.with_name(f".{output.name}.checkpoints"))
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         finally:
             getattr(model, "close", lambda: None)()

@@ -64,7 +64,9 @@ TILE_MULTIPLE = 16  # JPEG MCUs at 2×2 chroma subsampling are 16 px square
 # Beyond this many uncompressed pyramid bytes the file is BigTIFF: a JPEG tile is never twice
 # its raw size, so a classic TIFF below it stays clear of its 4 GiB offset limit.
 BIGTIFF_ABOVE_BYTES = 2**31
-CHECKPOINT_ROWS = 8  # rows of tiles between a resumable write's checkpoints
+# A resumable write takes this many checkpoints over the slide: a write lost mid-slide does at
+# most 1/32 of it again beyond the row it was in, and 32 checkpoints cost a slide little.
+CHECKPOINTS_PER_SLIDE = 32
 
 _CM_PER_UM = 1e-4
 
@@ -553,7 +555,7 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
                   tiles: Iterable[tuple[int, int, np.ndarray | EncodedTile]], *, mpp_yx: tuple[float, float] | None = None,
                   quality: int = JPEG_QUALITY, min_level_size: int = MIN_LEVEL_SIZE,
                   subsampling: tuple[int, int] = CHROMA_SUBSAMPLING, checkpoints: Path | None = None,
-                  checkpoint_rows: int = CHECKPOINT_ROWS) -> PyramidInfo:
+                  checkpoint_rows: int | None = None) -> PyramidInfo:
     """Write an RGB slide, given tile by tile, as a multi-resolution tiled JPEG TIFF.
 
     The file is written under a hidden temporary name beside ``path`` and renamed to ``path``
@@ -581,7 +583,8 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
             :func:`resumable_rows`, and the file is byte for byte the one an uninterrupted write
             makes. The checkpoints are removed once the file is in place. Every level's tiles
             are then spooled beside the checkpoints (a JPEG copy of the pyramid) until the end.
-        checkpoint_rows: rows of tiles between checkpoints, at least 1.
+        checkpoint_rows: rows of tiles between checkpoints, at least 1; by default the rows over
+            :data:`CHECKPOINTS_PER_SLIDE`.
 
     Returns:
         A :class:`PyramidInfo` describing the file.
@@ -593,11 +596,13 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
         Whatever the ``tiles`` iterable raises, unchanged (the output is cleaned up first).
     """
     _validate(shape_yx, mpp_yx, min_level_size)
-    if checkpoint_rows < 1:
+    if checkpoint_rows is not None and checkpoint_rows < 1:
         raise InvalidParameter(f"checkpoint_rows must be at least 1, got {checkpoint_rows}")
     encoder = JpegEncoding(tile_size, quality, subsampling)
     path = Path(path)
     shapes = level_shapes(shape_yx, min_level_size)
+    if checkpoint_rows is None:
+        checkpoint_rows = max(1, math.ceil(shapes[0][0] / encoder.tile_size) // CHECKPOINTS_PER_SLIDE)
     kept = None if checkpoints is None else _Checkpoints(Path(checkpoints), _identity(shapes, encoder, mpp_yx),
                                                          checkpoint_rows)
     bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import closing
 from functools import partial
 from pathlib import Path
 
 from ops.errors import check_work
 from ops.nuclei import model_side, request_nbytes, tissue_tiles
-from ops.pyramid import JpegEncoding, write_pyramid
 from ops.render import write_slide_publish
 from ops.wsi import find_slide, open_slide
 from queues.app import app
@@ -19,10 +17,11 @@ from queues.settings import get_settings
 from workers.inference import triton_predictor
 from workers.runtime import fastio_context
 from workers.stage import StageTask
-from workers.tiling import segmented_tiles
+from workers.tiling import write_segmented_pyramid
 
 OUTPUT_IMAGE = "image.tif"  # the seed's name
 TISSUE_TILES = "nuclei_tissue_tiles"
+CHECKPOINTS = ".pyramid-checkpoints"  # in the staging folder, gone once the pyramid is whole
 
 
 @app.task(name="carina.nuclei.find_tissue", base=StageTask, bind=True)
@@ -45,16 +44,14 @@ def segment(self: StageTask, payload: Payload) -> Payload:
     threads = params.get("num_workers") or os.cpu_count() or 1
     batch_size = get_settings().tile_batch_size
     output = self.staging(payload)
-    quality = recipe(payload, quality="jpeg_quality")
     with (open_slide(payload["slide"]) as slide,
           triton_predictor(ctx, params["model"], request_nbytes(batch_size, model_side(tile, overlap)),
-                           threads) as predictor,
-          closing(segmented_tiles(slide, tissue.array, tile, overlap, predictor, threads=threads,
-                                  batch_size=batch_size, encoding=JpegEncoding(tile, **quality),
-                                  progress=partial(self.report_progress, payload),
-                                  **recipe(payload, "threshold", "input_layout"))) as tiles):
-        written = write_pyramid(output / OUTPUT_IMAGE, slide.levels[0].shape_yx, tile, tiles, mpp_yx=slide.mpp_yx,
-                                **quality)
+                           threads) as predictor):
+        # In the staging folder: a retry of this stage (its worker lost) resumes the slide there.
+        written = write_segmented_pyramid(output / OUTPUT_IMAGE, slide, tissue.array, tile, overlap, predictor,
+                                          threads=threads, batch_size=batch_size, checkpoints=output / CHECKPOINTS,
+                                          progress=partial(self.report_progress, payload),
+                                          **recipe(payload, "threshold", "input_layout", quality="jpeg_quality"))
     return self.advance(payload, result=self.result(payload, written.path))
 
 

@@ -22,16 +22,19 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ops.nuclei import segment_tiles
 from ops.protocols import Predictor, Progress
-from ops.pyramid import EncodedTile, JpegEncoding, encode_tile
+from ops.pyramid import (JPEG_QUALITY, EncodedTile, JpegEncoding, PyramidInfo, encode_tile, resumable_rows,
+                         write_pyramid)
 from ops.wsi import Slide
 
 WINDOW_PER_THREAD = 2  # batches per Dask computation, per thread
@@ -119,9 +122,10 @@ def _compute_window(work: _TileWork, pool: ThreadPoolExecutor, window: list[tupl
 
 def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int, predictor: Predictor, *,
                     threads: int, batch_size: int, encoding: JpegEncoding | None = None,
-                    progress: Progress | None = None,
+                    progress: Progress | None = None, first_row: int = 0,
                     **recipe: Any) -> Iterator[tuple[int, int, np.ndarray | EncodedTile]]:
-    """Every level-0 tile of ``slide``, segmented where ``tissue`` says so, in row-major order.
+    """Every level-0 tile of ``slide`` from row ``first_row`` on, segmented where ``tissue``
+    says so, in row-major order.
 
     Args:
         slide: the open slide (read by ``threads`` threads at once).
@@ -132,7 +136,9 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         batch_size: tissue tiles per model request.
         encoding: the pyramid's, when the tiles are for :func:`ops.pyramid.write_pyramid`:
             each is then encoded in its batch's task and yielded as an ``EncodedTile``.
-        progress: called with (tiles done, tiles in all) after each batch.
+        progress: called with (tiles done, tiles in all) after each batch; the rows before
+            ``first_row`` count as done.
+        first_row: the first row of tiles to segment (a resumed write holds those above).
         recipe: ``threshold`` and ``input_layout``, as :func:`ops.nuclei.segment_tiles` takes them.
 
     Yields:
@@ -147,10 +153,11 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     total = rows * cols
     work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding)
     pool, driver = dask_pools(threads)
-    batches = plan_batches(tissue, batch_size)
+    skipped = first_row * cols
+    batches = [batch + skipped for batch in plan_batches(tissue[first_row:], batch_size)]
     per_window = WINDOW_PER_THREAD * threads
     pending: deque[tuple[list[np.ndarray], Future]] = deque()
-    done = 0
+    done = skipped
     try:
         for start in range(0, len(batches), per_window):
             window = batches[start: start + per_window]
@@ -165,6 +172,26 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         work.stop_and_wait()
         for _, future in pending:  # what they still ran, they ran as no-ops
             future.exception()
+
+
+def write_segmented_pyramid(path: Path, slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int,
+                            predictor: Predictor, *, threads: int, batch_size: int, checkpoints: Path | None = None,
+                            quality: int = JPEG_QUALITY, progress: Progress | None = None,
+                            **recipe: Any) -> PyramidInfo:
+    """The slide's tiles, segmented (:func:`segmented_tiles`), written as the pyramid ``path``
+    (:func:`ops.pyramid.write_pyramid`, the slide's pixel size in it).
+
+    With ``checkpoints`` (a folder) the write keeps checkpoints there and a write of the same
+    slide and settings lost before the end is resumed: only the rows of tiles after its last
+    checkpoint are segmented again.
+    """
+    shape, mpp_yx = slide.levels[0].shape_yx, slide.mpp_yx
+    first_row = 0 if checkpoints is None else resumable_rows(checkpoints, shape, tile_size, mpp_yx=mpp_yx,
+                                                               quality=quality)
+    encoding = JpegEncoding(tile_size, quality)
+    with closing(segmented_tiles(slide, tissue, tile_size, overlap, predictor, threads=threads, batch_size=batch_size,
+                                 encoding=encoding, progress=progress, first_row=first_row, **recipe)) as tiles:
+        return write_pyramid(path, shape, tile_size, tiles, mpp_yx=mpp_yx, quality=quality, checkpoints=checkpoints)
 
 
 def _drain(entry: tuple[list[np.ndarray], Future], cols: int, done: int, total: int,

@@ -206,3 +206,37 @@ def test_a_redis_restart_while_a_stage_runs_leaves_every_worker_process_up(proje
         stop_process_group(worker)
         server.stop()
         remove_segments(settings)
+
+
+def test_a_slide_whose_stage_is_lost_at_60_percent_resumes_from_its_last_checkpoint(lone_worker, tmp_path):
+    import re
+
+    import openslide
+
+    from queues.connection import connect
+
+    env, settings, worker, log = lone_worker
+    shape, tile = (12288, 2048), 256
+    rows = shape[0] // tile
+    slide = he_slide(tmp_path / "slide.tif", shape, seed=7)
+    jobs = JobStore(connect(settings, socket_timeout=5, socket_connect_timeout=2), settings.namespace,
+                    settings.job_ttl_s)
+    job = submit(create_app(settings), settings, "nuclei-seg", slide, tmp_path / "out", params={"num_workers": 1})
+    deadline = time.monotonic() + 240
+    while not ((s := jobs.get(job)).stage == "carina.nuclei.segment" and s.progress_total
+               and s.progress_done >= 0.6 * s.progress_total):
+        assert not s.finished and time.monotonic() < deadline, s
+        time.sleep(0.01)
+    [child] = pool_processes(worker)
+    os.kill(child.pid, signal.SIGKILL)
+
+    status = wait(jobs, job, 300)
+    assert status.state == "done", (status, log.read_text()[-3000:])
+    text = log.read_text()
+    assert "signal 9" in text or "WorkerLostError" in text  # it really died mid-stage
+    [resumed] = re.findall(r"pyramid resumed from \S+: (\d+) rows of tiles already written", text)
+    # killed with 60 % or more of the tiles done, the retry did at most 45 % of them again
+    assert 1 - int(resumed) / rows <= 0.45, (resumed, rows)
+    with openslide.OpenSlide(tmp_path / "out" / "image.tif") as written:
+        assert written.level_dimensions[0] == (shape[1], shape[0]) and written.level_count >= 3
+    assert not list((tmp_path / "out").glob(".*checkpoints*"))  # the checkpoints went once it was whole
