@@ -46,6 +46,7 @@ import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -227,30 +228,26 @@ def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
 
 class _Spool:
     """Encoded tiles, appended to a file as they are made: the reduced levels' (an anonymous
-    file), or every level's when the write keeps checkpoints (a file among them)."""
+    file), or every level's when the write keeps checkpoints (a file among them, with an
+    ``index`` file beside it: (level, offset, length) per tile, so that a checkpoint records
+    two lengths, not every tile so far)."""
 
-    def __init__(self, file: IO[bytes], levels: int) -> None:
+    _ENTRY = np.dtype("<i8")  # level, offset and length: three of these per tile
+
+    def __init__(self, file: IO[bytes], levels: int, index: IO[bytes] | None = None) -> None:
         self._file = file
+        self._index_file = index
         self._end = 0
+        self._entries = 0
         self._index: list[list[tuple[int, int]]] = [[] for _ in range(levels)]
-
-    def state(self) -> dict:
-        """Where the tiles are, once on disk (flushed and fsync'd): what :meth:`restore` takes."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        return {"spool_bytes": self._end, "index": self._index}
-
-    def restore(self, state: dict) -> None:
-        """Go back to a :meth:`state`: what was appended after it is cut off the file."""
-        self._end = int(state["spool_bytes"])
-        self._index = [[(int(offset), int(length)) for offset, length in level] for level in state["index"]]
-        self._file.truncate(self._end)
-        self._file.seek(self._end)
 
     def add(self, level: int, data: bytes) -> None:
         """Append one tile of ``level``; tiles of a level must come in row-major order."""
         self._file.write(data)
         self._index[level].append((self._end, len(data)))
+        if self._index_file is not None:
+            self._index_file.write(np.array([level, self._end, len(data)], self._ENTRY).tobytes())
+            self._entries += 1
         self._end += len(data)
 
     def tiles(self, level: int) -> Iterator[bytes]:
@@ -259,6 +256,30 @@ class _Spool:
         fd = self._file.fileno()
         for offset, length in self._index[level]:
             yield os.pread(fd, length, offset)
+
+    def state(self) -> dict:
+        """Where the spool ends, once on disk (flushed and fsync'd): what :meth:`restore` takes."""
+        for file in (self._file, self._index_file):
+            file.flush()
+            os.fsync(file.fileno())
+        return {"spool_bytes": self._end, "entries": self._entries}
+
+    def restore(self, state: dict) -> None:
+        """Go back to a :meth:`state`: what was appended after it is cut off both files.
+
+        Raises ValueError when the index holds fewer entries than ``state`` says.
+        """
+        self._end, self._entries = int(state["spool_bytes"]), int(state["entries"])
+        size = self._entries * 3 * self._ENTRY.itemsize
+        self._index_file.seek(0)
+        entries = np.frombuffer(self._index_file.read(size), self._ENTRY)
+        if entries.size != 3 * self._entries:
+            raise ValueError(f"the spool's index holds {entries.size // 3} tiles, not {self._entries}")
+        for level, offset, length in entries.reshape(-1, 3).tolist():
+            self._index[level].append((offset, length))
+        for file, length in ((self._file, self._end), (self._index_file, size)):
+            file.truncate(length)
+            file.seek(length)
 
 
 class _ReducedLevel:
@@ -336,6 +357,7 @@ class _Checkpoints:
 
     STATE = "state.json"
     SPOOL = "tiles.spool"
+    INDEX = "tiles.index"
 
     def __init__(self, folder: Path, identity: dict, every_rows: int) -> None:
         self.folder = folder
@@ -348,7 +370,8 @@ class _Checkpoints:
         shape, tiles, encoding or pixel size) or unreadable: that write starts over."""
         try:
             state = json.loads((self.folder / self.STATE).read_text())
-            whole = (self.folder / self.SPOOL).stat().st_size >= state["spool_bytes"]
+            whole = ((self.folder / self.SPOOL).stat().st_size >= state["spool_bytes"]
+                     and (self.folder / self.INDEX).stat().st_size >= 3 * _Spool._ENTRY.itemsize * state["entries"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -359,12 +382,13 @@ class _Checkpoints:
             return None
         return state
 
-    def open_spool(self, resuming: bool) -> IO[bytes]:
-        """The spool file, opened for reading and writing (made, owner-only, when missing;
-        emptied unless ``resuming``, which :meth:`restore` then cuts to the checkpoint)."""
+    def open_spool(self, resuming: bool) -> tuple[IO[bytes], IO[bytes]]:
+        """The spool and its index, opened for reading and writing (made, owner-only, when
+        missing; emptied unless ``resuming``, which :meth:`restore` then cuts to the checkpoint)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | (0 if resuming else os.O_TRUNC)
-        return os.fdopen(os.open(self.folder / self.SPOOL, flags, 0o600), "r+b")
+        return tuple(os.fdopen(os.open(self.folder / name, flags, 0o600), "r+b")  # type: ignore[return-value]
+                     for name in (self.SPOOL, self.INDEX))
 
     def restore(self, state: dict, spool: _Spool, levels: list[_ReducedLevel]) -> int:
         """Put the spool and the reduced levels back as ``state`` has them; the rows it holds."""
@@ -403,7 +427,7 @@ class _Checkpoints:
 
     def remove(self) -> None:
         """Remove the checkpoints, and the folder if that leaves it empty: the write is done."""
-        for name in (self.STATE, self.SPOOL):
+        for name in (self.STATE, self.SPOOL, self.INDEX):
             (self.folder / name).unlink(missing_ok=True)
         for strip in self.folder.glob("strip-*.npy"):
             strip.unlink()
@@ -501,10 +525,13 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
 
     source = iter(tiles)
     saved = checkpoints.load() if checkpoints else None
-    spool_file = checkpoints.open_spool(saved is not None) if checkpoints else tempfile.TemporaryFile(dir=spool_dir,
-                                                                                    prefix=".pyramid-spool-")
-    with spool_file:
-        spool = _Spool(spool_file, len(shapes))
+    with ExitStack() as opened:
+        if checkpoints is None:
+            spool = _Spool(opened.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix=".pyramid-spool-")),
+                           len(shapes))
+        else:
+            spool_file, index_file = (opened.enter_context(f) for f in checkpoints.open_spool(saved is not None))
+            spool = _Spool(spool_file, len(shapes), index_file)
         levels: list[_ReducedLevel] = []
         for index in range(len(shapes) - 1, 0, -1):
             levels.insert(0, _ReducedLevel(index, shapes[index], encoder, spool, levels[0] if levels else None))
@@ -531,6 +558,13 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
         tiff.close()
     fh.flush()
     os.fsync(fh.fileno())
+
+
+def default_checkpoint_rows(rows: int) -> int:
+    """Rows of tiles between checkpoints over ``rows``: about :data:`CHECKPOINTS_PER_SLIDE`
+    of them, a power of two and at least 2, so that at a checkpoint the first reduced levels'
+    strips are all encoded and only the small strips of coarser levels need saving."""
+    return max(2, 1 << max(0, math.ceil(math.log2(max(1, rows / CHECKPOINTS_PER_SLIDE)))))
 
 
 def _identity(shapes: tuple[tuple[int, int], ...], encoder: JpegEncoding, mpp_yx: tuple[float, float] | None) -> dict:
@@ -583,8 +617,8 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
             :func:`resumable_rows`, and the file is byte for byte the one an uninterrupted write
             makes. The checkpoints are removed once the file is in place. Every level's tiles
             are then spooled beside the checkpoints (a JPEG copy of the pyramid) until the end.
-        checkpoint_rows: rows of tiles between checkpoints, at least 1; by default the rows over
-            :data:`CHECKPOINTS_PER_SLIDE`.
+        checkpoint_rows: rows of tiles between checkpoints, at least 1; by default
+            :func:`default_checkpoint_rows`.
 
     Returns:
         A :class:`PyramidInfo` describing the file.
@@ -602,7 +636,7 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
     path = Path(path)
     shapes = level_shapes(shape_yx, min_level_size)
     if checkpoint_rows is None:
-        checkpoint_rows = max(1, math.ceil(shapes[0][0] / encoder.tile_size) // CHECKPOINTS_PER_SLIDE)
+        checkpoint_rows = default_checkpoint_rows(math.ceil(shapes[0][0] / encoder.tile_size))
     kept = None if checkpoints is None else _Checkpoints(Path(checkpoints), _identity(shapes, encoder, mpp_yx),
                                                          checkpoint_rows)
     bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES
