@@ -83,9 +83,9 @@ def overlay_nuclei(rgb: np.ndarray, probability: np.ndarray, *, threshold: float
     """A pathology tile with the nuclei found in it tinted and outlined.
 
     The mask is ``probability >= threshold``. Inside it the tile is blended with ``colour``
-    at ``alpha`` (``alpha=0`` leaves it untouched); with ``outline`` the mask's boundary
-    (the mask pixels that touch one outside it; the tile's border counts as inside) is then drawn in ``colour`` at full strength, so a nucleus stays
-    visible through a light tint.
+    at ``alpha`` (``alpha=0`` leaves it untouched); with ``outline`` the mask's boundary (the
+    mask pixels that touch one outside it; the tile's border counts as inside) is then drawn
+    in ``colour`` at full strength, so a nucleus stays visible through a light tint.
 
     Args:
         rgb: the tile, (y, x, 3) uint8 (y, x, channel); read, never changed.

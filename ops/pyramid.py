@@ -218,11 +218,22 @@ def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
     Raises:
         InvalidParameter: ``rgb`` is not uint8 (h, w, 3) within a tile.
     """
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        got = f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+    if (got := _not_rgb(rgb)) is not None:
         raise InvalidParameter(f"expected a uint8 (h, w, 3) RGB tile, got {got}")
     if max(rgb.shape[:2]) > encoding.tile_size:
         raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
+    return _encoded(rgb, encoding)
+
+
+def _not_rgb(rgb: object) -> str | None:
+    """What ``rgb`` is, when it is not a uint8 (h, w, 3) array; None when it is."""
+    if isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        return None
+    return f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+
+
+def _encoded(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
+    """:func:`encode_tile` of a tile already checked."""
     return EncodedTile(encoding.encode(rgb), downsample_2x(rgb), rgb.shape[:2], encoding)
 
 
@@ -464,13 +475,12 @@ def _checked_tile(item: object, expected: tuple[int, int], inside: tuple[int, in
             raise InvalidParameter(f"tile {expected}: encoded as {rgb.encoding} for {tuple(rgb.shape_yx)} px; "
                                    f"the pyramid is {encoder} and the tile's image part {inside}")
         return rgb
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        got = f"{rgb.dtype}{rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+    if (got := _not_rgb(rgb)) is not None:
         raise InvalidParameter(f"tile {expected}: expected uint8 (h, w, 3) RGB, got {got}")
     if not (inside[0] <= rgb.shape[0] <= encoder.tile_size and inside[1] <= rgb.shape[1] <= encoder.tile_size):
         raise InvalidParameter(f"tile {expected}: {rgb.shape[:2]} does not cover the image's {inside} "
                                f"within a {encoder.tile_size} px tile")
-    return encode_tile(rgb[: inside[0], : inside[1]], encoder)
+    return _encoded(rgb[: inside[0], : inside[1]], encoder)
 
 
 def _level0_tiles(tiles: Iterator[object], shape: tuple[int, int], encoder: JpegEncoding,
@@ -541,15 +551,14 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
         # Not a with-block: on failure the file is thrown away, and TiffWriter.close() would
         # first try to finish it, raising over the error that matters.
         tiff = tifffile.TiffWriter(fh, bigtiff=bigtiff)
-        if checkpoints is None:
-            tiff.write(level0, shape=(*shapes[0], 3), **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
-        else:
+        if checkpoints is not None:  # level 0 to the spool, checkpointed, then copied from it
             cols = math.ceil(shapes[0][1] / encoder.tile_size)
             for written, data in enumerate(level0, start=first_row * cols + 1):
                 spool.add(0, data)
                 if written % cols == 0:
                     checkpoints.row_written(written // cols, spool, levels)
-            tiff.write(spool.tiles(0), shape=(*shapes[0], 3), **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
+            level0 = spool.tiles(0)
+        tiff.write(level0, shape=(*shapes[0], 3), **common, **_resolution(mpp_yx, shapes[0], shapes[0]))
         if next(source, None) is not None:
             raise InvalidParameter(f"more tiles than the {shapes[0]} image holds in {encoder.tile_size} px tiles")
         for index, shape in enumerate(shapes[1:], start=1):
@@ -579,14 +588,24 @@ def resumable_rows(checkpoints: str | Path, shape_yx: tuple[int, int], tile_size
     """The rows of level-0 tiles that :func:`write_pyramid`, given the same arguments and
     ``checkpoints``, already holds: its ``tiles`` must begin at this row (0 when there is no
     checkpoint of that write)."""
-    _validate(shape_yx, mpp_yx, min_level_size)
-    encoder = JpegEncoding(tile_size, quality, subsampling)
-    state = _Checkpoints(Path(checkpoints), _identity(level_shapes(shape_yx, min_level_size), encoder, mpp_yx), 1).load()
+    encoder, shapes = _checked_arguments(shape_yx, tile_size, mpp_yx, quality, min_level_size, subsampling)
+    # every_rows matters only to a write: this one only reads
+    state = _Checkpoints(Path(checkpoints), _identity(shapes, encoder, mpp_yx), every_rows=1).load()
     return 0 if state is None else int(state["rows_done"])
 
 
+def _checked_arguments(shape_yx: tuple[int, int], tile_size: int, mpp_yx: tuple[float, float] | None, quality: int,
+                       min_level_size: int,
+                       subsampling: tuple[int, int]) -> tuple[JpegEncoding, tuple[tuple[int, int], ...]]:
+    """The encoding and level shapes of a :func:`write_pyramid` with these arguments, after
+    checking them (InvalidParameter naming the first out of range)."""
+    _validate(shape_yx, mpp_yx, min_level_size)
+    return JpegEncoding(tile_size, quality, subsampling), level_shapes(shape_yx, min_level_size)
+
+
 def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
-                  tiles: Iterable[tuple[int, int, np.ndarray | EncodedTile]], *, mpp_yx: tuple[float, float] | None = None,
+                  tiles: Iterable[tuple[int, int, np.ndarray | EncodedTile]], *,
+                  mpp_yx: tuple[float, float] | None = None,
                   quality: int = JPEG_QUALITY, min_level_size: int = MIN_LEVEL_SIZE,
                   subsampling: tuple[int, int] = CHROMA_SUBSAMPLING, checkpoints: Path | None = None,
                   checkpoint_rows: int | None = None) -> PyramidInfo:
@@ -629,12 +648,10 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
         SlideWriteError: the file cannot be written (the message names ``path``).
         Whatever the ``tiles`` iterable raises, unchanged (the output is cleaned up first).
     """
-    _validate(shape_yx, mpp_yx, min_level_size)
+    encoder, shapes = _checked_arguments(shape_yx, tile_size, mpp_yx, quality, min_level_size, subsampling)
     if checkpoint_rows is not None and checkpoint_rows < 1:
         raise InvalidParameter(f"checkpoint_rows must be at least 1, got {checkpoint_rows}")
-    encoder = JpegEncoding(tile_size, quality, subsampling)
     path = Path(path)
-    shapes = level_shapes(shape_yx, min_level_size)
     if checkpoint_rows is None:
         checkpoint_rows = default_checkpoint_rows(math.ceil(shapes[0][0] / encoder.tile_size))
     kept = None if checkpoints is None else _Checkpoints(Path(checkpoints), _identity(shapes, encoder, mpp_yx),

@@ -13,7 +13,7 @@ every thread). Batches are computed a window at a time, ``WINDOW_PER_THREAD × t
 them, and :data:`WINDOWS_AHEAD` windows are under way beyond the one being written, so a
 thread that finishes the last tasks of one window early starts on the next, and memory stays
 bounded whatever the slide's size. An in-process ``distributed`` cluster did the same with
-futures, but its scheduler and event loop cost about 0.1 ms of CPU per tile, a sixth of the
+futures, but its scheduler and event loop cost about 0.1 ms of CPU per tile, an eighth of the
 stage around a model (``bench/wsi.py``'s profile), for nothing these tasks need.
 """
 
