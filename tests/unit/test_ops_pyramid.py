@@ -364,3 +364,18 @@ def test_tiles_from_the_start_after_a_checkpoint_are_refused(tmp_path):
     with pytest.raises(InvalidParameter, match=r"tile \(0, 0\) out of order: expected tile \(2, 0\)"):
         write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints, checkpoint_rows=1)
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 2  # still there for a right retry
+
+
+def test_a_torn_checkpoint_is_not_trusted(tmp_path):
+    image = smooth_rgb(SHAPE)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
+                      checkpoints=checkpoints, checkpoint_rows=1)
+    with open(checkpoints / "tiles.spool", "r+b") as spool:  # the disk lost the spool's tail
+        spool.truncate(100)
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 0
+    (checkpoints / "state.json").write_text("{not json")
+    assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 0
+    info = write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints)
+    assert info.path.read_bytes() == write_pyramid(tmp_path / "plain.tif", SHAPE, TILE, tiles_of(image)).path.read_bytes()
