@@ -14,9 +14,9 @@ def events_key(namespace: str, ae_title: str) -> str:
     return f"{namespace}:dicom:{ae_title}:events"
 
 
-def count_event(client: redis.Redis, namespace: str, ae_title: str, event: str) -> None:
+def count_event(client: redis.Redis | redis.client.Pipeline, namespace: str, ae_title: str, event: str) -> None:
     """One more ``event`` (of :data:`EVENTS`); best effort: a count lost while Redis is away
-    stops nothing."""
+    stops nothing. On a pipeline it is queued with the pipeline's other commands."""
     try:
         client.hincrby(events_key(namespace, ae_title), event, 1)
     except redis.RedisError:

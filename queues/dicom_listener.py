@@ -1,7 +1,8 @@
 """``carina dicom-listen``: studies from a PACS or a modality over DICOM (C-ECHO and C-STORE SCP).
 
 - **Who may send**: the calling AE title must be on ``CARINA_DICOM_ALLOWED_AES``; any other is
-  rejected at association (pynetdicom's "calling AE title not recognised"). Where
+  rejected at association ("calling AE title not recognised"; the upper layer is
+  :mod:`queues.dicom_scp`, its docstring says why it is not pynetdicom's). Where
   ``CARINA_DICOM_ALLOWED_ADDRESSES`` is set, a connection from another address is closed
   before its association is read. Only the storage
   SOP classes of :data:`ACCEPTED_SOP_CLASSES` are accepted, in any transfer syntax (instances
@@ -50,14 +51,16 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 
+from ops.dicom.part10 import file_meta, read_header
 from queues.dicom_events import count_event
+from queues.dicom_scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, VERIFICATION, Acceptor, Arrival, \
+    Association, Server
 from queues.dispatch import SENT, Outbox
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJob
 from queues.jobs import JobStore
@@ -72,10 +75,14 @@ UID_MAX = 64
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
 RESENT_POLICIES = ("new-job", "ignore")
 ABORTED_POLICIES = ("complete", "incomplete")
-MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive
+FSYNC_POLICIES = ("batch", "each")
+FLUSH_S = 0.2  # with CARINA_DICOM_FSYNC=batch, how long an answered instance may wait to reach the disk
+MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive: a CT slice in one
+MAX_ASSOCIATIONS = 16
+NETWORK_TIMEOUT_S = 60.0  # an association silent this long is aborted
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
 ENDED = (DONE, FAILED, UNROUTED)
-# The storage SOP classes a segmentation or blur pipeline can take (pynetdicom's names).
+# The storage SOP classes a segmentation or blur pipeline can take (pydicom's names).
 ACCEPTED_SOP_CLASSES = ("CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
                         "PositronEmissionTomographyImageStorage", "SecondaryCaptureImageStorage",
                         "NuclearMedicineImageStorage")
@@ -95,6 +102,7 @@ class ListenerConfig:
     outbox: Path
     resent: str = "new-job"
     aborted: str = "complete"  # a series whose association was aborted: "complete" or "incomplete"
+    fsync: str = "batch"  # when an instance is fsynced: before it is answered ("each"), or within FLUSH_S
     allowed_addresses: tuple[str, ...] = ()  # the peers' IP addresses it takes connections from; () any
 
     def __post_init__(self) -> None:
@@ -105,6 +113,8 @@ class ListenerConfig:
             raise ConfigError(f"CARINA_DICOM_RESENT={self.resent!r}: one of {', '.join(RESENT_POLICIES)}")
         if self.aborted not in ABORTED_POLICIES:
             raise ConfigError(f"CARINA_DICOM_ABORTED={self.aborted!r}: one of {', '.join(ABORTED_POLICIES)}")
+        if self.fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"CARINA_DICOM_FSYNC={self.fsync!r}: one of {', '.join(FSYNC_POLICIES)}")
         for title in (self.ae_title, *self.allowed_aes):
             if not 0 < len(title) <= 16 or "\\" in title or not title.isprintable():
                 raise ConfigError(f"AE title {title!r}: 1 to 16 printable characters, no backslash")
@@ -137,23 +147,59 @@ class Series:
         return spool / self.study / f"{self.series}-g{self.generation}"
 
 
-def pixel_data_problem(dataset: Any, transfer_syntax: str) -> str | None:
-    """What is wrong with an instance's native (uncompressed) pixel data, or None: shorter than
-    its rows, columns, samples, bits and frames say is how a transfer cut short shows (pydicom
-    reads what is there without complaint). Encapsulated pixel data is not checked here."""
-    from pydicom.uid import UID as DicomUID
-
-    if "PixelData" not in dataset or DicomUID(transfer_syntax).is_compressed:
+def pixel_data_problem(dataset: Any, present: int | None) -> str | None:
+    """What is wrong with an instance's native (uncompressed) pixel data of ``present`` bytes,
+    or None: shorter than its rows, columns, samples, bits and frames say is how a transfer cut
+    short shows. Pixel data not measured (None: none, encapsulated) is not checked here."""
+    if present is None:
         return None
     try:
         expected = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
                     * int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.BitsAllocated) + 7) // 8
-        present = len(dataset.PixelData)
     except (AttributeError, TypeError, ValueError) as e:
         return f"its image description cannot be read: {e}"
     if present < expected:
         return f"its pixel data is {present} bytes where its header says {expected}: cut short"
     return None
+
+
+class Flusher:
+    """Files written and renamed into place but not yet fsynced, and their folders: ``flush``
+    puts them on disk (several instances' fsyncs off the path of the answer, CARINA_DICOM_FSYNC=batch)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[Path] = []
+
+    def add(self, path: Path) -> None:
+        with self.lock:
+            self.pending.append(path)
+
+    def flush(self) -> None:
+        """fsync every pending file, then each of their folders (the renames).
+
+        Raises:
+            OSError: a file or folder could not be synced (the files not yet synced stay pending).
+        """
+        with self.lock:
+            pending, self.pending = self.pending, []
+        try:
+            for path in pending:
+                _fsync(path, os.O_RDONLY)
+            for folder in {path.parent for path in pending}:
+                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            with self.lock:
+                self.pending[:0] = pending
+            raise
+
+
+def _fsync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def next_generation(spool: Path, study: str, series: str) -> int:
@@ -189,34 +235,48 @@ class Listener:
         self.lock = threading.Lock()
         self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
         self.sent_on: dict[int, set[str]] = {}  # association (its id()) → the series it sent into
+        self.flusher = Flusher()
+        # The records as last saved (JSON): only this listener writes them, so an arrival costs
+        # one round trip to Redis, not three.
+        self.saved: dict[str, str] = {}
 
     # records -----------------------------------------------------------------------------------
     def records(self) -> dict[str, Series]:
         """Every series recorded, by SeriesInstanceUID."""
         return {k.decode(): Series(**json.loads(v)) for k, v in self.redis.hgetall(self.records_key).items()}
 
-    def _save(self, record: Series) -> None:
-        self.redis.hset(self.records_key, record.series, json.dumps(asdict(record)))
+    def _save(self, record: Series, event: str | None = None) -> None:
+        """Save ``record``, counting ``event`` (of queues.dicom_events.EVENTS) in the same round trip."""
+        raw = json.dumps(asdict(record))
+        writes = self.redis.pipeline(transaction=False)
+        writes.hset(self.records_key, record.series, raw)
+        if event is not None:
+            count_event(writes, self.settings.namespace, self.config.ae_title, event)
+        writes.execute()
+        self.saved[record.series] = raw
 
     def _load(self, series: str) -> Series | None:
-        raw = self.redis.hget(self.records_key, series)
+        raw = self.saved.get(series)
+        if raw is None:
+            raw = self.redis.hget(self.records_key, series)
         return None if raw is None else Series(**json.loads(raw))
 
-    # DICOM handlers (pynetdicom's association threads) -----------------------------------------
+    def _forget(self, series: str) -> None:
+        self.redis.hdel(self.records_key, series)
+        self.saved.pop(series, None)
+
+    # the upper layer's handlers (one thread per association) ----------------------------------
     def count(self, event: str) -> None:
         count_event(self.redis, self.settings.namespace, self.config.ae_title, event)
 
-    def on_echo(self, event: Any) -> int:
-        return SUCCESS
-
-    def on_accepted(self, event: Any) -> None:
+    def on_accepted(self, association: Association) -> None:
         self.count("associations")
 
-    def on_aborted(self, event: Any) -> None:
+    def on_aborted(self, association: Association) -> None:
         """Mark what an aborted association sent: kept, and completed or reported incomplete
         as CARINA_DICOM_ABORTED says."""
         with self.lock:
-            for series in sorted(self.sent_on.pop(id(event.assoc), ())):
+            for series in sorted(self.sent_on.pop(id(association), ())):
                 record = self._load(series)
                 if record is not None and record.state == RECEIVING:
                     record.aborted = True
@@ -224,32 +284,31 @@ class Listener:
                     log.warning("dicom: series %s: the association from %s sending it was aborted (%d instances "
                                 "kept)", series, record.calling_ae, record.instances)
 
-    def on_released(self, event: Any) -> None:
+    def on_released(self, association: Association) -> None:
         with self.lock:
-            self.sent_on.pop(id(event.assoc), None)
+            self.sent_on.pop(id(association), None)
 
-    def address_allowed(self, allowed: tuple[str, ...], request: Any, client_address: tuple) -> bool:
-        """socketserver's check of a new connection: only from ``allowed`` addresses (others are
-        closed before any association is read)."""
-        if client_address[0] in allowed:
+    def address_allowed(self, address: str) -> bool:
+        """Whether a new connection from ``address`` may go on (others are closed before any
+        association is read)."""
+        if address in self.config.allowed_addresses:
             return True
-        log.warning("dicom: a connection from %s refused: not in CARINA_DICOM_ALLOWED_ADDRESSES", client_address[0])
+        log.warning("dicom: a connection from %s refused: not in CARINA_DICOM_ALLOWED_ADDRESSES", address)
         self.count("rejected")
         return False
 
-    def on_rejected(self, event: Any) -> None:
-        log.warning("dicom: association from %s at %s rejected", event.assoc.requestor.ae_title.strip(),
-                    event.assoc.requestor.address)
+    def on_rejected(self, calling_ae: str, address: str) -> None:
+        log.warning("dicom: association from %s at %s rejected", calling_ae, address)
         self.count("rejected")
 
-    def on_store(self, event: Any) -> int:
+    def on_store(self, arrival: Arrival) -> int:
         """Store one instance in the spool and record its arrival; the status to answer."""
-        calling = event.assoc.requestor.ae_title.strip()
-        address = event.assoc.requestor.address
+        calling, address = arrival.association.calling_ae, arrival.association.address
         try:
-            dataset = event.dataset
+            header = read_header(arrival.dataset, arrival.transfer_syntax)
+            dataset = header.dataset
             sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
-        except Exception as e:  # pydicom raises many kinds on a damaged dataset
+        except Exception as e:  # DicomFileError, or one of pydicom's many kinds on reading an element
             log.error("dicom: %s at %s: an instance that cannot be read: %s", calling, address, e)
             self.count("refused")
             return CANNOT_UNDERSTAND
@@ -259,7 +318,7 @@ class Listener:
             self.count("refused")
             return NOT_THE_SOP_CLASS
         sop, series, study = str(sop), str(series), str(study)
-        problem = pixel_data_problem(dataset, str(event.context.transfer_syntax))
+        problem = pixel_data_problem(dataset, header.pixel_bytes)
         if problem:
             log.error("dicom: %s from %s at %s: %s; refused", sop, calling, address, problem)
             self.count("refused")
@@ -279,7 +338,7 @@ class Listener:
                                     previous_jobs=[*record.previous_jobs, record.job])
                     log.info("dicom: series %s sent again by %s: generation %d", series, calling, record.generation)
                 try:
-                    stored = self._write(event, record.folder(self.config.spool), sop)
+                    stored = self._write(arrival, record.folder(self.config.spool), sop)
                 except OSError as e:
                     if sop not in record.unstored:
                         record.unstored.append(sop)
@@ -292,10 +351,9 @@ class Listener:
                     record.instances += 1
                 else:
                     record.duplicates += 1
-                self.count("instances" if stored else "duplicates")
                 record.last = time.time()
-                self._save(record)
-                self.sent_on.setdefault(id(event.assoc), set()).add(series)
+                self._save(record, "instances" if stored else "duplicates")
+                self.sent_on.setdefault(id(arrival.association), set()).add(series)
             except OSError as e:
                 log.error("dicom: %s from %s: cannot be stored: %s", sop, calling, e)
                 return OUT_OF_RESOURCES
@@ -304,7 +362,7 @@ class Listener:
                 return OUT_OF_RESOURCES
         return SUCCESS
 
-    def _write(self, event: Any, folder: Path, sop: str) -> bool:
+    def _write(self, arrival: Arrival, folder: Path, sop: str) -> bool:
         """Write the instance as it came (preamble, file meta, dataset); False if already there."""
         target = folder / f"{sop}.dcm"
         if target.exists():
@@ -314,12 +372,19 @@ class Listener:
         try:
             # Patient data: readable by this service's user only.
             with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                out.write(event.encoded_dataset())
+                out.write(file_meta(arrival.sop_class, sop, arrival.transfer_syntax, arrival.association.calling_ae,
+                                    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
+                out.write(arrival.dataset)
                 out.flush()
-                os.fsync(out.fileno())
+                if self.config.fsync == "each":
+                    os.fsync(out.fileno())
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
+        if self.config.fsync == "each":
+            _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            self.flusher.add(target)
         return True
 
     # complete series → jobs ---------------------------------------------------------------------
@@ -332,7 +397,7 @@ class Listener:
                 with self.lock:
                     current = self._load(record.series)
                     if current is not None and current.state in ENDED and current.last == record.last:
-                        self.redis.hdel(self.records_key, record.series)
+                        self._forget(record.series)
                 continue
             if self._may_remove(record, now):
                 self._remove(record)
@@ -374,6 +439,15 @@ class Listener:
     def _decide(self, record: Series) -> None:
         self.count("series_complete")
         folder = record.folder(self.config.spool)
+        self.flusher.flush()  # a job only ever reads instances that are on disk
+        on_disk = sum(1 for _ in folder.glob("*.dcm"))
+        if on_disk < record.instances:  # the host went down before they reached the disk
+            record.state = UNROUTED
+            record.reason = (f"incomplete: {record.instances} instances were received, {on_disk} are in {folder} "
+                             f"(lost before they reached the disk); not run")
+            log.error("dicom: series %s from %s: %s", record.series, record.calling_ae, record.reason)
+            self._save(record)
+            return
         if record.unstored or (record.aborted and self.config.aborted == "incomplete"):
             # Never a job on a series with holes: it waits to be sent again.
             record.state = UNROUTED
@@ -451,25 +525,29 @@ def series_tags(folder: Path) -> dict[str, str]:
     return {}
 
 
+def keep_flushing(flusher: Flusher, stop: threading.Event) -> None:
+    """Flush what arrived every FLUSH_S until ``stop`` is set."""
+    while not stop.wait(FLUSH_S):
+        try:
+            flusher.flush()
+        except OSError as e:
+            log.error("dicom: instances received could not be synced to disk (tried again): %s", e)
+
+
 def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> None:
     """Listen until ``stop`` is set, running the completion pass every ``poll_s`` seconds."""
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, sop_class
-    from pynetdicom.sop_class import Verification
+    import pydicom.uid
 
     config = listener.config
-    ae = AE(ae_title=config.ae_title)
-    # pynetdicom handles each P-DATA PDU in Python: the 16 kB default cuts a CT slice into 32.
-    ae.maximum_pdu_size = MAX_PDU_BYTES
-    ae.require_calling_aet = list(config.allowed_aes)
-    ae.add_supported_context(Verification)
-    for name in ACCEPTED_SOP_CLASSES:
-        ae.add_supported_context(getattr(sop_class, name), ALL_TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_C_ECHO, listener.on_echo), (evt.EVT_C_STORE, listener.on_store),
-                (evt.EVT_ACCEPTED, listener.on_accepted), (evt.EVT_REJECTED, listener.on_rejected),
-                (evt.EVT_ABORTED, listener.on_aborted), (evt.EVT_RELEASED, listener.on_released)]
-    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
-    if config.allowed_addresses:
-        server.verify_request = partial(listener.address_allowed, config.allowed_addresses)
+    acceptor = Acceptor(allowed_aes=frozenset(config.allowed_aes),
+                        abstract_syntaxes=frozenset((VERIFICATION, *(getattr(pydicom.uid, name)
+                                                                      for name in ACCEPTED_SOP_CLASSES))),
+                        transfer_syntaxes=frozenset(pydicom.uid.AllTransferSyntaxes), max_pdu_bytes=MAX_PDU_BYTES,
+                        max_associations=MAX_ASSOCIATIONS, timeout_s=NETWORK_TIMEOUT_S)
+    server = Server((config.host, config.port), acceptor, listener,
+                    listener.address_allowed if config.allowed_addresses else None)
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+    threading.Thread(target=keep_flushing, args=(listener.flusher, stop), name="dicom-flusher", daemon=True).start()
     log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
              ", ".join(config.allowed_aes), config.spool)
     try:
@@ -481,6 +559,8 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
                 log.warning("dicom: Redis away (%s); the pass is tried again", e)
     finally:
         server.shutdown()
+        server.server_close()
+        listener.flusher.flush()
 
 
 def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) -> None:

@@ -149,6 +149,10 @@ class Settings:
     dicom_stable_s: float = 10.0
     dicom_resent: str = "new-job"
     dicom_aborted: str = "complete"
+    # When an instance reaches the disk: "each", before it is answered; "batch", fsynced with
+    # those that came in the same fraction of a second (the listener's FLUSH_S), and always
+    # before its series' job starts.
+    dicom_fsync: str = "batch"
     # How long a series stays in the spool once its job is done and its results acknowledged
     # (unset: for ever); failed, unrouted and undelivered series are always kept.
     dicom_spool_retain_s: float | None = None
@@ -336,6 +340,7 @@ _VARIABLES = {
     "dicom_stable_s": float,
     "dicom_resent": str,
     "dicom_aborted": str,
+    "dicom_fsync": str,
     "dicom_spool_retain_s": float,
     "dicom_destinations": _names,
     "dicom_send_preview": _names,

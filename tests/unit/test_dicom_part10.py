@@ -1,0 +1,47 @@
+"""ops.dicom.part10 against pydicom: the header of a received data set, its pixel data's length
+(a transfer cut short shows as fewer bytes), and the Part 10 file it is kept as."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from ops.dicom.part10 import DEFLATED, EXPLICIT_LITTLE, IMPLICIT_LITTLE, file_meta, read_header
+from ops.errors import DicomFileError
+from ops.samples import ct_phantom, ct_series
+
+
+def encoded(dataset, implicit: bool) -> bytes:
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, implicit
+    write_dataset(out, dataset)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT_LITTLE, EXPLICIT_LITTLE])
+def test_the_header_and_the_pixel_bytes_are_read_whole_and_cut_short(tmp_path, syntax):
+    source = pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 32, 40)))[0])
+    data = encoded(source, syntax == IMPLICIT_LITTLE)
+    header = read_header(data, syntax)
+    assert header.dataset.SOPInstanceUID == source.SOPInstanceUID and header.dataset.Rows == 32
+    assert "PixelData" not in header.dataset and header.pixel_bytes == 32 * 40 * 2
+    assert read_header(data[:-100], syntax).pixel_bytes == 32 * 40 * 2 - 100
+
+
+def test_the_kept_file_is_what_pydicom_reads_with_its_meta(tmp_path):
+    source = pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 16, 16)))[0])
+    meta = file_meta(source.SOPClassUID, source.SOPInstanceUID, EXPLICIT_LITTLE, "CT1", "1.2.3", "TEST")
+    kept = pydicom.dcmread(io.BytesIO(meta + encoded(source, False)))
+    assert kept.file_meta.TransferSyntaxUID == EXPLICIT_LITTLE
+    assert kept.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+    assert kept.file_meta.SourceApplicationEntityTitle == "CT1"
+    assert (kept.pixel_array == source.pixel_array).all()
+
+
+def test_a_deflated_data_set_that_does_not_inflate_is_refused():
+    with pytest.raises(DicomFileError, match="cannot be read"):
+        read_header(b"\xff" * 64, DEFLATED)
