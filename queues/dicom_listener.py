@@ -57,8 +57,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from ops.dicom.part10 import file_meta, read_header
 from queues.dicom_events import count_event
+from queues.dicom_part10 import file_meta, read_header
 from queues.dicom_scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, VERIFICATION, Acceptor, Arrival, \
     Association, Server
 from queues.dispatch import SENT, Outbox
@@ -308,7 +308,7 @@ class Listener:
             header = read_header(arrival.dataset, arrival.transfer_syntax)
             dataset = header.dataset
             sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
-        except Exception as e:  # DicomFileError, or one of pydicom's many kinds on reading an element
+        except Exception as e:  # UnreadableDataSet, or one of pydicom's many kinds on reading an element
             log.error("dicom: %s at %s: an instance that cannot be read: %s", calling, address, e)
             self.count("refused")
             return CANNOT_UNDERSTAND

@@ -1,4 +1,4 @@
-"""ops.dicom.part10 against pydicom: the header of a received data set, its pixel data's length
+"""queues.dicom_part10 against pydicom: the header of a received data set, its pixel data's length
 (a transfer cut short shows as fewer bytes), and the Part 10 file it is kept as."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from ops.dicom.part10 import DEFLATED, EXPLICIT_LITTLE, IMPLICIT_LITTLE, file_meta, read_header
-from ops.errors import DicomFileError
+from queues.dicom_part10 import DEFLATED, EXPLICIT_LITTLE, IMPLICIT_LITTLE, UnreadableDataSet, file_meta, read_header
 from ops.samples import ct_phantom, ct_series
 
 
@@ -43,5 +42,5 @@ def test_the_kept_file_is_what_pydicom_reads_with_its_meta(tmp_path):
 
 
 def test_a_deflated_data_set_that_does_not_inflate_is_refused():
-    with pytest.raises(DicomFileError, match="cannot be read"):
+    with pytest.raises(UnreadableDataSet, match="cannot be read"):
         read_header(b"\xff" * 64, DEFLATED)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from pydicom.dataset import Dataset
-
-from ops.errors import DicomFileError
+from queues.errors import CarinaError
 
 IMPLICIT_LITTLE, EXPLICIT_LITTLE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 DEFLATED, EXPLICIT_BIG = "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
@@ -25,11 +23,15 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
 
 
+class UnreadableDataSet(CarinaError):
+    """A received data set whose elements cannot be parsed."""
+
+
 class Header(NamedTuple):
     """A data set's elements before its pixel data, and the native pixel data's bytes present:
     None where there is none, or where it is encapsulated or deflated (not measured here)."""
 
-    dataset: Dataset
+    dataset: Any  # pydicom's Dataset (imported only where a data set is read)
     pixel_bytes: int | None
 
 
@@ -39,7 +41,7 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
     encapsulated pixel data).
 
     Raises:
-        DicomFileError: the data set's elements cannot be parsed.
+        UnreadableDataSet: the data set's elements cannot be parsed.
     """
     implicit, little = transfer_syntax == IMPLICIT_LITTLE, transfer_syntax != EXPLICIT_BIG
     measurable = transfer_syntax in (IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG)
@@ -49,7 +51,7 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
         stream = io.BytesIO(data)
         dataset = _read(stream, implicit, little)
     except Exception as e:  # pydicom and zlib raise many kinds on damaged bytes
-        raise DicomFileError(f"a data set that cannot be read: {e}") from e
+        raise UnreadableDataSet(f"a data set that cannot be read: {e}") from e
     start = stream.tell()
     if not measurable or start + 8 > len(data) or _tag(data, start, little) != PIXEL_DATA:
         return Header(dataset, None)
@@ -64,7 +66,7 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
     return Header(dataset, max(0, min(length, len(data) - value)))
 
 
-def _read(stream: io.BytesIO, implicit: bool, little: bool) -> Dataset:
+def _read(stream: io.BytesIO, implicit: bool, little: bool) -> Any:
     from pydicom.filereader import read_dataset
 
     # Elements are read lazily: a damaged one raises when the caller reads it.
