@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +318,15 @@ def interrupted_after(tiles, count: int):
         yield item
 
 
+def killed_after_two_rows(tmp_path, image, **options) -> Path:
+    """Checkpoints of a write of ``image`` killed at its 14th tile (two rows checkpointed)."""
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError):
+        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
+                      checkpoints=checkpoints, checkpoint_rows=1, **options)
+    return checkpoints
+
+
 @pytest.mark.parametrize(("every_rows", "fail_at", "resumed_rows"), [
     (1, 7, 1),  # a checkpoint after row 0; the first reduced level's strip is half filled
     (1, 20, 3),  # after rows 0, 1 and 2: every level mid-strip somewhere
@@ -344,10 +354,7 @@ def test_an_interrupted_write_resumes_from_its_checkpoint_to_the_same_file(tmp_p
 
 def test_a_checkpoint_of_another_write_is_not_resumed(tmp_path):
     image = smooth_rgb(SHAPE)
-    checkpoints = tmp_path / "checkpoints"
-    with pytest.raises(RuntimeError):
-        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
-                      checkpoints=checkpoints, checkpoint_rows=1, quality=80)
+    checkpoints = killed_after_two_rows(tmp_path, image, quality=80)
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE, quality=80) == 2
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE, quality=90) == 0
     # at quality 90 the write starts over, from row 0, and makes the file a plain write makes
@@ -357,10 +364,7 @@ def test_a_checkpoint_of_another_write_is_not_resumed(tmp_path):
 
 def test_tiles_from_the_start_after_a_checkpoint_are_refused(tmp_path):
     image = smooth_rgb(SHAPE)
-    checkpoints = tmp_path / "checkpoints"
-    with pytest.raises(RuntimeError):
-        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
-                      checkpoints=checkpoints, checkpoint_rows=1)
+    checkpoints = killed_after_two_rows(tmp_path, image)
     with pytest.raises(InvalidParameter, match=r"tile \(0, 0\) out of order: expected tile \(2, 0\)"):
         write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints, checkpoint_rows=1)
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 2  # still there for a right retry
@@ -368,10 +372,7 @@ def test_tiles_from_the_start_after_a_checkpoint_are_refused(tmp_path):
 
 def test_a_torn_checkpoint_is_not_trusted(tmp_path):
     image = smooth_rgb(SHAPE)
-    checkpoints = tmp_path / "checkpoints"
-    with pytest.raises(RuntimeError):
-        write_pyramid(tmp_path / "image.tif", SHAPE, TILE, interrupted_after(tiles_of(image), 13),
-                      checkpoints=checkpoints, checkpoint_rows=1)
+    checkpoints = killed_after_two_rows(tmp_path, image)
     with open(checkpoints / "tiles.spool", "r+b") as spool:  # the disk lost the spool's tail
         spool.truncate(100)
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 0
