@@ -1,7 +1,7 @@
 """``carina demo``: the product tour on generated data.
 
 Every service of the ``Procfile`` — redis-server, Triton, a cpu and a gpu worker, the HTTP API,
-the watch-folder daemon, Flower, the metrics exporter — started by honcho on free loopback
+the watch-folder daemon, the DICOM listener, Flower, the metrics exporter — started by honcho on free loopback
 ports; every pipeline submitted as an app would, plus one study dropped into the watch folder;
 a results table with the URLs and the PNG previews; then everything is stopped.
 """
@@ -15,9 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -31,6 +32,9 @@ from queues.pipelines import submit, wait
 from queues.settings import Settings
 from queues.signing import environment as signing_environment, make_keys
 from carina.triton import REPO_ROOT
+
+if TYPE_CHECKING:
+    from carina.orthanc import LocalOrthanc
 
 JOB_TIMEOUT_S = 300
 READY_TIMEOUT_S = 300  # the first start of Triton loads both models
@@ -69,7 +73,7 @@ def run_demo(out: Path) -> bool:
     inbox = out / "inbox"
     for folder in (inbox, out / "result-watch", out / "redis"):  # a fresh tour each time
         shutil.rmtree(folder, ignore_errors=True)
-    ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics")}
+    ports = {name: free_port() for name in ("redis", "triton", "api", "flower", "metrics", "dicom")}
     # The demo's Redis lets in only its own services, each as its role's user (queues/roles.py).
     password = secrets.token_urlsafe(18)
     role_passwords = {role: secrets.token_urlsafe(18) for role in ("worker", "front")}
@@ -87,8 +91,35 @@ def run_demo(out: Path) -> bool:
            "CARINA_WATCH_POLL_S": "0.5", "CARINA_FLOWER_AUTH": "", "CARINA_API_TOKEN": "",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            **signing_environment(keys)}
-    settings = Settings.from_env(env)
     results: list[tuple[DemoJob, JobStatus]] = []
+    with ExitStack() as stack:
+        # The PACS first: the listener's health check echoes it before the tour starts.
+        orthanc = stack.enter_context(local_pacs(ports["dicom"])) if shutil.which("Orthanc") else None
+        env.update(listener_environment(out / "pacs", ports["dicom"], orthanc))
+        run_services(out, env, ports, orthanc, results)
+    print(f"\n{'pipeline':12} {'state':8} output")
+    for job, status in results:
+        print(f"{job.pipeline:12} {status.state:8} {status.output or status.error or 'timed out'}")
+        if status.state == "done":
+            files = sorted(Path(status.output).iterdir())
+            for path in files[:4]:
+                print(f"{'':22}{path.name:20} {path.stat().st_size:>10} bytes")
+            if len(files) > 4:
+                print(f"{'':22}… and {len(files) - 4} more files")
+    previews = sorted(out.glob("result-*/**/*.png"))
+    print("\npreviews:\n" + "\n".join(f"  {p}" for p in previews))
+    expected = len(DEMO_JOBS) + 1 + bool(shutil.which("Orthanc"))
+    ok = len(results) == expected and all(status.state == "done" for _, status in results)
+    if not ok:
+        print(f"services log: {out / 'services.log'}")
+    return ok
+
+
+def run_services(out: Path, env: dict[str, str], ports: dict[str, int], orthanc: "LocalOrthanc | None",
+                 results: list[tuple[DemoJob, JobStatus]]) -> None:
+    """The Procfile's services up, every demo job through them, its status appended to ``results``."""
+    settings = Settings.from_env(env)
+    inbox = settings.watch_inbox
     services = start_procfile(env, out / "services.log")
     try:
         client = wait_until_ready(settings, services, out / "services.log")
@@ -108,30 +139,14 @@ def run_demo(out: Path) -> bool:
                                       on_change=lambda s: print(f"  {s.state:8} {s.stage}", flush=True))))
         results.append((DemoJob("spleen-seg", DROPPED, (), what="from the watch folder"),
                         wait_for_drop(inbox / DROPPED, out / "result-watch", jobs)))
-        if shutil.which("Orthanc"):
+        if orthanc:
             results.append((DemoJob("spleen-seg", PACS_SAMPLE, (), what="from Orthanc, its SEG sent back"),
-                            pacs_round_trip(out, env, jobs)))
+                            pacs_round_trip(out, orthanc, jobs)))
         else:
             print("no Orthanc here (`make pacs` installs it, as root): the PACS round trip is left out")
         drain_pool(client, settings.fastio_config())
     finally:
         stop_procfile(services)
-    print(f"\n{'pipeline':12} {'state':8} output")
-    for job, status in results:
-        print(f"{job.pipeline:12} {status.state:8} {status.output or status.error or 'timed out'}")
-        if status.state == "done":
-            files = sorted(Path(status.output).iterdir())
-            for path in files[:4]:
-                print(f"{'':22}{path.name:20} {path.stat().st_size:>10} bytes")
-            if len(files) > 4:
-                print(f"{'':22}… and {len(files) - 4} more files")
-    previews = sorted(out.glob("result-*/**/*.png"))
-    print("\npreviews:\n" + "\n".join(f"  {p}" for p in previews))
-    expected = len(DEMO_JOBS) + 1 + bool(shutil.which("Orthanc"))
-    ok = len(results) == expected and all(status.state == "done" for _, status in results)
-    if not ok:
-        print(f"services log: {out / 'services.log'}")
-    return ok
 
 
 def start_procfile(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -187,61 +202,55 @@ def wait_for_drop(entry: Path, output_root: Path, jobs: JobStore) -> JobStatus:
                      error=f"the watch folder ran no job for {entry.name} within {JOB_TIMEOUT_S} s")
 
 
-def pacs_round_trip(out: Path, env: dict[str, str], jobs: JobStore) -> JobStatus:
-    """The spleen sample as a DICOM series uploaded to an Orthanc, sent by Orthanc to Carina's
-    DICOM listener, segmented, and its SEG sent back to Orthanc: the job's status (its SEG
-    also saved as ``result-pacs/seg.dcm``)."""
-    import json
-
+def local_pacs(listener_port: int) -> "LocalOrthanc":
+    """An Orthanc (not yet started) that may C-STORE to Carina's listener on ``listener_port``."""
     from carina.orthanc import LocalOrthanc
 
-    series = out / "input" / PACS_SAMPLE
+    return LocalOrthanc(modalities={"carina": ("CARINA", "127.0.0.1", listener_port)})
+
+
+def listener_environment(root: Path, port: int, orthanc: "LocalOrthanc | None") -> dict[str, str]:
+    """The Procfile's DICOM listener for the demo: it takes CT series from Orthanc, runs
+    spleen-seg on each and, with an Orthanc, sends the SEG back to it. Its spool, results,
+    outbox and rules go under ``root`` (made afresh)."""
+    import json
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    rule = {"kind": "dicom", "dicom": {"Modality": "CT"}, "pipeline": "spleen-seg"}
+    env = {"CARINA_DICOM_PORT": str(port), "CARINA_DICOM_ALLOWED_AES": "ORTHANC", "CARINA_DICOM_STABLE_S": "2",
+           "CARINA_DICOM_SPOOL": str(root / "spool"), "CARINA_DICOM_OUTPUT": str(root / "results"),
+           "CARINA_DICOM_OUTBOX": str(root / "outbox"), "CARINA_DICOM_RULES": str(root / "rules.json")}
+    if orthanc:
+        rule["send_to"] = "orthanc"
+        env["CARINA_DICOM_DESTINATIONS"] = f"orthanc={orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"
+    (root / "rules.json").write_text(json.dumps([rule]))
+    return env
+
+
+def pacs_round_trip(out: Path, orthanc: "LocalOrthanc", jobs: JobStore) -> JobStatus:
+    """The spleen sample as a DICOM series uploaded to ``orthanc``, sent by it to the Procfile's
+    DICOM listener, segmented, and its SEG sent back to Orthanc: the job's status (its SEG also
+    saved as ``result-pacs/seg.dcm``)."""
+    series, root = out / "input" / PACS_SAMPLE, out / "pacs"
     shutil.rmtree(series, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(series), "--dicom", "--spleen", "--shape",
                     "64", "256", "256"], check=True, stdout=subprocess.DEVNULL)
-    listen_port, root = free_port(), out / "pacs"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
-    (root / "rules.json").write_text(json.dumps([{"kind": "dicom", "dicom": {"Modality": "CT"},
-                                                  "pipeline": "spleen-seg", "send_to": "orthanc"}]))
-    with LocalOrthanc(modalities={"carina": ("CARINA", "127.0.0.1", listen_port)}) as orthanc:
-        listen_env = {**env, "CARINA_DICOM_DESTINATIONS": f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
-        with open(root / "listener.log", "w") as log:
-            listener = subprocess.Popen(
-                [sys.executable, "-m", "carina", "dicom-listen", "--port", str(listen_port), "--allow", "ORTHANC",
-                 "--spool", str(root / "spool"), "--output", str(root / "results"), "--outbox", str(root / "outbox"),
-                 "--rules", str(root / "rules.json"), "--stable-s", "2"], env=listen_env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            print(f"Orthanc (the PACS) at {orthanc.url}/app/explorer.html; Carina's DICOM listener on port "
-                  f"{listen_port}")
-            while "listening on" not in (root / "listener.log").read_text():
-                if listener.poll() is not None:
-                    raise ServiceError(f"the DICOM listener stopped:\n{(root / 'listener.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-            instance = orthanc.upload(sorted(series.iterdir()))[0]
-            orthanc.request("POST", "/modalities/carina/store", orthanc.get(f"/instances/{instance}")["ParentSeries"]
-                            .encode())
-            print(f"Orthanc sent {PACS_SAMPLE} to Carina (C-STORE)")
-            deadline = time.monotonic() + JOB_TIMEOUT_S
-            found: list[str] = []
-            while not found and time.monotonic() < deadline:
-                found = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SEG"}})
-                time.sleep(0.5)
-            if not found:
-                return JobStatus(job_id="", pipeline="spleen-seg", state="failed", stages=[],
-                                 error=f"no SEG reached Orthanc within {JOB_TIMEOUT_S} s; see {root / 'listener.log'}")
-            [seg] = orthanc.get(f"/series/{found[0]}")["Instances"]
-            (out / "result-pacs").mkdir(exist_ok=True)
-            (out / "result-pacs" / "seg.dcm").write_bytes(orthanc.get(f"/instances/{seg}/file"))
-            print(f"  the SEG is in Orthanc: {orthanc.url}/series/{found[0]} "
-                  f"(saved as {out / 'result-pacs' / 'seg.dcm'})")
-            [status] = [s for s in jobs.recent_statuses(50) if s.output.startswith(str(root / "results"))]
-            return status
-        finally:
-            listener.send_signal(signal.SIGTERM)
-            try:
-                listener.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(listener.pid, signal.SIGKILL)
-                listener.wait()
+    print(f"Orthanc (the PACS) at {orthanc.url}/app/explorer.html")
+    instance = orthanc.upload(sorted(series.iterdir()))[0]
+    orthanc.request("POST", "/modalities/carina/store", orthanc.get(f"/instances/{instance}")["ParentSeries"].encode())
+    print(f"Orthanc sent {PACS_SAMPLE} to Carina's DICOM listener (C-STORE)")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    found: list[str] = []
+    while not found and time.monotonic() < deadline:
+        found = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SEG"}})
+        time.sleep(0.5)
+    if not found:
+        return JobStatus(job_id="", pipeline="spleen-seg", state="failed", stages=[],
+                         error=f"no SEG reached Orthanc within {JOB_TIMEOUT_S} s; see {out / 'services.log'}")
+    [seg] = orthanc.get(f"/series/{found[0]}")["Instances"]
+    (out / "result-pacs").mkdir(exist_ok=True)
+    (out / "result-pacs" / "seg.dcm").write_bytes(orthanc.get(f"/instances/{seg}/file"))
+    print(f"  the SEG is in Orthanc: {orthanc.url}/series/{found[0]} (saved as {out / 'result-pacs' / 'seg.dcm'})")
+    [status] = [s for s in jobs.recent_statuses(50) if s.output.startswith(str(root / "results"))]
+    return status

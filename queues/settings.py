@@ -149,6 +149,9 @@ class Settings:
     dicom_stable_s: float = 10.0
     dicom_resent: str = "new-job"
     dicom_aborted: str = "complete"
+    # The rules that pick each complete series' pipeline (queues/rules.py; unset: CT abdomen →
+    # spleen-seg, other DICOM → 3dblur), so a Procfile or compose service needs no arguments.
+    dicom_rules: Path | None = None
     # When an instance reaches the disk: "each", before it is answered; "batch", fsynced with
     # those that came in the same fraction of a second (the listener's FLUSH_S), and always
     # before its series' job starts.
@@ -340,6 +343,7 @@ _VARIABLES = {
     "dicom_stable_s": float,
     "dicom_resent": str,
     "dicom_aborted": str,
+    "dicom_rules": Path,
     "dicom_fsync": str,
     "dicom_spool_retain_s": float,
     "dicom_destinations": _names,

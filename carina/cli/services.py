@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "(default CARINA_DICOM_OUTPUT, ./results)")
     p.add_argument("--outbox", type=Path, help="results on their way to a rule's send_to destination "
                                                "(default CARINA_DICOM_OUTBOX, ./dicom-outbox)")
-    p.add_argument("--rules", type=Path, help="JSON rules, as the watch folder's (default: CT abdomen → spleen-seg, "
-                                              "other DICOM → 3dblur)")
+    p.add_argument("--rules", type=Path, help="JSON rules, as the watch folder's (default CARINA_DICOM_RULES; unset: "
+                                              "CT abdomen → spleen-seg, other DICOM → 3dblur)")
     p.add_argument("--stable-s", type=float,
                    help="seconds without an instance after which a series is complete "
                         "(default CARINA_DICOM_STABLE_S, 10)")
@@ -115,7 +115,8 @@ def dicom_listen(args: argparse.Namespace) -> int:
         stable_s=settings.dicom_stable_s if args.stable_s is None else args.stable_s,
         outbox=(args.outbox or settings.dicom_outbox).absolute(), resent=settings.dicom_resent,
         aborted=settings.dicom_aborted, fsync=settings.dicom_fsync, allowed_addresses=settings.dicom_allowed_addresses)
-    rules = load_rules(args.rules, settings) if args.rules else tuple(r for r in DEFAULT_RULES if r.kind == "dicom")
+    rules_file = args.rules or settings.dicom_rules
+    rules = load_rules(rules_file, settings) if rules_file else tuple(r for r in DEFAULT_RULES if r.kind == "dicom")
     listen(config, rules, settings)
     return 0
 

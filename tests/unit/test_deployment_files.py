@@ -40,6 +40,7 @@ def test_nothing_listens_beyond_loopback_on_the_host_and_secrets_are_required():
     assert ":?" in services["api"]["environment"]["CARINA_API_TOKEN"]
     assert ":?" in services["flower"]["environment"]["CARINA_FLOWER_AUTH"]
     assert ":?" in services["metrics"]["environment"]["CARINA_METRICS_TOKEN"]
+    assert ":?" in services["dicom"]["environment"]["CARINA_DICOM_ALLOWED_AES"]  # DICOM's credentials
     assert services["redis"]["command"][:2] == ["carina", "redis"]  # the role users made with the server
     assert "${CARINA_REDIS_PASSWORD:?" in services["redis"]["environment"]["CARINA_REDIS_URL"]
 
@@ -95,7 +96,7 @@ def test_a_compose_client_accepts_the_file_and_demands_the_secrets(tmp_path):
     command = [*client, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
     secrets = {"CARINA_API_TOKEN": "t0ken", "CARINA_FLOWER_AUTH": "radiology:s3cret", "CARINA_REDIS_PASSWORD": "r3dis",
                "CARINA_REDIS_WORKER_PASSWORD": "w0rker", "CARINA_REDIS_FRONT_PASSWORD": "fr0nt",
-               "CARINA_METRICS_TOKEN": "m3trics"}
+               "CARINA_METRICS_TOKEN": "m3trics", "CARINA_DICOM_ALLOWED_AES": "PACS"}
     ok = subprocess.run(command, env={**os.environ, **secrets}, capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     for missing in secrets:  # each one is demanded by name
