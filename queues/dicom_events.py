@@ -14,11 +14,12 @@ def events_key(namespace: str, ae_title: str) -> str:
     return f"{namespace}:dicom:{ae_title}:events"
 
 
-def count_event(client: redis.Redis | redis.client.Pipeline, namespace: str, ae_title: str, event: str) -> None:
-    """One more ``event`` (of :data:`EVENTS`); best effort: a count lost while Redis is away
-    stops nothing. On a pipeline it is queued with the pipeline's other commands."""
+def count_event(client: redis.Redis | redis.client.Pipeline, namespace: str, ae_title: str, event: str,
+                times: int = 1) -> None:
+    """``times`` more ``event`` (of :data:`EVENTS`); best effort: a count lost while Redis is
+    away stops nothing. On a pipeline it is queued with the pipeline's other commands."""
     try:
-        client.hincrby(events_key(namespace, ae_title), event, 1)
+        client.hincrby(events_key(namespace, ae_title), event, times)
     except redis.RedisError:
         pass
 

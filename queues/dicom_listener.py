@@ -50,6 +50,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,15 @@ class Listener:
         self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
         self.sent_on: dict[int, set[str]] = {}  # association (its id()) → the series it sent into
         self.flusher = Flusher()
-        # The records as last saved (JSON): only this listener writes them, so an arrival costs
-        # one round trip to Redis, not three.
+        # The records as this listener last wrote them (JSON): only it writes them, so an
+        # arrival needs no read from Redis.
         self.saved: dict[str, str] = {}
+        # With CARINA_DICOM_FSYNC=batch, one more instance of a series already recorded is
+        # written to Redis with the others of the same FLUSH_S, after their fsync (save_unsaved):
+        # what a killed listener had not yet recorded is on disk, and counted at its decision.
+        self.unsaved: dict[str, str] = {}
+        self.uncounted: Counter[str] = Counter()
+        self.deferring = config.fsync == "batch"  # off while Redis refuses the deferred writes
 
     # records -----------------------------------------------------------------------------------
     def records(self) -> dict[str, Series]:
@@ -254,6 +261,40 @@ class Listener:
             count_event(writes, self.settings.namespace, self.config.ae_title, event)
         writes.execute()
         self.saved[record.series] = raw
+        self.unsaved.pop(record.series, None)
+
+    def _note(self, record: Series, event: str) -> None:
+        """Save ``record`` with the next :meth:`save_unsaved` (or now, when not deferring)."""
+        if not self.deferring:
+            self._save(record, event)
+            return
+        raw = json.dumps(asdict(record))
+        self.saved[record.series] = self.unsaved[record.series] = raw
+        self.uncounted[event] += 1
+
+    def save_unsaved(self) -> None:
+        """Write the records and counts :meth:`_note` kept, in one round trip. A failure is
+        logged and they are kept for the next try; meanwhile every arrival is saved before it
+        is answered (and refused while Redis is away)."""
+        with self.lock:
+            if not self.unsaved and not self.uncounted:
+                return
+            writes = self.redis.pipeline(transaction=False)
+            for series, raw in self.unsaved.items():
+                writes.hset(self.records_key, series, raw)
+            for event, times in self.uncounted.items():
+                count_event(writes, self.settings.namespace, self.config.ae_title, event, times)
+            try:
+                writes.execute()
+            except redis.RedisError as e:
+                if self.deferring:
+                    log.error("dicom: the arrivals of %d series cannot be recorded (Redis: %s); tried again, "
+                              "and instances are refused until they are", len(self.unsaved), e)
+                self.deferring = False
+                return
+            self.unsaved.clear()
+            self.uncounted.clear()
+            self.deferring = self.config.fsync == "batch"
 
     def _load(self, series: str) -> Series | None:
         raw = self.saved.get(series)
@@ -326,6 +367,7 @@ class Listener:
         with self.lock:
             try:
                 record = self._load(series)
+                known = record is not None and record.state == RECEIVING and not record.unstored
                 if record is None:  # new, or its record trimmed: never into a generation already spooled
                     record = Series(study, series, calling, address,
                                     generation=next_generation(self.config.spool, study, series))
@@ -352,7 +394,10 @@ class Listener:
                 else:
                     record.duplicates += 1
                 record.last = time.time()
-                self._save(record, "instances" if stored else "duplicates")
+                if known:  # a series recorded already: one more of it is recorded with the next flush
+                    self._note(record, "instances" if stored else "duplicates")
+                else:
+                    self._save(record, "instances" if stored else "duplicates")
                 self.sent_on.setdefault(id(arrival.association), set()).add(series)
             except OSError as e:
                 log.error("dicom: %s from %s: cannot be stored: %s", sop, calling, e)
@@ -441,6 +486,10 @@ class Listener:
         folder = record.folder(self.config.spool)
         self.flusher.flush()  # a job only ever reads instances that are on disk
         on_disk = sum(1 for _ in folder.glob("*.dcm"))
+        if on_disk > record.instances:  # stored and answered, but the listener stopped before recording them
+            log.info("dicom: series %s: %d instances on disk where %d were recorded", record.series, on_disk,
+                     record.instances)
+            record.instances = on_disk
         if on_disk < record.instances:  # the host went down before they reached the disk
             record.state = UNROUTED
             record.reason = (f"incomplete: {record.instances} instances were received, {on_disk} are in {folder} "
@@ -525,13 +574,15 @@ def series_tags(folder: Path) -> dict[str, str]:
     return {}
 
 
-def keep_flushing(flusher: Flusher, stop: threading.Event) -> None:
-    """Flush what arrived every FLUSH_S until ``stop`` is set."""
+def keep_flushing(listener: Listener, stop: threading.Event) -> None:
+    """Every FLUSH_S until ``stop`` is set: what arrived to disk, then its records to Redis."""
     while not stop.wait(FLUSH_S):
         try:
-            flusher.flush()
+            listener.flusher.flush()
         except OSError as e:
             log.error("dicom: instances received could not be synced to disk (tried again): %s", e)
+            continue
+        listener.save_unsaved()
 
 
 def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> None:
@@ -547,7 +598,7 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
     server = Server((config.host, config.port), acceptor, listener,
                     listener.address_allowed if config.allowed_addresses else None)
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
-    threading.Thread(target=keep_flushing, args=(listener.flusher, stop), name="dicom-flusher", daemon=True).start()
+    threading.Thread(target=keep_flushing, args=(listener, stop), name="dicom-flusher", daemon=True).start()
     log.info("dicom: %s listening on %s:%d for %s; spool %s", config.ae_title, config.host, config.port,
              ", ".join(config.allowed_aes), config.spool)
     try:
@@ -561,6 +612,7 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
         server.shutdown()
         server.server_close()
         listener.flusher.flush()
+        listener.save_unsaved()
 
 
 def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) -> None:

@@ -160,23 +160,6 @@ def test_a_listener_killed_before_the_series_was_complete_starts_its_job_once_re
     assert listener.log.read_text().count(f"series {uid} ({len(files)} instances") == 1
 
 
-def test_a_series_with_fewer_files_on_disk_than_were_received_is_reported_incomplete_and_not_run(deployment,
-                                                                                                     tmp_path):
-    """The host went down inside the batch fsync window: the record says 4 arrived, the disk has 3."""
-    with own_listener(deployment, tmp_path) as running:
-        files = a_series(tmp_path / "ct", slices=4)
-        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-        assert store(running, files).returncode == 0
-        running.kill()  # within the stability wait: nothing was submitted yet
-        folder = running.records(deployment.client())[uid].folder(running.spool)
-        sorted(folder.glob("*.dcm"))[0].unlink()  # what the crash did not let reach the disk
-        running.start()
-        record = running.finished(deployment.client(), uid)
-        assert record.state == "unrouted" and not record.job
-        assert record.reason.startswith(f"incomplete: 4 instances were received, 3 are in {folder}")
-        assert len(list(folder.glob("*.dcm"))) == 3 and all(f.exists() for f in files)
-
-
 def send_with_pynetdicom(listener, dataset) -> int:
     """The status of a C-STORE of ``dataset`` from pynetdicom (what DCMTK refuses to send)."""
     from pynetdicom import AE
@@ -436,3 +419,21 @@ def test_with_a_retention_a_done_series_leaves_the_spool_and_an_incomplete_one_s
             deployment.client())[kept_uid].removed
         [output] = [p for p in running.output.iterdir() if p.name.startswith(done_uid)]
         assert len(list(output.glob("*.dcm"))) == 4  # the job's results are not the spool's
+
+
+def test_a_series_with_fewer_files_on_disk_than_were_received_is_reported_incomplete_and_not_run(deployment,
+                                                                                                     tmp_path):
+    """The host went down inside the batch fsync window: the record says 4 arrived, the disk has 3."""
+    with own_listener(deployment, tmp_path) as running:
+        files = a_series(tmp_path / "ct", slices=4)
+        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+        assert store(running, files).returncode == 0
+        wait_until(lambda: running.records(deployment.client())[uid].instances == 4, 10, "all four recorded")
+        running.kill()  # within the stability wait: nothing was submitted yet
+        folder = running.records(deployment.client())[uid].folder(running.spool)
+        sorted(folder.glob("*.dcm"))[0].unlink()  # what the crash did not let reach the disk
+        running.start()
+        record = running.finished(deployment.client(), uid)
+        assert record.state == "unrouted" and not record.job
+        assert record.reason.startswith(f"incomplete: 4 instances were received, 3 are in {folder}")
+        assert len(list(folder.glob("*.dcm"))) == 3 and all(f.exists() for f in files)
