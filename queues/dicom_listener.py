@@ -60,8 +60,8 @@ from celery import Celery
 
 from queues.dicom_events import count_event
 from queues.dicom_part10 import file_meta, read_header
-from queues.dicom_scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, VERIFICATION, Acceptor, Arrival, \
-    Association, Server
+from queues.dicom_scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, VERIFICATION, Acceptor, \
+    Association, Server, StoreRequest
 from queues.dispatch import SENT, Outbox
 from queues.errors import BrokerUnavailable, CarinaError, ConfigError, UnknownJob
 from queues.jobs import JobStore
@@ -215,6 +215,72 @@ def is_uid(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= UID_MAX and UID.fullmatch(value) is not None
 
 
+class Receiving:
+    """One instance as it arrives: its Part 10 file written into the listener's incoming folder
+    fragment by fragment (while the sender sends the next), then filed whole by
+    :meth:`Listener.file`, or removed. The data set is also kept in memory, for its header."""
+
+    def __init__(self, listener: "Listener", request: StoreRequest) -> None:
+        self.listener, self.request = listener, request
+        self.fragments: list[bytes] = []
+        self.partial: Path | None = None
+        self.descriptor: int | None = None
+        self.failure: OSError | None = None
+
+    def add(self, fragment: memoryview) -> None:
+        data = bytes(fragment)
+        self.fragments.append(data)
+        if self.failure is not None:
+            return
+        try:
+            if self.descriptor is None:
+                self._open()
+            _write_all(self.descriptor, data)
+        except OSError as e:
+            self.failure = e
+
+    def _open(self) -> None:
+        request = self.request
+        self.partial = self.listener.incoming / f".{uuid.uuid4().hex}.part"
+        # Patient data: readable by this service's user only.
+        self.descriptor = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _write_all(self.descriptor, file_meta(
+            request.sop_class, request.sop_instance if is_uid(request.sop_instance) else "", request.transfer_syntax,
+            request.association.calling_ae, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
+
+    def end(self) -> int:
+        try:
+            self._close(sync=self.listener.config.fsync == "each")
+            return self.listener.file(self.request, b"".join(self.fragments),
+                                      None if self.failure else self.partial, self.failure)
+        finally:
+            self.drop()
+
+    def _close(self, sync: bool) -> None:
+        if self.descriptor is None:
+            return
+        descriptor, self.descriptor = self.descriptor, None
+        try:
+            if sync and self.failure is None:
+                os.fsync(descriptor)
+        except OSError as e:
+            self.failure = e
+        finally:
+            os.close(descriptor)
+
+    def drop(self) -> None:
+        """Close and remove what was written (nothing, once it was filed)."""
+        self._close(sync=False)
+        if self.partial is not None:
+            self.partial.unlink(missing_ok=True)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
+
+
 class Listener:
     """The C-STORE and C-ECHO handlers, and the pass that turns complete series into jobs.
 
@@ -237,6 +303,11 @@ class Listener:
         self.outbox = Outbox(config.outbox, settings, client, config.ae_title)
         self.sent_on: dict[int, set[str]] = {}  # association (its id()) → the series it sent into
         self.flusher = Flusher()
+        # Instances being received, written here and renamed into their series' folder when whole.
+        self.incoming = config.spool / ".incoming" / config.ae_title
+        self.incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for partial in self.incoming.glob("*.part"):  # a stopped listener's: never answered, so never taken
+            partial.unlink(missing_ok=True)
         # The records as this listener last wrote them (JSON): only it writes them, so an
         # arrival needs no read from Redis.
         self.saved: dict[str, str] = {}
@@ -342,11 +413,16 @@ class Listener:
         log.warning("dicom: association from %s at %s rejected", calling_ae, address)
         self.count("rejected")
 
-    def on_store(self, arrival: Arrival) -> int:
-        """Store one instance in the spool and record its arrival; the status to answer."""
-        calling, address = arrival.association.calling_ae, arrival.association.address
+    def on_store(self, request: StoreRequest) -> Receiving:
+        return Receiving(self, request)
+
+    def file(self, request: StoreRequest, dataset: bytes, written: Path | None, failure: OSError | None) -> int:
+        """File one whole instance (its Part 10 file ``written`` in the incoming folder, or
+        ``failure``, why it could not be) into its series' folder and record its arrival; the
+        status to answer. ``dataset`` is the data set's bytes, for its header."""
+        calling, address = request.association.calling_ae, request.association.address
         try:
-            header = read_header(arrival.dataset, arrival.transfer_syntax)
+            header = read_header(dataset, request.transfer_syntax)
             dataset = header.dataset
             sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
         except Exception as e:  # UnreadableDataSet, or one of pydicom's many kinds on reading an element
@@ -359,6 +435,11 @@ class Listener:
             self.count("refused")
             return NOT_THE_SOP_CLASS
         sop, series, study = str(sop), str(series), str(study)
+        if sop != request.sop_instance:
+            log.error("dicom: %s from %s at %s: its C-STORE command named SOP instance %r; refused", sop, calling,
+                      address, request.sop_instance)
+            self.count("refused")
+            return NOT_THE_SOP_CLASS
         problem = pixel_data_problem(dataset, header.pixel_bytes)
         if problem:
             log.error("dicom: %s from %s at %s: %s; refused", sop, calling, address, problem)
@@ -380,7 +461,7 @@ class Listener:
                                     previous_jobs=[*record.previous_jobs, record.job])
                     log.info("dicom: series %s sent again by %s: generation %d", series, calling, record.generation)
                 try:
-                    stored = self._write(arrival, record.folder(self.config.spool), sop)
+                    stored = self._place(written, failure, record.folder(self.config.spool), sop)
                 except OSError as e:
                     if sop not in record.unstored:
                         record.unstored.append(sop)
@@ -398,7 +479,7 @@ class Listener:
                     self._note(record, "instances" if stored else "duplicates")
                 else:
                     self._save(record, "instances" if stored else "duplicates")
-                self.sent_on.setdefault(id(arrival.association), set()).add(series)
+                self.sent_on.setdefault(id(request.association), set()).add(series)
             except OSError as e:
                 log.error("dicom: %s from %s: cannot be stored: %s", sop, calling, e)
                 return OUT_OF_RESOURCES
@@ -407,25 +488,19 @@ class Listener:
                 return OUT_OF_RESOURCES
         return SUCCESS
 
-    def _write(self, arrival: Arrival, folder: Path, sop: str) -> bool:
-        """Write the instance as it came (preamble, file meta, dataset); False if already there."""
+    def _place(self, written: Path | None, failure: OSError | None, folder: Path, sop: str) -> bool:
+        """Rename ``written`` into ``folder`` as the instance's file; False if already there.
+
+        Raises:
+            OSError: ``failure``, or the folder or the rename failed.
+        """
         target = folder / f"{sop}.dcm"
         if target.exists():
             return False
+        if failure is not None or written is None:
+            raise failure or OSError(f"{sop}: nothing was written")
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = folder / f".{sop}.{uuid.uuid4().hex[:8]}.part"
-        try:
-            # Patient data: readable by this service's user only.
-            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                out.write(file_meta(arrival.sop_class, sop, arrival.transfer_syntax, arrival.association.calling_ae,
-                                    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
-                out.write(arrival.dataset)
-                out.flush()
-                if self.config.fsync == "each":
-                    os.fsync(out.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        os.replace(written, target)
         if self.config.fsync == "each":
             _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
         else:

@@ -76,25 +76,53 @@ class Association:
 
 
 @dataclass(frozen=True)
-class Arrival:
-    """One C-STORE request: its command's SOP class and instance UIDs, the transfer syntax its
-    data set is encoded in, and the data set's bytes as they came (no file meta, no preamble)."""
+class StoreRequest:
+    """One C-STORE request's command: its SOP class and instance UIDs (as the peer sent them,
+    unchecked) and the transfer syntax its data set is encoded in."""
 
     association: Association
     sop_class: str
     sop_instance: str
     transfer_syntax: str
-    dataset: bytes
+
+
+class Incoming(Protocol):
+    """One data set as its fragments arrive (the bytes as they came: no file meta, no preamble)."""
+
+    def add(self, fragment: memoryview) -> None:
+        """The next fragment: a view valid only until this returns (copy what is kept)."""
+
+    def end(self) -> int:
+        """The data set is whole: the DIMSE status to answer."""
+
+    def drop(self) -> None:
+        """The association ended before the data set did."""
+
+
+class Refused:
+    """A data set read to its end and answered ``status`` (nothing of it kept)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def add(self, fragment: memoryview) -> None:
+        pass
+
+    def end(self) -> int:
+        return self.status
+
+    def drop(self) -> None:
+        pass
 
 
 class Handler(Protocol):
-    """What the acceptor tells its user; ``on_store`` answers the DIMSE status."""
+    """What the acceptor tells its user; ``on_store`` takes the data set that follows its command."""
 
     def on_accepted(self, association: Association) -> None: ...
 
     def on_rejected(self, calling_ae: str, address: str) -> None: ...
 
-    def on_store(self, arrival: Arrival) -> int: ...
+    def on_store(self, request: StoreRequest) -> Incoming: ...
 
     def on_released(self, association: Association) -> None: ...
 
@@ -358,8 +386,8 @@ class Session:
 
     def serve(self, association: Association) -> None:
         """Answer DIMSE requests until the peer releases the association, or it is aborted."""
-        command, dataset, size = bytearray(), [], 0
-        elements: dict[int, bytes] | None = None
+        command, size = bytearray(), 0
+        pending: tuple[Incoming, Callable[[int], bytes]] | None = None  # the data set arriving, its answer
         try:
             while True:
                 kind, body = read_pdu(self.sock, self.acceptor.max_pdu_bytes)
@@ -371,55 +399,62 @@ class Session:
                     raise PeerGone("the peer aborted the association")
                 if kind != P_DATA:
                     raise ProtocolError(f"a PDU of type {kind} during the association")
-                view = memoryview(body)
-                for context_id, control, fragment in _pdvs(view):
+                for context_id, control, fragment in _pdvs(memoryview(body)):
                     if context_id not in association.contexts:
                         raise ProtocolError(f"data for presentation context {context_id}, which was not accepted")
                     if control & 1:  # a command fragment
+                        if pending is not None:
+                            raise ProtocolError("a command before the data set of the last one")
                         command += fragment
                         if control & 2:
-                            elements = parse_command(bytes(command))
+                            pending = self.begin(association, context_id, parse_command(bytes(command)))
                             command.clear()
-                            if elements.get(0x0800) == struct.pack("<H", NO_DATA_SET):
-                                self.answer(association, context_id, elements, b"")
-                                elements = None
                         continue
-                    if elements is None:
+                    if pending is None:
                         raise ProtocolError("a data set without its command")
                     size += len(fragment)
                     if size > MAX_INSTANCE_BYTES:
                         raise ProtocolError(f"a data set of more than {MAX_INSTANCE_BYTES} bytes")
-                    dataset.append(bytes(fragment))
+                    incoming, answer = pending
+                    incoming.add(fragment)
                     if control & 2:
-                        self.answer(association, context_id, elements, b"".join(dataset))
-                        elements, dataset, size = None, [], 0
-        except ProtocolError as e:
-            log.warning("dicom: association from %s at %s aborted: %s", association.calling_ae, self.address, e)
-            self.abort()
-            self.handler.on_aborted(association)
-        except PeerGone as e:
-            log.info("dicom: association from %s at %s ended: %s", association.calling_ae, self.address, e)
+                        pending, size = None, 0
+                        status = incoming.end()
+                        self.sock.sendall(answer(status))
+        except (ProtocolError, PeerGone) as e:
+            if pending is not None:
+                pending[0].drop()
+            level = logging.WARNING if isinstance(e, ProtocolError) else logging.INFO
+            log.log(level, "dicom: association from %s at %s %s: %s", association.calling_ae, self.address,
+                    "aborted" if isinstance(e, ProtocolError) else "ended", e)
             self.abort()
             self.handler.on_aborted(association)
 
-    def answer(self, association: Association, context_id: int, elements: dict[int, bytes], dataset: bytes) -> None:
-        """Run one request and send its response."""
+    def begin(self, association: Association, context_id: int,
+              elements: dict[int, bytes]) -> tuple[Incoming, Callable[[int], bytes]] | None:
+        """Run a request whose command has arrived: a C-ECHO is answered (None); for a C-STORE,
+        what takes its data set and how its answer is encoded.
+
+        Raises:
+            ProtocolError: another command, or a C-STORE without a data set.
+        """
         command, message_id = _us(elements, 0x0100), _us(elements, 0x0110)
         sop_class = _uid(elements.get(0x0002, b""))
-        abstract, transfer_syntax = association.contexts[context_id]
-        if command == C_ECHO_RQ:
+        without_data_set = elements.get(0x0800) == struct.pack("<H", NO_DATA_SET)
+        if command == C_ECHO_RQ and without_data_set:
             self.sock.sendall(encode_p_data(context_id, encode_response(C_ECHO_RSP, message_id, 0, VERIFICATION,
                                                                         None)))
-            return
-        if command != C_STORE_RQ:
-            raise ProtocolError(f"DIMSE command 0x{command:04x}: only C-ECHO and C-STORE are served")
+            return None
+        if command != C_STORE_RQ or without_data_set:
+            raise ProtocolError(f"DIMSE command 0x{command:04x}: only C-ECHO and C-STORE with a data set are served")
         sop_instance = _uid(elements.get(0x1000, b""))
-        if sop_class != abstract:
-            status = SOP_CLASS_NOT_SUPPORTED
-        else:
-            status = self.handler.on_store(Arrival(association, sop_class, sop_instance, transfer_syntax, dataset))
-        self.sock.sendall(encode_p_data(context_id, encode_response(C_STORE_RSP, message_id, status, sop_class,
-                                                                    sop_instance)))
+        abstract, transfer_syntax = association.contexts[context_id]
+        incoming = (self.handler.on_store(StoreRequest(association, sop_class, sop_instance, transfer_syntax))
+                    if sop_class == abstract else Refused(SOP_CLASS_NOT_SUPPORTED))
+
+        def answer(status: int) -> bytes:
+            return encode_p_data(context_id, encode_response(C_STORE_RSP, message_id, status, sop_class, sop_instance))
+        return incoming, answer
 
     def abort(self) -> None:
         try:
