@@ -26,6 +26,7 @@ What it negotiates, and what it leaves at the standard's defaults:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import socketserver
@@ -308,6 +309,18 @@ def recv_exact(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` whole.
+
+    Raises:
+        PeerGone: the connection failed (the peer left, or stopped reading past the timeout).
+    """
+    try:
+        sock.sendall(data)
+    except OSError as e:  # TimeoutError among them
+        raise PeerGone(f"the connection failed: {e}") from e
+
+
 def read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
     """One PDU: its type and body.
 
@@ -370,15 +383,15 @@ class Session:
             log.warning("dicom: association from %s at %s rejected: %d associations already", request.calling_ae,
                         self.address, self.acceptor.max_associations)
         if rejection is not None:
-            self.sock.sendall(encode_reject(*rejection))
             self.handler.on_rejected(request.calling_ae, self.address)
+            send_all(self.sock, encode_reject(*rejection))
             return None
         results = negotiate(request, self.acceptor.abstract_syntaxes, self.acceptor.transfer_syntaxes)
         try:
-            self.sock.sendall(encode_accept(request, results, self.acceptor.max_pdu_bytes))
-        except OSError:
+            send_all(self.sock, encode_accept(request, results, self.acceptor.max_pdu_bytes))
+        except PeerGone:
             self.slots.release()
-            raise PeerGone("the peer left before the association was accepted") from None
+            raise
         association = Association(request.calling_ae, request.called_ae, self.address,
                                   {i: (request.contexts[i][0], ts) for i, (r, ts) in results.items() if r == ACCEPTED})
         self.handler.on_accepted(association)
@@ -392,8 +405,9 @@ class Session:
             while True:
                 kind, body = read_pdu(self.sock, self.acceptor.max_pdu_bytes)
                 if kind == RELEASE_RQ:
-                    self.sock.sendall(RELEASE_RP_PDU)
-                    self.handler.on_released(association)
+                    self.handler.on_released(association)  # every request was answered: released, even
+                    with contextlib.suppress(PeerGone):    # if the peer has left without waiting for the reply
+                        send_all(self.sock, RELEASE_RP_PDU)
                     return
                 if kind == ABORT:
                     raise PeerGone("the peer aborted the association")
@@ -420,7 +434,7 @@ class Session:
                     if control & 2:
                         pending, size = None, 0
                         status = incoming.end()
-                        self.sock.sendall(answer(status))
+                        send_all(self.sock, answer(status))
         except (ProtocolError, PeerGone) as e:
             if pending is not None:
                 pending[0].drop()
@@ -442,7 +456,7 @@ class Session:
         sop_class = _uid(elements.get(0x0002, b""))
         without_data_set = elements.get(0x0800) == struct.pack("<H", NO_DATA_SET)
         if command == C_ECHO_RQ and without_data_set:
-            self.sock.sendall(encode_p_data(context_id, encode_response(C_ECHO_RSP, message_id, 0, VERIFICATION,
+            send_all(self.sock, encode_p_data(context_id, encode_response(C_ECHO_RSP, message_id, 0, VERIFICATION,
                                                                         None)))
             return None
         if command != C_STORE_RQ or without_data_set:
