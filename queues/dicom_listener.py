@@ -305,7 +305,8 @@ class Listener:
         self.flusher = Flusher()
         # Instances being received, written here and renamed into their series' folder when whole.
         self.incoming = config.spool / ".incoming" / config.ae_title
-        self.incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (self.incoming.parent, self.incoming):  # each level private (parents=True would not be)
+            folder.mkdir(mode=0o700, exist_ok=True)
         for partial in self.incoming.glob("*.part"):  # a stopped listener's: never answered, so never taken
             partial.unlink(missing_ok=True)
         # The records as this listener last wrote them (JSON): only it writes them, so an
@@ -499,7 +500,8 @@ class Listener:
             return False
         if failure is not None or written is None:
             raise failure or OSError(f"{sop}: nothing was written")
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for level in (folder.parent, folder):  # the study's folder, the series': each private
+            level.mkdir(mode=0o700, exist_ok=True)
         os.replace(written, target)
         if self.config.fsync == "each":
             _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -704,8 +706,8 @@ def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) 
     roots = real_roots(settings.data_roots)
     for folder, what in ((config.spool, "spool"), (config.output_root, "output folder"), (config.outbox, "outbox")):
         folder.mkdir(parents=True, exist_ok=True)
-        if folder == config.spool:
-            folder.chmod(0o700)  # what arrives is patient data
+        if folder != config.output_root:
+            folder.chmod(0o700)  # what arrives, and the results sent back, are patient data
         try:
             inside(folder, roots, f"the {what}")
         except PathRefused as e:

@@ -151,7 +151,7 @@ class Outbox:
         box = self.folder / job
         partial = self.folder / f".{job}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial.mkdir(mode=0o700, parents=True)  # patient data: this service's user only
         names = []
         for number, path in enumerate(results):
             name = f"{number:05d}-{path.name}"
@@ -204,7 +204,7 @@ class Outbox:
 
     def _dead_letter(self, delivery: Delivery, box: Path) -> None:
         dead = self.folder / DEAD_LETTER / delivery.job
-        dead.parent.mkdir(parents=True, exist_ok=True)
+        dead.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if box.exists():
             box.rename(dead)
         (dead / "reason.txt").write_text(f"{delivery.destination}, {delivery.attempts} attempts: {delivery.reason}\n")

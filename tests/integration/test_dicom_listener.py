@@ -128,7 +128,9 @@ def test_a_series_is_stored_once_and_becomes_one_job(deployment, listener, tmp_p
     spooled = sorted(record.folder(listener.spool).iterdir())
     assert [p.name for p in spooled] == sorted(f"{pydicom.dcmread(f).SOPInstanceUID}.dcm" for f in files)
     assert all(p.read_bytes()[128:132] == b"DICM" for p in spooled)
-    assert all(p.stat().st_mode & 0o077 == 0 for p in [*spooled, listener.spool])  # patient data: 0600, 0700
+    folders = [listener.spool, record.folder(listener.spool).parent, record.folder(listener.spool),
+               listener.spool / ".incoming", listener.spool / ".incoming" / "CARINA"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [*spooled, *folders])  # patient data: 0600, each folder 0700
     status = JobStore(deployment.client(), deployment.settings.namespace, 3600).get(record.job)
     assert status.pipeline == "3dblur"
     assert "the DICOM listener CARINA (CT_SCANNER at 127.0.0.1)" in status.submitted_by
