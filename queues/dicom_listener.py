@@ -42,6 +42,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ import redis
 from celery import Celery
 
 from queues.dicom_events import count_event
-from queues.dicom_part10 import file_meta, read_header
+from queues.dicom_part10 import Header, file_meta, read_header
 from queues.dicom_scp import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, VERIFICATION, Acceptor, \
     Association, Server, StoreRequest
 from queues.dispatch import SENT, Outbox
@@ -79,6 +80,7 @@ ABORTED_POLICIES = ("complete", "incomplete")
 FSYNC_POLICIES = ("batch", "each")
 FLUSH_S = 0.2  # with CARINA_DICOM_FSYNC=batch, how long an answered instance may wait to reach the disk
 MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive: a CT slice in one
+HEAD_BYTES = 64 * 2**10  # a data set's first bytes kept in memory as it arrives: its header, in all but the largest
 MAX_ASSOCIATIONS = 16
 NETWORK_TIMEOUT_S = 60.0  # an association silent this long is aborted
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
@@ -218,24 +220,28 @@ def is_uid(value: Any) -> bool:
 class Receiving:
     """One instance as it arrives: its Part 10 file written into the listener's incoming folder
     fragment by fragment (while the sender sends the next), then filed whole by
-    :meth:`Listener.file`, or removed. The data set is also kept in memory, for its header."""
+    :meth:`Listener.file`, or removed. Only the data set's first :data:`HEAD_BYTES` stay in
+    memory: its header, where the file could not be written."""
 
     def __init__(self, listener: "Listener", request: StoreRequest) -> None:
         self.listener, self.request = listener, request
-        self.fragments: list[bytes] = []
+        self.head = bytearray()
+        self.size = 0  # the data set's bytes received
         self.partial: Path | None = None
+        self.meta_bytes = 0  # where the data set starts in the partial file
         self.descriptor: int | None = None
         self.failure: OSError | None = None
 
     def add(self, fragment: memoryview) -> None:
-        data = bytes(fragment)
-        self.fragments.append(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += fragment[:HEAD_BYTES - len(self.head)]
+        self.size += len(fragment)
         if self.failure is not None:
             return
         try:
             if self.descriptor is None:
                 self._open()
-            _write_all(self.descriptor, data)
+            _write_all(self.descriptor, fragment)
         except OSError as e:
             self.failure = e
 
@@ -244,15 +250,34 @@ class Receiving:
         self.partial = self.listener.incoming / f".{uuid.uuid4().hex}.part"
         # Patient data: readable by this service's user only.
         self.descriptor = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        _write_all(self.descriptor, file_meta(
-            request.sop_class, request.sop_instance if is_uid(request.sop_instance) else "", request.transfer_syntax,
-            request.association.calling_ae, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
+        meta = file_meta(request.sop_class, request.sop_instance if is_uid(request.sop_instance) else "",
+                         request.transfer_syntax, request.association.calling_ae, IMPLEMENTATION_CLASS_UID,
+                         IMPLEMENTATION_VERSION)
+        _write_all(self.descriptor, meta)
+        self.meta_bytes = len(meta)
+
+    @property
+    def written(self) -> Path | None:
+        """The whole instance's Part 10 file, or None where it could not be written (:attr:`failure`)."""
+        return None if self.failure is not None else self.partial
+
+    def header(self) -> Header:
+        """The data set's header, from its file (or from its first bytes where that could not be written).
+
+        Raises:
+            UnreadableDataSet: its elements cannot be parsed (or lie past HEAD_BYTES, unwritten).
+            OSError: its file cannot be read back.
+        """
+        if self.written is None:
+            return read_header(io.BytesIO(self.head), self.size, self.request.transfer_syntax)
+        with open(self.written, "rb") as stream:
+            stream.seek(self.meta_bytes)
+            return read_header(stream, self.size, self.request.transfer_syntax)
 
     def end(self) -> int:
         try:
             self._close(sync=self.listener.config.fsync == "each")
-            return self.listener.file(self.request, b"".join(self.fragments),
-                                      None if self.failure else self.partial, self.failure)
+            return self.listener.file(self)
         finally:
             self.drop()
 
@@ -275,7 +300,7 @@ class Receiving:
             self.partial.unlink(missing_ok=True)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(descriptor, view):]
@@ -417,35 +442,31 @@ class Listener:
     def on_store(self, request: StoreRequest) -> Receiving:
         return Receiving(self, request)
 
-    def file(self, request: StoreRequest, dataset: bytes, written: Path | None, failure: OSError | None) -> int:
-        """File one whole instance (its Part 10 file ``written`` in the incoming folder, or
-        ``failure``, why it could not be) into its series' folder and record its arrival; the
-        status to answer. ``dataset`` is the data set's bytes, for its header."""
+    def file(self, received: Receiving) -> int:
+        """File one whole instance (its Part 10 file :attr:`Receiving.written` in the incoming
+        folder, or :attr:`Receiving.failure`, why it could not be) into its series' folder and
+        record its arrival; the status to answer."""
+        request = received.request
         calling, address = request.association.calling_ae, request.association.address
         try:
-            header = read_header(dataset, request.transfer_syntax)
+            header = received.header()
             dataset = header.dataset
             sop, series, study = (dataset.get(k) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
-        except Exception as e:  # UnreadableDataSet, or one of pydicom's many kinds on reading an element
-            log.error("dicom: %s at %s: an instance that cannot be read: %s", calling, address, e)
-            self.count("refused")
-            return CANNOT_UNDERSTAND
+        except Exception as e:  # UnreadableDataSet, OSError, or one of pydicom's many kinds on reading an element
+            if received.failure is not None:
+                log.error("dicom: an instance from %s cannot be stored: %s", calling, received.failure)
+                return OUT_OF_RESOURCES
+            return self._refuse(CANNOT_UNDERSTAND, "%s at %s: an instance that cannot be read: %s", calling, address, e)
         if not all(is_uid(str(uid)) for uid in (sop, series, study) if uid is not None) or None in (sop, series, study):
-            log.error("dicom: %s at %s: an instance without valid SOP/series/study instance UIDs (%r, %r, %r)",
-                      calling, address, sop, series, study)
-            self.count("refused")
-            return NOT_THE_SOP_CLASS
+            return self._refuse(NOT_THE_SOP_CLASS, "%s at %s: an instance without valid SOP/series/study instance "
+                                "UIDs (%r, %r, %r)", calling, address, sop, series, study)
         sop, series, study = str(sop), str(series), str(study)
         if sop != request.sop_instance:
-            log.error("dicom: %s from %s at %s: its C-STORE command named SOP instance %r; refused", sop, calling,
-                      address, request.sop_instance)
-            self.count("refused")
-            return NOT_THE_SOP_CLASS
+            return self._refuse(NOT_THE_SOP_CLASS, "%s from %s at %s: its C-STORE command named SOP instance %r; "
+                                "refused", sop, calling, address, request.sop_instance)
         problem = pixel_data_problem(dataset, header.pixel_bytes)
         if problem:
-            log.error("dicom: %s from %s at %s: %s; refused", sop, calling, address, problem)
-            self.count("refused")
-            return CANNOT_UNDERSTAND
+            return self._refuse(CANNOT_UNDERSTAND, "%s from %s at %s: %s; refused", sop, calling, address, problem)
         with self.lock:
             try:
                 record = self._load(series)
@@ -462,7 +483,7 @@ class Listener:
                                     previous_jobs=[*record.previous_jobs, record.job])
                     log.info("dicom: series %s sent again by %s: generation %d", series, calling, record.generation)
                 try:
-                    stored = self._place(written, failure, record.folder(self.config.spool), sop)
+                    stored = self._place(received.written, received.failure, record.folder(self.config.spool), sop)
                 except OSError as e:
                     if sop not in record.unstored:
                         record.unstored.append(sop)
@@ -488,6 +509,12 @@ class Listener:
                 log.error("dicom: %s from %s: its arrival cannot be recorded (Redis: %s)", sop, calling, e)
                 return OUT_OF_RESOURCES
         return SUCCESS
+
+    def _refuse(self, status: int, message: str, *args: Any) -> int:
+        """Log why an instance is refused (``message`` % ``args``), count it; ``status``, the answer."""
+        log.error("dicom: " + message, *args)
+        self.count("refused")
+        return status
 
     def _place(self, written: Path | None, failure: OSError | None, folder: Path, sop: str) -> bool:
         """Rename ``written`` into ``folder`` as the instance's file; False if already there.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from queues.errors import CarinaError
 
@@ -35,10 +35,12 @@ class Header(NamedTuple):
     pixel_bytes: int | None
 
 
-def read_header(data: bytes, transfer_syntax: str) -> Header:
-    """Read the header of a data set encoded in ``transfer_syntax`` (any the standard defines:
-    those other than implicit little, explicit big and deflated are explicit little endian with
-    encapsulated pixel data).
+def read_header(stream: BinaryIO, size: int, transfer_syntax: str) -> Header:
+    """Read the header of a data set of ``size`` bytes encoded in ``transfer_syntax`` (any the
+    standard defines: those other than implicit little, explicit big and deflated are explicit
+    little endian with encapsulated pixel data). ``stream`` is positioned at the data set's first
+    byte; only the elements before the pixel data and the pixel data element's own header are read
+    from it (all of it when deflated), so it may hold fewer than ``size`` bytes past the header.
 
     Raises:
         UnreadableDataSet: the data set's elements cannot be parsed.
@@ -46,24 +48,25 @@ def read_header(data: bytes, transfer_syntax: str) -> Header:
     implicit, little = transfer_syntax == IMPLICIT_LITTLE, transfer_syntax != EXPLICIT_BIG
     measurable = transfer_syntax in (IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG)
     try:
-        if transfer_syntax == DEFLATED:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        stream = io.BytesIO(data)
+        if transfer_syntax == DEFLATED:  # what arrived inflates, even when cut short
+            stream = io.BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream.read()))
+        origin = stream.tell()
         dataset = _read(stream, implicit, little)
+        start = stream.tell() - origin
+        element = stream.read(12)
     except Exception as e:  # pydicom and zlib raise many kinds on damaged bytes
         raise UnreadableDataSet(f"a data set that cannot be read: {e}") from e
-    start = stream.tell()
-    if not measurable or start + 8 > len(data) or _tag(data, start, little) != PIXEL_DATA:
+    if not measurable or len(element) < 8 or _tag(element, 0, little) != PIXEL_DATA:
         return Header(dataset, None)
     if implicit:
-        length, value = struct.unpack_from("<I", data, start + 4)[0], start + 8
-    elif data[start + 4:start + 6] in LONG_VRS:
-        length, value = struct.unpack_from("<I" if little else ">I", data, start + 8)[0], start + 12
+        length, value = struct.unpack_from("<I", element, 4)[0], 8
+    elif element[4:6] in LONG_VRS:  # pydicom read all 12 bytes of this element's header to stop at it
+        length, value = struct.unpack_from("<I" if little else ">I", element, 8)[0], 12
     else:
-        length, value = struct.unpack_from("<H" if little else ">H", data, start + 6)[0], start + 8
+        length, value = struct.unpack_from("<H" if little else ">H", element, 6)[0], 8
     if length == UNDEFINED_LENGTH:
         return Header(dataset, None)
-    return Header(dataset, max(0, min(length, len(data) - value)))
+    return Header(dataset, max(0, min(length, size - start - value)))
 
 
 def _read(stream: io.BytesIO, implicit: bool, little: bool) -> Any:

@@ -25,10 +25,26 @@ def encoded(dataset, implicit: bool) -> bytes:
 def test_the_header_and_the_pixel_bytes_are_read_whole_and_cut_short(tmp_path, syntax):
     source = pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 32, 40)))[0])
     data = encoded(source, syntax == IMPLICIT_LITTLE)
-    header = read_header(data, syntax)
+    header = read_header(io.BytesIO(data), len(data), syntax)
     assert header.dataset.SOPInstanceUID == source.SOPInstanceUID and header.dataset.Rows == 32
     assert "PixelData" not in header.dataset and header.pixel_bytes == 32 * 40 * 2
-    assert read_header(data[:-100], syntax).pixel_bytes == 32 * 40 * 2 - 100
+    assert read_header(io.BytesIO(data[:-100]), len(data) - 100, syntax).pixel_bytes == 32 * 40 * 2 - 100
+
+
+def test_the_header_is_read_from_a_file_after_its_meta_and_from_a_prefix_of_the_data_set(tmp_path):
+    source = pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 32, 40)))[0])
+    data = encoded(source, False)
+    meta = file_meta(source.SOPClassUID, source.SOPInstanceUID, EXPLICIT_LITTLE, "CT1", "1.2.3", "TEST")
+    kept = tmp_path / "kept.dcm"
+    kept.write_bytes(meta + data)
+    with open(kept, "rb") as stream:
+        stream.seek(len(meta))
+        assert read_header(stream, len(data), EXPLICIT_LITTLE).pixel_bytes == 32 * 40 * 2
+    pixels_at = len(data) - 32 * 40 * 2
+    prefix = read_header(io.BytesIO(data[:pixels_at]), len(data), EXPLICIT_LITTLE)
+    assert prefix.dataset.SOPInstanceUID == source.SOPInstanceUID and prefix.pixel_bytes == 32 * 40 * 2
+    with pytest.raises(UnreadableDataSet):  # cut inside the pixel data element's own header
+        read_header(io.BytesIO(data[:pixels_at - 4]), pixels_at - 4, EXPLICIT_LITTLE)
 
 
 def test_the_kept_file_is_what_pydicom_reads_with_its_meta(tmp_path):
@@ -43,4 +59,4 @@ def test_the_kept_file_is_what_pydicom_reads_with_its_meta(tmp_path):
 
 def test_a_deflated_data_set_that_does_not_inflate_is_refused():
     with pytest.raises(UnreadableDataSet, match="cannot be read"):
-        read_header(b"\xff" * 64, DEFLATED)
+        read_header(io.BytesIO(b"\xff" * 64), 64, DEFLATED)
