@@ -4,14 +4,15 @@ in parallel (DCMTK's ``storescu`` sending, ``TCP_NODELAY=1`` on both sides).
 
 Carina's listener writes each instance under a temporary name, renames it into place and
 records its arrival in Redis before it answers; with ``CARINA_DICOM_FSYNC=batch`` (the default)
-the instances are fsynced together within a fraction of a second, with ``each`` every one is
-fsynced before it is answered (measured as a second listener). ``storescp`` writes the file and
-answers, never fsyncing. The series stays "receiving" for the whole run (a stability wait of an hour), so no
+the instances are fsynced together within a fraction of a second, with ``series`` a series'
+instances are fsynced together once it is complete (before its job), with ``each`` every one is
+fsynced before it is answered (each policy measured as a listener of its own). ``storescp``
+writes the file and answers, never fsyncing. The series stays "receiving" for the whole run (a stability wait of an hour), so no
 job is started: this measures the receiving alone. ``storescp`` binds every interface, so it
 runs with the loopback shim (``carina/orthanc.py``). Each measurement is the median of
 ``--runs``; the last line printed is one JSON object, ``carina_over_storescp_1`` and ``_4``
-the ratios (the issue's target: ≥ 0.8), ``carina_each_over_storescp_1`` and ``_4`` those of
-``CARINA_DICOM_FSYNC=each``.
+the ratios (the issue's target: ≥ 0.8), ``carina_series_over_storescp_…`` and
+``carina_each_over_storescp_…`` those of ``CARINA_DICOM_FSYNC=series`` and ``each``.
 
     python bench/dicom.py --slices 200 --runs 3
 """
@@ -32,8 +33,19 @@ from pathlib import Path
 
 from carina.local import LocalRedis, free_port
 from carina.orthanc import loopback_shim
+from queues.dicom_listener import FSYNC_POLICIES
 
 NODELAY = {"TCP_NODELAY": "1"}
+POLICIES = FSYNC_POLICIES  # the default (batch) first
+
+
+def key(policy: str) -> str:
+    """The JSON keys' prefix of a policy's figures (the default's keep their old names)."""
+    return "carina" if policy == "batch" else f"carina_{policy}"
+
+
+def title(policy: str) -> str:
+    return "CARINA" if policy == "batch" else f"CARINA_{policy.upper()}"
 
 
 def send(files: list[Path], port: int, called: str, streams: int) -> float:
@@ -85,7 +97,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="carina-bench-dicom-"))
     # A series of its own for each run: the listener stores an instance it already has only once.
     series = []
-    for run in range(3 * 2 * args.runs):
+    for run in range((len(POLICIES) + 1) * 2 * args.runs):
         subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(work / f"series-{run}"), "--dicom",
                         "--shape", str(args.slices), "512", "512"], check=True, stdout=subprocess.DEVNULL)
         series.append(sorted((work / f"series-{run}").iterdir()))
@@ -96,48 +108,48 @@ def main() -> None:
         with LocalRedis() as server:
             env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "bench-dicom",
                    "CARINA_DATA_ROOT": str(work)}
-            carina_port, each_port, dcmtk_port = free_port(), free_port(), free_port()
+            ports = {policy: free_port() for policy in POLICIES}
+            dcmtk_port = free_port()
             listeners = [subprocess.Popen(
-                [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", "MODALITY",
-                 "--ae-title", title, "--spool", str(work / f"spool-{fsync}"), "--output", str(work / "results"),
-                 "--outbox", str(work / "outbox"), "--stable-s", "3600"], env={**env, "CARINA_DICOM_FSYNC": fsync},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                for port, title, fsync in ((carina_port, "CARINA", "batch"), (each_port, "CARINA_EACH", "each"))]
+                [sys.executable, "-m", "carina", "dicom-listen", "--port", str(ports[policy]), "--allow", "MODALITY",
+                 "--ae-title", title(policy), "--spool", str(work / f"spool-{policy}"),
+                 "--output", str(work / "results"), "--outbox", str(work / "outbox"), "--stable-s", "3600"],
+                env={**env, "CARINA_DICOM_FSYNC": policy}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True) for policy in POLICIES]
             (work / "storescp").mkdir()
             storescp = subprocess.Popen(["storescp", "-aet", "STORESCP", "+xa", "-od", str(work / "storescp"),
                                          str(dcmtk_port)], env={**os.environ, **NODELAY,
                                                                 "LD_PRELOAD": str(loopback_shim())},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
-                for port, listener in zip((carina_port, each_port), listeners):
-                    wait_for_port(port, listener, "carina dicom-listen")
+                for policy, listener in zip(POLICIES, listeners):
+                    wait_for_port(ports[policy], listener, "carina dicom-listen")
                 wait_for_port(dcmtk_port, storescp, "storescp")
                 fresh = iter(series)
                 for streams in (1, 4):
-                    carina, each, dcmtk = [], [], []
+                    times: dict[str, list[float]] = {policy: [] for policy in (*POLICIES, "storescp")}
                     for _ in range(args.runs):  # alternating, a new series each time
-                        carina.append(send(next(fresh), carina_port, "CARINA", streams))
-                        each.append(send(next(fresh), each_port, "CARINA_EACH", streams))
-                        dcmtk.append(send(next(fresh), dcmtk_port, "STORESCP", streams))
-                    c, e, d = (len(files) / statistics.median(times) for times in (carina, each, dcmtk))
-                    figures[f"carina_per_s_{streams}"] = round(c, 1)
-                    figures[f"carina_each_per_s_{streams}"] = round(e, 1)
-                    figures[f"storescp_per_s_{streams}"] = round(d, 1)
-                    figures[f"carina_over_storescp_{streams}"] = round(c / d, 3)
-                    figures[f"carina_each_over_storescp_{streams}"] = round(e / d, 3)
+                        for policy in POLICIES:
+                            times[policy].append(send(next(fresh), ports[policy], title(policy), streams))
+                        times["storescp"].append(send(next(fresh), dcmtk_port, "STORESCP", streams))
+                    rate = {name: len(files) / statistics.median(taken) for name, taken in times.items()}
+                    figures[f"storescp_per_s_{streams}"] = round(rate["storescp"], 1)
+                    for policy in POLICIES:
+                        figures[f"{key(policy)}_per_s_{streams}"] = round(rate[policy], 1)
+                        figures[f"{key(policy)}_over_storescp_{streams}"] = round(rate[policy] / rate["storescp"], 3)
             finally:
                 for listener in listeners:
                     stop(listener)
                 stop(storescp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{len(files)} instances of 512×512 int16 ({megabytes:.0f} MB), median of {args.runs}:\n"
-          "| associations | carina dicom-listen (instances/s) | ratio | with CARINA_DICOM_FSYNC=each | ratio "
-          "| DCMTK storescp (instances/s) |\n|---:|---:|---:|---:|---:|---:|")
+    print(f"{len(files)} instances of 512×512 int16 ({megabytes:.0f} MB), median of {args.runs}, "
+          "carina dicom-listen by CARINA_DICOM_FSYNC:\n| associations | "
+          + " | ".join(f"{policy} (instances/s) | ratio" for policy in POLICIES)
+          + " | DCMTK storescp (instances/s) |\n|---:|" + "---:|---:|" * len(POLICIES) + "---:|")
     for n in (1, 4):
-        print(f"| {n} | {figures[f'carina_per_s_{n}']} | {figures[f'carina_over_storescp_{n}']:.2f}× | "
-              f"{figures[f'carina_each_per_s_{n}']} | {figures[f'carina_each_over_storescp_{n}']:.2f}× | "
-              f"{figures[f'storescp_per_s_{n}']} |")
+        print(f"| {n} | " + " | ".join(f"{figures[f'{key(p)}_per_s_{n}']} | {figures[f'{key(p)}_over_storescp_{n}']:.2f}×"
+                                      for p in POLICIES) + f" | {figures[f'storescp_per_s_{n}']} |")
     print(json.dumps(figures))
 
 

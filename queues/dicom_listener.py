@@ -77,7 +77,7 @@ UID_MAX = 64
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, NOT_THE_SOP_CLASS = 0x0000, 0xA700, 0xC000, 0xA900
 RESENT_POLICIES = ("new-job", "ignore")
 ABORTED_POLICIES = ("complete", "incomplete")
-FSYNC_POLICIES = ("batch", "each")
+FSYNC_POLICIES = ("batch", "series", "each")
 FLUSH_S = 0.2  # with CARINA_DICOM_FSYNC=batch, how long an answered instance may wait to reach the disk
 MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive: a CT slice in one
 HEAD_BYTES = 64 * 2**10  # a data set's first bytes kept in memory as it arrives: its header, in all but the largest
@@ -105,7 +105,9 @@ class ListenerConfig:
     outbox: Path
     resent: str = "new-job"
     aborted: str = "complete"  # a series whose association was aborted: "complete" or "incomplete"
-    fsync: str = "batch"  # when an instance is fsynced: before it is answered ("each"), or within FLUSH_S
+    # When an instance is fsynced: before it is answered ("each"), within FLUSH_S ("batch"), or
+    # with the rest of its series once it is complete, before its job ("series").
+    fsync: str = "batch"
     allowed_addresses: tuple[str, ...] = ()  # the peers' IP addresses it takes connections from; () any
 
     def __post_init__(self) -> None:
@@ -168,7 +170,8 @@ def pixel_data_problem(dataset: Any, present: int | None) -> str | None:
 
 class Flusher:
     """Files written and renamed into place but not yet fsynced, and their folders: ``flush``
-    puts them on disk (several instances' fsyncs off the path of the answer, CARINA_DICOM_FSYNC=batch)."""
+    puts them on disk (several instances' fsyncs off the path of the answer: CARINA_DICOM_FSYNC=batch
+    and series)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -178,19 +181,20 @@ class Flusher:
         with self.lock:
             self.pending.append(path)
 
-    def flush(self) -> None:
-        """fsync every pending file, then each of their folders (the renames).
+    def flush(self, folder: Path | None = None) -> None:
+        """fsync every pending file (in ``folder`` only, if given), then each of their folders (the renames).
 
         Raises:
             OSError: a file or folder could not be synced (the files not yet synced stay pending).
         """
         with self.lock:
-            pending, self.pending = self.pending, []
+            pending = [path for path in self.pending if folder is None or path.parent == folder]
+            self.pending = [path for path in self.pending if folder is not None and path.parent != folder]
         try:
             for path in pending:
                 _fsync(path, os.O_RDONLY)
-            for folder in {path.parent for path in pending}:
-                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+            for parent in {path.parent for path in pending}:
+                _fsync(parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             with self.lock:
                 self.pending[:0] = pending
@@ -337,12 +341,13 @@ class Listener:
         # The records as this listener last wrote them (JSON): only it writes them, so an
         # arrival needs no read from Redis.
         self.saved: dict[str, str] = {}
-        # With CARINA_DICOM_FSYNC=batch, one more instance of a series already recorded is
-        # written to Redis with the others of the same FLUSH_S, after their fsync (save_unsaved):
-        # what a killed listener had not yet recorded is on disk, and counted at its decision.
+        # With CARINA_DICOM_FSYNC=batch (or series), one more instance of a series already recorded
+        # is written to Redis with the others of the same FLUSH_S, after their fsync (batch;
+        # save_unsaved): what a killed listener had not yet recorded is on disk, and counted at
+        # its decision (and what a lost host had not yet written shows there as missing).
         self.unsaved: dict[str, str] = {}
         self.uncounted: Counter[str] = Counter()
-        self.deferring = config.fsync == "batch"  # off while Redis refuses the deferred writes
+        self.deferring = config.fsync != "each"  # off while Redis refuses the deferred writes
 
     # records -----------------------------------------------------------------------------------
     def records(self) -> dict[str, Series]:
@@ -391,7 +396,7 @@ class Listener:
                 return
             self.unsaved.clear()
             self.uncounted.clear()
-            self.deferring = self.config.fsync == "batch"
+            self.deferring = self.config.fsync != "each"
 
     def _load(self, series: str) -> Series | None:
         raw = self.saved.get(series)
@@ -588,7 +593,7 @@ class Listener:
     def _decide(self, record: Series) -> None:
         self.count("series_complete")
         folder = record.folder(self.config.spool)
-        self.flusher.flush()  # a job only ever reads instances that are on disk
+        self.flusher.flush(folder)  # a job only ever reads instances that are on disk
         on_disk = sum(1 for _ in folder.glob("*.dcm"))
         if on_disk > record.instances:  # stored and answered, but the listener stopped before recording them
             log.info("dicom: series %s: %d instances on disk where %d were recorded", record.series, on_disk,
@@ -679,10 +684,12 @@ def series_tags(folder: Path) -> dict[str, str]:
 
 
 def keep_flushing(listener: Listener, stop: threading.Event) -> None:
-    """Every FLUSH_S until ``stop`` is set: what arrived to disk, then its records to Redis."""
+    """Every FLUSH_S until ``stop`` is set: what arrived to disk (but with CARINA_DICOM_FSYNC=series,
+    where a series reaches the disk at its decision), then its records to Redis."""
     while not stop.wait(FLUSH_S):
         try:
-            listener.flusher.flush()
+            if listener.config.fsync == "batch":
+                listener.flusher.flush()
         except OSError as e:
             log.error("dicom: instances received could not be synced to disk (tried again): %s", e)
             continue

@@ -153,8 +153,10 @@ class Settings:
     # spleen-seg, other DICOM → 3dblur), so a Procfile or compose service needs no arguments.
     dicom_rules: Path | None = None
     # When an instance reaches the disk: "each", before it is answered; "batch", fsynced with
-    # those that came in the same fraction of a second (the listener's FLUSH_S), and always
-    # before its series' job starts.
+    # those that came in the same fraction of a second (the listener's FLUSH_S); "series", with
+    # the rest of its series once it is complete (as DCMTK's storescp, which never fsyncs, until
+    # then: a host lost meanwhile shows as a series incomplete, never run). Always before its
+    # series' job starts.
     dicom_fsync: str = "batch"
     # How long a series stays in the spool once its job is done and its results acknowledged
     # (unset: for ever); failed, unrouted and undelivered series are always kept.

@@ -162,6 +162,18 @@ def test_a_listener_killed_before_the_series_was_complete_starts_its_job_once_re
     assert listener.log.read_text().count(f"series {uid} ({len(files)} instances") == 1
 
 
+def test_with_fsync_at_the_series_decision_a_killed_listener_restarted_runs_the_series_once(deployment, tmp_path):
+    files = a_series(tmp_path / "ct")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    with own_listener(deployment, tmp_path, CARINA_DICOM_FSYNC="series") as running:
+        assert store(running, files).returncode == 0
+        running.kill()  # the instances answered, none fsynced yet, a part of them perhaps not yet in Redis
+        running.start()
+        record = running.finished(deployment.client(), uid)
+        assert record.state == DONE and record.instances == len(files), running.log.read_text()[-2000:]
+        assert running.log.read_text().count(f"series {uid} ({len(files)} instances") == 1
+
+
 def send_with_pynetdicom(listener, dataset) -> int:
     """The status of a C-STORE of ``dataset`` from pynetdicom (what DCMTK refuses to send)."""
     from pynetdicom import AE

@@ -22,7 +22,7 @@ def config(**changes):
     ({"allowed_aes": ()}, "accepts no calling AE title: set CARINA_DICOM_ALLOWED_AES"),
     ({"resent": "merge"}, "CARINA_DICOM_RESENT='merge': one of new-job, ignore"),
     ({"aborted": "drop"}, "CARINA_DICOM_ABORTED='drop': one of complete, incomplete"),
-    ({"fsync": "never"}, "CARINA_DICOM_FSYNC='never': one of batch, each"),
+    ({"fsync": "never"}, "CARINA_DICOM_FSYNC='never': one of batch, series, each"),
     ({"ae_title": "A" * 17}, "1 to 16 printable characters"),
     ({"allowed_aes": ("CT\\1",)}, "no backslash"),
 ])
