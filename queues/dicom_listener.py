@@ -161,7 +161,7 @@ def pixel_data_problem(dataset: Any, present: int | None) -> str | None:
     try:
         expected = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
                     * int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.BitsAllocated) + 7) // 8
-    except (AttributeError, TypeError, ValueError) as e:
+    except Exception as e:  # pydicom raises many kinds on reading a damaged element (NotImplementedError among them)
         return f"its image description cannot be read: {e}"
     if present < expected:
         return f"its pixel data is {present} bytes where its header says {expected}: cut short"
@@ -674,12 +674,11 @@ def series_tags(folder: Path) -> dict[str, str]:
     import pydicom
 
     for path in sorted(folder.glob("*.dcm")):
-        try:
+        try:  # the elements are read lazily: a damaged one raises when it is read
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_TAGS))
+            return {tag: str(header.get(tag, "") or "") for tag in DICOM_TAGS}
         except Exception as e:  # pydicom raises many kinds on a damaged file
             log.warning("dicom: cannot read the header of %s: %s", path, e)
-            continue
-        return {tag: str(header.get(tag, "") or "") for tag in DICOM_TAGS}
     return {}
 
 
@@ -732,11 +731,17 @@ def listen(config: ListenerConfig, rules: tuple[Rule, ...], settings: Settings) 
     Raises:
         ConfigError: the spool or the output folder lies outside the data roots.
     """
+    import pydicom.config
+
     from queues.app import create_app
     from queues.confine import inside, real_roots
     from queues.connection import connect
     from queues.errors import PathRefused
 
+    # The listener checks what it uses of a received header (its UIDs, its pixel data's length)
+    # and logs one line for what is wrong; pydicom's own warnings on each odd value would add
+    # several lines of a library's text per damaged instance.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     roots = real_roots(settings.data_roots)
     for folder, what in ((config.spool, "spool"), (config.output_root, "output folder"), (config.outbox, "outbox")):
         folder.mkdir(parents=True, exist_ok=True)

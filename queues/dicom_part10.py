@@ -51,6 +51,7 @@ def read_header(stream: BinaryIO, size: int, transfer_syntax: str) -> Header:
         if transfer_syntax == DEFLATED:  # what arrived inflates, even when cut short
             stream = io.BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream.read()))
         origin = stream.tell()
+        _check_encoding(stream, implicit)
         dataset = _read(stream, implicit, little)
         start = stream.tell() - origin
         element = stream.read(12)
@@ -69,7 +70,26 @@ def read_header(stream: BinaryIO, size: int, transfer_syntax: str) -> Header:
     return Header(dataset, max(0, min(length, size - start - value)))
 
 
-def _read(stream: io.BytesIO, implicit: bool, little: bool) -> Any:
+def _check_encoding(stream: BinaryIO, implicit: bool) -> None:
+    """Refuse a data set whose first element is not in the negotiated VR encoding (pydicom would
+    guess the other one, with a warning).
+
+    Raises:
+        UnreadableDataSet: the first element's VR is two capitals where implicit VR was
+            negotiated, or is not where explicit VR was.
+    """
+    start = stream.tell()
+    first = stream.read(6)
+    stream.seek(start)
+    if len(first) < 6:
+        return
+    looks_explicit = first[4:5].isupper() and first[5:6].isupper()
+    if looks_explicit == implicit:
+        raise UnreadableDataSet(f"its first element is in {'explicit' if implicit else 'implicit'} VR where "
+                                f"the transfer syntax says {'implicit' if implicit else 'explicit'}")
+
+
+def _read(stream: BinaryIO, implicit: bool, little: bool) -> Any:
     from pydicom.filereader import read_dataset
 
     # Elements are read lazily: a damaged one raises when the caller reads it.

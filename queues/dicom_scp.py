@@ -435,12 +435,15 @@ class Session:
                         pending, size = None, 0
                         status = incoming.end()
                         send_all(self.sock, answer(status))
-        except (ProtocolError, PeerGone) as e:
+        except Exception as e:  # ProtocolError, PeerGone, or a fault of the handler's, which ends this association only
             if pending is not None:
                 pending[0].drop()
-            level = logging.WARNING if isinstance(e, ProtocolError) else logging.INFO
-            log.log(level, "dicom: association from %s at %s %s: %s", association.calling_ae, self.address,
-                    "aborted" if isinstance(e, ProtocolError) else "ended", e)
+            if isinstance(e, PeerGone):
+                log.info("dicom: association from %s at %s ended: %s", association.calling_ae, self.address, e)
+            else:
+                log.log(logging.WARNING if isinstance(e, ProtocolError) else logging.ERROR,
+                        "dicom: association from %s at %s aborted: %s", association.calling_ae, self.address, e,
+                        exc_info=not isinstance(e, ProtocolError))
             self.abort()
             self.handler.on_aborted(association)
 

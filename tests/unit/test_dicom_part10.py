@@ -60,3 +60,21 @@ def test_the_kept_file_is_what_pydicom_reads_with_its_meta(tmp_path):
 def test_a_deflated_data_set_that_does_not_inflate_is_refused():
     with pytest.raises(UnreadableDataSet, match="cannot be read"):
         read_header(io.BytesIO(b"\xff" * 64), 64, DEFLATED)
+
+
+@pytest.mark.parametrize("written_implicit, negotiated", [(True, EXPLICIT_LITTLE), (False, IMPLICIT_LITTLE)])
+def test_a_data_set_in_the_other_vr_encoding_than_negotiated_is_refused(tmp_path, written_implicit, negotiated):
+    data = encoded(pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 8, 8)))[0]), written_implicit)
+    with pytest.raises(UnreadableDataSet, match="VR where the transfer syntax says"):
+        read_header(io.BytesIO(data), len(data), negotiated)
+
+
+def test_an_image_description_that_cannot_be_read_is_a_problem_not_a_fault(tmp_path):
+    from queues.dicom_listener import pixel_data_problem
+
+    data = encoded(pydicom.dcmread(ct_series(tmp_path, ct_phantom((1, 8, 8)))[0]), False)
+    rows = b"\x28\x00\x10\x00US"
+    assert data.count(rows) == 1
+    damaged = data.replace(rows, b"\x28\x00\x10\x00LS")  # a VR pydicom has no reader for: it raises on reading Rows
+    header = read_header(io.BytesIO(damaged), len(damaged), EXPLICIT_LITTLE)
+    assert pixel_data_problem(header.dataset, header.pixel_bytes).startswith("its image description cannot be read")
