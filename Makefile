@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench clean triton browser compose redis-tools dicom-tools pacs he-samples
+.PHONY: setup demo test bench bench-peer peer clean triton browser compose redis-tools dicom-tools pacs he-samples
 
 setup: $(STAMP)
 
@@ -72,5 +72,15 @@ bench: setup he-samples
 	$(BIN)/python bench/dicom.py --slices 200 --runs 3
 	$(BIN)/python bench/he_real.py
 
+# TIAToolbox beside the nuclei-seg stage, one slide, one run (bench/wsi.py --peer tiatoolbox): in an
+# environment of its own, since TIAToolbox pins a torch and a dask that the project's does not take.
+PEER_VENV := .peer-venv
+peer:
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet -r bench/peer-requirements.txt
+
+bench-peer: setup triton peer
+	$(BIN)/python bench/wsi.py --peer tiatoolbox
+
 clean:
-	rm -rf $(VENV) .triton-venv demo-output .pytest_cache
+	rm -rf $(VENV) .triton-venv $(PEER_VENV) demo-output .pytest_cache

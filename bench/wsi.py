@@ -36,11 +36,19 @@ same run:
   is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
   cores allow, and ``e2e_over_bound`` how close the stage comes to it.
 
+- with ``--peer tiatoolbox``: TIAToolbox's ``SemanticSegmentor`` on the same slide with the
+  same model and threads (``bench/peer_tiatoolbox.py``, in ``.peer-venv``: ``make peer``),
+  run after the stage: ``tiatoolbox_tiles_per_s`` (its patches, on the tissue its own mask
+  finds, over its run) and ``tiatoolbox_peak_rss_mb`` (its process: the model runs inside it;
+  the stage's model runs in Triton, outside ``peak_rss_mb``), and ``e2e_over_tiatoolbox``,
+  ``peak_rss_over_tiatoolbox``.
+
 The last line printed is one JSON object.
 
     python bench/wsi.py                        # about 10 minutes on 2 cores
     python bench/wsi.py --shape 6000 8000      # a quick look
     python bench/wsi.py --profile-only --shape 7500 10000   # the profile alone, a minute
+    python bench/wsi.py --peer tiatoolbox      # and TIAToolbox on the same slide (make bench-peer)
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ MODEL = "nuclei_unet"
 TILE = 256
 BATCH = 16
 MASK_LIMIT = 1024 * 1024
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".peer-venv" / "bin" / "python"
 
 
 def read_rate(path: Path, backend: str, positions: list[tuple[int, int]], threads: int) -> float:
@@ -232,9 +241,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the slides go (default: a temporary folder)")
     parser.add_argument("--profile-only", action="store_true",
                         help="only the profile and the stand-in stage, on a slide of --shape (no Triton)")
+    parser.add_argument("--peer", choices=["tiatoolbox"], help="also run this peer on the same slide")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON, help="the peer's environment's python")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--e2e-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer and not args.peer_python.exists():
+        raise SystemExit(f"{args.peer_python} not found: `make peer` makes TIAToolbox's environment")
     if args.e2e_child:
         print(json.dumps(end_to_end(args.url, args.e2e_child, args.threads, args.workdir / "e2e.tif")))
         return
@@ -277,6 +290,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
     client = child_end_to_end(None, slide, args.threads, workdir)
     profile_ms = profile(small, workdir)
+    peer = run_peer(args.peer_python, slide, args.models, args.threads, workdir) if args.peer else None
 
     e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
     client_rate = client["tissue_tiles"] / client["seconds"]
@@ -285,12 +299,13 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
     for name, value in (("read, ops.wsi (tifffile)", ours), ("read, OpenSlide read_region", theirs),
                         ("nuclei_unet alone", model), ("nuclei-seg stage end to end", e2e_rate),
                         ("the stage around a stand-in model that answers at once", client_rate),
-                        ("the shared-core bound 1/(1/model + 1/stand-in)", bound)):
+                        ("the shared-core bound 1/(1/model + 1/stand-in)", bound),
+                        *((("TIAToolbox SemanticSegmentor, same model", peer["tiles_per_s"]),) if peer else ())):
         print(f"| {name} | {value:.0f} |", file=sys.stderr)
     print("| step (one thread) | ms per tissue tile |\n|---|---:|", file=sys.stderr)
     for step, value in profile_ms.items():
         print(f"| {step} | {value:.3f} |", file=sys.stderr)
-    return {
+    figures = {
         "shape": list(shape), "threads": args.threads, "tiles": e2e["tiles"], "tissue_tiles": e2e["tissue_tiles"],
         "read_tiles_per_s": round(ours), "openslide_tiles_per_s": round(theirs),
         "read_over_openslide": round(ours / theirs, 1),
@@ -301,6 +316,25 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         "profile_ms_per_tile": profile_ms,
         "peak_rss_mb": round(e2e["peak_rss_mb"]), "peak_rss_small_mb": round(e2e_small["peak_rss_mb"]),
     }
+    if peer:
+        figures.update({
+            "tiatoolbox_tiles_per_s": round(peer["tiles_per_s"], 1), "tiatoolbox_patches": peer["patches"],
+            "tiatoolbox_s": round(peer["seconds"], 1), "tiatoolbox_peak_rss_mb": round(peer["peak_rss_mb"]),
+            "e2e_over_tiatoolbox": round(e2e_rate / peer["tiles_per_s"], 2),
+            "peak_rss_over_tiatoolbox": round(e2e["peak_rss_mb"] / peer["peak_rss_mb"], 3)})
+    return figures
+
+
+def run_peer(python: Path, slide: Path, models: Path, threads: int, workdir: Path) -> dict:
+    """TIAToolbox on ``slide`` with the same model (bench/peer_tiatoolbox.py, in its own environment)."""
+    command = [str(python), str(Path(__file__).with_name("peer_tiatoolbox.py")), "--slide", str(slide),
+               "--model", str(models / MODEL / "1" / "model.onnx"), "--threads", str(threads),
+               "--workdir", str(workdir)]
+    ran = subprocess.run(command, capture_output=True, text=True)
+    if ran.returncode != 0:
+        raise SystemExit(f"TIAToolbox failed: {ran.stderr[-3000:]}")
+    peer = json.loads(ran.stdout.splitlines()[-1])
+    return {**peer, "tiles_per_s": peer["patches"] / peer["seconds"]}
 
 
 if __name__ == "__main__":
