@@ -405,6 +405,8 @@ class Session:
             while True:
                 kind, body = read_pdu(self.sock, self.acceptor.max_pdu_bytes)
                 if kind == RELEASE_RQ:
+                    if pending is not None:  # its instance never arrived whole: not a release
+                        raise ProtocolError("a release request before the data set of the last C-STORE")
                     self.handler.on_released(association)  # every request was answered: released, even
                     with contextlib.suppress(PeerGone):    # if the peer has left without waiting for the reply
                         send_all(self.sock, RELEASE_RP_PDU)

@@ -97,45 +97,61 @@ def mutated(stream: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def replay(port: int, data: bytes) -> None:
-    """Send ``data`` on a connection of its own, then close our side and read to the end."""
+def replay(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a connection of its own, then close our side and read to the end; what
+    the listener answered."""
+    answered = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-            while sock.recv(65536):
-                pass
+            while chunk := sock.recv(65536):
+                answered += chunk
         except OSError:  # the listener aborted and closed first: what it should do with most of these
             pass
+    return bytes(answered)
 
 
-def test_mutated_associations_leave_the_listener_serving_and_its_spool_whole(deployment, tmp_path):
+@pytest.fixture(scope="module")
+def listener(deployment, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzzed")
+    running = RunningListener(deployment.env, root, NO_RULE, MODALITY)
+    running.start()
+    yield running
+    running.kill()
+
+
+def test_a_release_before_the_data_set_of_a_c_store_is_answered_with_an_abort(listener, tmp_path):
+    stream = recorded_session(listener.port, ct_series(tmp_path / "ct", ct_phantom((1, 16, 16))))
+    starts = pdu_starts(stream)
+    # associate, echo, the C-STORE's command, its data set, release
+    assert [stream[i] for i in starts] == [0x01, 0x04, 0x04, 0x04, 0x05]
+    answered = replay(listener.port, stream[:starts[3]] + stream[starts[4]:])  # the data set left out
+    kinds = [answered[i] for i in pdu_starts(answered)]
+    assert kinds == [0x02, 0x04, 0x07], kinds  # accepted, the echo answered, then aborted: not released
+
+
+def test_mutated_associations_leave_the_listener_serving_and_its_spool_whole(listener, tmp_path):
     echoscu = shutil.which("echoscu")
     if echoscu is None:
         pytest.fail("echoscu not found: DCMTK is installed by `make dicom-tools` (Debian's dcmtk, as root)")
     files = ct_series(tmp_path / "ct", ct_phantom((3, 16, 16)))
-    (tmp_path / "listener").mkdir()
-    running = RunningListener(deployment.env, tmp_path / "listener", NO_RULE, MODALITY)
-    running.start()
-    try:
-        stream = recorded_session(running.port, files)
-        assert len(pdu_starts(stream)) >= 6  # associate, echo, three stores (command, data set), release
-        rng = random.Random(15)
-        for _ in range(CASES):
-            replay(running.port, mutated(stream, rng))
-        assert running.process.poll() is None, running.log.read_text()[-3000:]
-        echo = subprocess.run([echoscu, "-aet", MODALITY, "-aec", "CARINA", "127.0.0.1", str(running.port)],
-                              capture_output=True, text=True, timeout=30)
-        assert echo.returncode == 0, echo.stdout + echo.stderr
-        incoming = running.spool / ".incoming" / "CARINA"
-        wait_until(lambda: not list(incoming.iterdir()), 30, "the partial files to go")
-        log = running.log.read_text()
-        for unwanted in ("Traceback", "Warning"):  # every problem is one line of the listener's own
-            assert unwanted not in log, log[log.index(unwanted) - 500:][:4000]
-        kept = [p for p in running.spool.rglob("*") if p.is_file()]
-        assert kept  # the unmutated stores, and mutations that left an instance whole
-        for path in kept:
-            assert path.suffix == ".dcm" and path.is_relative_to(running.spool)
-            assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID == path.stem
-    finally:
-        running.kill()
+    stream = recorded_session(listener.port, files)
+    assert len(pdu_starts(stream)) >= 6  # associate, echo, three stores (command, data set), release
+    rng = random.Random(15)
+    for _ in range(CASES):
+        replay(listener.port, mutated(stream, rng))
+    assert listener.process.poll() is None, listener.log.read_text()[-3000:]
+    echo = subprocess.run([echoscu, "-aet", MODALITY, "-aec", "CARINA", "127.0.0.1", str(listener.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    incoming = listener.spool / ".incoming" / "CARINA"
+    wait_until(lambda: not list(incoming.iterdir()), 30, "the partial files to go")
+    log = listener.log.read_text()
+    for unwanted in ("Traceback", "Warning"):  # every problem is one line of the listener's own
+        assert unwanted not in log, log[log.index(unwanted) - 500:][:4000]
+    kept = [p for p in listener.spool.rglob("*") if p.is_file()]
+    assert kept  # the unmutated stores, and mutations that left an instance whole
+    for path in kept:
+        assert path.suffix == ".dcm" and path.is_relative_to(listener.spool)
+        assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID == path.stem
