@@ -81,8 +81,6 @@ FSYNC_POLICIES = ("batch", "series", "each")
 FLUSH_S = 0.2  # with CARINA_DICOM_FSYNC=batch, how long an answered instance may wait to reach the disk
 MAX_PDU_BYTES = 4 * 2**20  # the largest PDU this listener offers to receive: a CT slice in one
 HEAD_BYTES = 64 * 2**10  # a data set's first bytes kept in memory as it arrives: its header, in all but the largest
-MAX_ASSOCIATIONS = 16
-NETWORK_TIMEOUT_S = 60.0  # an association silent this long is aborted
 RECEIVING, SUBMITTED, DONE, FAILED, UNROUTED = "receiving", "submitted", "done", "failed", "unrouted"
 ENDED = (DONE, FAILED, UNROUTED)
 # The storage SOP classes a segmentation or blur pipeline can take (pydicom's names).
@@ -109,6 +107,8 @@ class ListenerConfig:
     # with the rest of its series once it is complete, before its job ("series").
     fsync: str = "batch"
     allowed_addresses: tuple[str, ...] = ()  # the peers' IP addresses it takes connections from; () any
+    max_associations: int = 16  # at once; one more is rejected
+    timeout_s: float = 60.0  # an association silent this long is aborted
 
     def __post_init__(self) -> None:
         if not self.allowed_aes:
@@ -704,7 +704,7 @@ def serve(listener: Listener, stop: threading.Event, poll_s: float = 1.0) -> Non
                         abstract_syntaxes=frozenset((VERIFICATION, *(getattr(pydicom.uid, name)
                                                                       for name in ACCEPTED_SOP_CLASSES))),
                         transfer_syntaxes=frozenset(pydicom.uid.AllTransferSyntaxes), max_pdu_bytes=MAX_PDU_BYTES,
-                        max_associations=MAX_ASSOCIATIONS, timeout_s=NETWORK_TIMEOUT_S)
+                        max_associations=config.max_associations, timeout_s=config.timeout_s)
     server = Server((config.host, config.port), acceptor, listener,
                     listener.address_allowed if config.allowed_addresses else None)
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()

@@ -169,6 +169,10 @@ class Settings:
     dicom_outbox: Path = Path("dicom-outbox")
     dicom_send_attempts: int = 5
     dicom_send_backoff_s: float = 2.0
+    # The listener's associations at once (one more is rejected, "local limit exceeded"), and
+    # how long an association may be silent before it is aborted.
+    dicom_max_associations: int = 16
+    dicom_timeout_s: float = 60.0
     # A folder of pipeline definitions beside the project's own (queues/catalogue.py).
     pipelines_dir: Path | None = None
     # Where `carina redis` keeps its append-only file.
@@ -200,7 +204,8 @@ class Settings:
                 parse_sentinel_url(url)
         for name in ("fastio_lease_s", "janitor_interval_s", "visibility_timeout_s", "job_ttl_s", "triton_timeout_s",
                      "sw_batch_size", "tile_batch_size", "watch_poll_s", "worker_heartbeat_s", "max_deliveries",
-                     "host_lost_s", "max_windows", "max_tiles", "lost_message_s", "dicom_stable_s", "dicom_send_backoff_s"):
+                     "host_lost_s", "max_windows", "max_tiles", "lost_message_s", "dicom_stable_s", "dicom_send_backoff_s",
+                     "dicom_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CARINA_{name.upper()} must be > 0")
         if self.flower_auth and not all(":" in pair.strip()[1:-1] for pair in self.flower_auth.split(",")):
@@ -353,6 +358,8 @@ _VARIABLES = {
     "dicom_outbox": Path,
     "dicom_send_attempts": _positive_int,
     "dicom_send_backoff_s": float,
+    "dicom_max_associations": _positive_int,
+    "dicom_timeout_s": float,
 }
 
 

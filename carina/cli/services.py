@@ -114,7 +114,8 @@ def dicom_listen(args: argparse.Namespace) -> int:
         output_root=(args.output or settings.dicom_output).absolute(),
         stable_s=settings.dicom_stable_s if args.stable_s is None else args.stable_s,
         outbox=(args.outbox or settings.dicom_outbox).absolute(), resent=settings.dicom_resent,
-        aborted=settings.dicom_aborted, fsync=settings.dicom_fsync, allowed_addresses=settings.dicom_allowed_addresses)
+        aborted=settings.dicom_aborted, fsync=settings.dicom_fsync, allowed_addresses=settings.dicom_allowed_addresses,
+        max_associations=settings.dicom_max_associations, timeout_s=settings.dicom_timeout_s)
     rules_file = args.rules or settings.dicom_rules
     rules = load_rules(rules_file, settings) if rules_file else tuple(r for r in DEFAULT_RULES if r.kind == "dicom")
     listen(config, rules, settings)

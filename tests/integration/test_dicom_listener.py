@@ -174,6 +174,25 @@ def test_with_fsync_at_the_series_decision_a_killed_listener_restarted_runs_the_
         assert running.log.read_text().count(f"series {uid} ({len(files)} instances") == 1
 
 
+def test_one_association_more_than_allowed_is_rejected_and_a_silent_one_is_aborted(deployment, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(Verification)
+    with own_listener(deployment, tmp_path, CARINA_DICOM_MAX_ASSOCIATIONS="1", CARINA_DICOM_TIMEOUT_S="2") as running:
+        first = ae.associate("127.0.0.1", running.port, ae_title="CARINA")
+        assert first.is_established
+        second = ae.associate("127.0.0.1", running.port, ae_title="CARINA")
+        assert second.is_rejected
+        assert "rejected: 1 associations already" in running.log.read_text()
+        wait_until(lambda: not first.is_alive(), 30, "the silent association to be aborted")
+        assert first.is_aborted
+        third = ae.associate("127.0.0.1", running.port, ae_title="CARINA")  # its place is free again
+        assert third.is_established and int(third.send_c_echo().Status) == 0
+        third.release()
+
+
 def send_with_pynetdicom(listener, dataset) -> int:
     """The status of a C-STORE of ``dataset`` from pynetdicom (what DCMTK refuses to send)."""
     from pynetdicom import AE
