@@ -123,6 +123,9 @@ class Settings:
     watch_poll_s: float = DEFAULT_WATCH_POLL_S
     watch_inbox: Path = Path("inbox")
     watch_output: Path = Path("results")
+    # The watch folder's rules file (queues/rules.py; unset: the default rules, see `carina watch
+    # --help`), so a Procfile or compose service needs no arguments; --rules wins.
+    watch_rules: Path | None = None
     # Flower's basic auth, "user:password" (several comma-separated); required beyond loopback.
     flower_auth: str = ""
     flower_port: int = 5555
@@ -326,6 +329,7 @@ _VARIABLES = {
     "sw_batch_size": _positive_int,
     "tile_batch_size": _positive_int,
     "watch_stable_s": float,
+    "watch_rules": Path,
     "watch_poll_s": float,
     "flower_auth": str,
     "flower_port": _positive_int,

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="watch an inbox folder: each stable file or folder dropped in starts a job")
     p.add_argument("inbox", type=Path, nargs="?",
                    help="the folder watched, done/ and failed/ made inside it (default CARINA_WATCH_INBOX, ./inbox)")
-    p.add_argument("--rules", type=Path, help="JSON rules mapping entries to pipelines (default: slides → nuclei-seg, "
-                                              "CT abdomen DICOM and volumes → spleen-seg, other DICOM → 3dblur)")
+    p.add_argument("--rules", type=Path, help="JSON rules mapping entries to pipelines (default CARINA_WATCH_RULES; "
+                                              "unset: slides → nuclei-seg, CT abdomen DICOM and volumes → spleen-seg, "
+                                              "other DICOM → 3dblur)")
     p.add_argument("--output", type=Path,
                    help="each job writes into OUTPUT/<entry>-<job id> (default CARINA_WATCH_OUTPUT, ./results)")
     p.add_argument("--stable-s", type=float, help="seconds an entry must stay unchanged (default CARINA_WATCH_STABLE_S, 10)")
@@ -84,7 +85,8 @@ def watch(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     settings = get_settings()
-    rules = load_rules(args.rules, settings) if args.rules else DEFAULT_RULES
+    rules_file = args.rules or settings.watch_rules
+    rules = load_rules(rules_file, settings) if rules_file else DEFAULT_RULES
     stable_s = settings.watch_stable_s if args.stable_s is None else args.stable_s
     poll_s = settings.watch_poll_s if args.poll_s is None else args.poll_s
     inbox = (args.inbox or settings.watch_inbox).absolute()

@@ -65,9 +65,10 @@ def test_a_watch_folder_rule_sends_volumes_to_the_second_model(deployment, abdom
     inbox.mkdir()
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"pipeline": "abdomen-seg", "kind": "volume"}]))
-    watch = subprocess.Popen([sys.executable, "-m", "carina", "watch", str(inbox), "--rules", str(rules), "--output",
+    # The rules from CARINA_WATCH_RULES, as the Procfile's and compose's watch services take them.
+    watch = subprocess.Popen([sys.executable, "-m", "carina", "watch", str(inbox), "--output",
                               str(tmp_path / "results"), "--stable-s", "0.5", "--poll-s", "0.2", "--poll"],
-                             env=deployment.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**deployment.env, "CARINA_WATCH_RULES": str(rules)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
         shutil.copyfile(path, tmp_path / "ct.nii.gz")
