@@ -14,6 +14,14 @@ runs with the loopback shim (``carina/orthanc.py``). Each measurement is the med
 the ratios (the issue's target: ≥ 0.8), ``carina_series_over_storescp_…`` and
 ``carina_each_over_storescp_…`` those of ``CARINA_DICOM_FSYNC=series`` and ``each``.
 
+With ``--round-trips N`` (default 3; 0 leaves it out) it then runs the whole path N times, a new
+series each time: Debian's Orthanc (``make pacs``) holds a 64-slice 256×256 CT, is asked to
+C-STORE it to the listener, spleen-seg runs on a worker with the project's Triton, and the SEG is
+sent back to Orthanc. ``last_instance_to_seg_s`` is the median time from the last instance
+reaching the spool (its file's time) to the SEG being found in Orthanc (polled every 0.1 s),
+``stability_wait_s`` the listener's ``--stable-s`` (default 10, the setting's default) and
+``wait_share`` the part of the round trip spent waiting for the series to be complete.
+
     python bench/dicom.py --slices 200 --runs 3
 """
 
@@ -91,6 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=200, help="instances of 512×512 int16")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--round-trips", type=int, default=3, help="Orthanc → Carina → Orthanc runs (0: none)")
+    parser.add_argument("--stable-s", type=float, default=10.0, help="the listener's stability wait in round trips")
     args = parser.parse_args()
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         raise SystemExit("DCMTK is needed: make dicom-tools")
@@ -141,6 +151,8 @@ def main() -> None:
                 for listener in listeners:
                     stop(listener)
                 stop(storescp)
+        if args.round_trips:
+            figures.update(round_trips(work, args.round_trips, args.stable_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{len(files)} instances of 512×512 int16 ({megabytes:.0f} MB), median of {args.runs}, "
@@ -150,7 +162,73 @@ def main() -> None:
     for n in (1, 4):
         print(f"| {n} | " + " | ".join(f"{figures[f'{key(p)}_per_s_{n}']} | {figures[f'{key(p)}_over_storescp_{n}']:.2f}×"
                                       for p in POLICIES) + f" | {figures[f'storescp_per_s_{n}']} |")
+    if args.round_trips:
+        print(f"Orthanc → carina dicom-listen → spleen-seg → Orthanc, median of {args.round_trips}: "
+              f"{figures['last_instance_to_seg_s']} s from the last instance to the SEG in Orthanc, of which "
+              f"{figures['stability_wait_s']} s the stability wait ({figures['wait_share']:.0%})")
     print(json.dumps(figures))
+
+
+def round_trips(work: Path, count: int, stable_s: float) -> dict:
+    """Seconds from a series' last instance in the listener's spool to its SEG in Orthanc, ``count``
+    times over (see the module's docstring): the median, and the stability wait's share of it."""
+    from carina.local import start_worker, stop_process_group
+    from carina.orthanc import LocalOrthanc
+    from carina.triton import MODEL_REPOSITORY, LocalTriton
+
+    root = work / "round-trip"
+    root.mkdir()
+    (root / "rules.json").write_text(json.dumps([{"kind": "dicom", "dicom": {"Modality": "CT"},
+                                                  "pipeline": "spleen-seg", "send_to": "orthanc"}]))
+    port = free_port()
+    orthanc = LocalOrthanc(modalities={"carina": ("CARINA", "127.0.0.1", port)})
+    with LocalRedis() as server, LocalTriton(MODEL_REPOSITORY, models=["spleen_ct"]) as triton, orthanc:
+        env = {**os.environ, "CARINA_REDIS_URL": server.url, "CARINA_NAMESPACE": "bench-pacs",
+               "CARINA_DATA_ROOT": str(work), "CARINA_TRITON_URL": triton.url,
+               "CARINA_DICOM_DESTINATIONS": f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
+        worker = start_worker(env, root / "worker.log", "io,cpu,gpu", concurrency=1)
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", "ORTHANC",
+             "--spool", str(root / "spool"), "--output", str(root / "results"), "--outbox", str(root / "outbox"),
+             "--rules", str(root / "rules.json"), "--stable-s", str(stable_s)], env=env,
+            stdout=open(root / "listener.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(port, listener, "carina dicom-listen")
+            totals = [one_round_trip(orthanc, root, seed) for seed in range(count)]
+        finally:
+            stop(listener)
+            stop_process_group(worker)
+    total = statistics.median(totals)
+    return {"round_trips": count, "last_instance_to_seg_s": round(total, 1), "stability_wait_s": stable_s,
+            "wait_share": round(stable_s / total, 3)}
+
+
+def one_round_trip(orthanc, root: Path, seed: int) -> float:
+    """Orthanc sends a new CT series to the listener; seconds from its last instance in the spool
+    to its SEG in Orthanc."""
+    series = root / f"ct-{seed}"
+    subprocess.run([sys.executable, "-m", "ops.samples", "--output", str(series), "--dicom", "--spleen",
+                    "--shape", "64", "256", "256"], check=True, stdout=subprocess.DEVNULL)
+    before = set(orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SEG"}}))
+    instance = orthanc.upload(sorted(series.iterdir()))[0]
+    orthanc.request("POST", "/modalities/carina/store", orthanc.get(f"/instances/{instance}")["ParentSeries"].encode())
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        found = set(orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SEG"}}))
+        if found - before:
+            back = time.time()
+            break
+        time.sleep(0.1)
+    else:
+        raise SystemExit(f"no SEG reached Orthanc within 600 s: see {root / 'listener.log'}")
+    spooled = [p for p in (root / "spool").rglob("*.dcm") if series_uid(series) in p.parent.name]
+    return back - max(p.stat().st_mtime for p in spooled)
+
+
+def series_uid(folder: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
 
 
 if __name__ == "__main__":
