@@ -101,14 +101,15 @@ class ListenerConfig:
     output_root: Path
     stable_s: float
     outbox: Path
-    resent: str = "new-job"
-    aborted: str = "complete"  # a series whose association was aborted: "complete" or "incomplete"
+    # The defaults are the settings' (queues/settings.py says what each means).
+    resent: str = Settings.dicom_resent
+    aborted: str = Settings.dicom_aborted  # a series whose association was aborted: "complete" or "incomplete"
     # When an instance is fsynced: before it is answered ("each"), within FLUSH_S ("batch"), or
     # with the rest of its series once it is complete, before its job ("series").
-    fsync: str = "batch"
+    fsync: str = Settings.dicom_fsync
     allowed_addresses: tuple[str, ...] = ()  # the peers' IP addresses it takes connections from; () any
-    max_associations: int = 16  # at once; one more is rejected
-    timeout_s: float = 60.0  # an association silent this long is aborted
+    max_associations: int = Settings.dicom_max_associations  # at once; one more is rejected
+    timeout_s: float = Settings.dicom_timeout_s  # an association silent this long is aborted
 
     def __post_init__(self) -> None:
         if not self.allowed_aes:
