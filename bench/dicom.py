@@ -191,11 +191,12 @@ def round_trips(work: Path, count: int, stable_s: float) -> dict:
                "CARINA_DATA_ROOT": str(work), "CARINA_TRITON_URL": triton.url,
                "CARINA_DICOM_DESTINATIONS": f"orthanc=ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
         worker = start_worker(env, root / "worker.log", "io,cpu,gpu", concurrency=1)
-        listener = subprocess.Popen(
-            [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", "ORTHANC",
-             "--spool", str(root / "spool"), "--output", str(root / "results"), "--outbox", str(root / "outbox"),
-             "--rules", str(root / "rules.json"), "--stable-s", str(stable_s)], env=env,
-            stdout=open(root / "listener.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(root / "listener.log", "w") as log:  # the child keeps its own descriptor
+            listener = subprocess.Popen(
+                [sys.executable, "-m", "carina", "dicom-listen", "--port", str(port), "--allow", "ORTHANC",
+                 "--spool", str(root / "spool"), "--output", str(root / "results"), "--outbox", str(root / "outbox"),
+                 "--rules", str(root / "rules.json"), "--stable-s", str(stable_s)], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_port(port, listener, "carina dicom-listen")
             totals = [one_round_trip(orthanc, root, seed) for seed in range(count)]
@@ -227,7 +228,8 @@ def one_round_trip(orthanc, root: Path, seed: int) -> float:
         time.sleep(0.1)
     else:
         raise SystemExit(f"no SEG reached Orthanc within 600 s: see {root / 'listener.log'}")
-    spooled = [p for p in (root / "spool").rglob("*.dcm") if series_uid(series) in p.parent.name]
+    uid = series_uid(series)
+    spooled = [p for p in (root / "spool").rglob("*.dcm") if uid in p.parent.name]
     return back - max(p.stat().st_mtime for p in spooled)
 
 
