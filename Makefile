@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.carina-installed
 
-.PHONY: setup demo test bench bench-peer peer clean triton browser compose redis-tools dicom-tools pacs he-samples
+.PHONY: setup demo test bench bench-peer bench-gpu peer clean triton triton-gpu browser compose redis-tools dicom-tools pacs he-samples
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 # The Triton server runs from its own virtualenv (it needs numpy < 2): see scripts/setup_triton.sh.
 triton: setup
 	PYTHON=$(PYTHON) bash scripts/setup_triton.sh
+
+# The same, with onnxruntime's CUDA build for the models (a GPU host; about 1.5 GB more).
+triton-gpu: setup
+	CARINA_TRITON_ONNXRUNTIME=gpu PYTHON=$(PYTHON) bash scripts/setup_triton.sh
 
 demo: setup triton pacs
 	$(BIN)/carina demo --output demo-output
@@ -81,6 +85,13 @@ peer:
 
 bench-peer: setup triton peer
 	$(BIN)/python bench/wsi.py --peer tiatoolbox
+
+# Every GPU path (bench/gpu.sh: cupy from the gpu extra, Triton's models from make triton-gpu).
+# Where there is no GPU it says so and measures nothing.
+bench-gpu: setup triton
+	if command -v nvidia-smi >/dev/null; then $(BIN)/python -m pip install --quiet -e '.[gpu]' || \
+		echo "cupy did not install: bench/gpu.sh will say so"; fi
+	bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) .triton-venv $(PEER_VENV) demo-output .pytest_cache

@@ -8,7 +8,16 @@ to 1e-4 (relative, and absolute against the largest value); the script exits 1 i
 The last line printed is one JSON object: ``ours_s``, ``scipy_s``, ``speedup``, ``shape``,
 ``cpus`` and the parameters.
 
+With ``--gpu`` the same op also runs on a cupy copy of the volume (``cupyx.scipy.ndimage``),
+timed twice, both after a first untimed call: ``gpu_s`` with the volume already on the device
+and the device synchronised before the clock stops, ``gpu_round_trip_s`` from the host array
+to the host result (the copies a worker makes around it). Both must agree with scipy to the
+same tolerance. The JSON adds ``gpu_s``, ``gpu_speedup``, ``gpu_round_trip_s``,
+``gpu_round_trip_speedup`` (scipy's time over each), ``gpu`` (the device's name) and
+``gpu_max_abs_diff``. Without cupy or a CUDA device ``--gpu`` exits 2 with one line saying so.
+
     python bench/blur.py --shape 300 512 512 --sigma-mm 1.0 --spacing 0.7 0.7 2.5 --runs 3
+    python bench/blur.py --gpu
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from ops.arrays import gpu_available
 from ops.blur import gaussian_blur
 
 TOLERANCE = 1e-4  # relative, and absolute as a fraction of the reference's largest value
@@ -45,6 +55,37 @@ def timed(fn: Callable[[], np.ndarray], runs: int) -> tuple[list[float], np.ndar
     return times, result
 
 
+def gpu_figures(volume: np.ndarray, args: argparse.Namespace, reference: np.ndarray, scipy_s: float,
+                peak: float) -> dict:
+    """``ops.blur`` on the current CUDA device: median seconds on a device copy and from host
+    to host, scipy's over each, and whether the result agrees with ``reference``."""
+    import cupy
+
+    from ops.arrays import to_device, to_host
+
+    on_device = to_device(volume)
+
+    def device_only() -> np.ndarray:  # a cupy array, which timed() only holds
+        out = gaussian_blur(on_device, args.sigma_mm, args.spacing, truncate=args.truncate)
+        cupy.cuda.get_current_stream().synchronize()
+        return out
+
+    def round_trip() -> np.ndarray:
+        return to_host(gaussian_blur(to_device(volume), args.sigma_mm, args.spacing, truncate=args.truncate))
+
+    round_trip()  # kernels compiled and cached, the memory pool filled
+    device_times, _ = timed(device_only, args.runs)
+    round_trip_times, result = timed(round_trip, args.runs)
+    gpu_s, round_trip_s = statistics.median(device_times), statistics.median(round_trip_times)
+    return {
+        "gpu": cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode(),
+        "gpu_s": round(gpu_s, 5), "gpu_speedup": round(scipy_s / gpu_s, 1),
+        "gpu_round_trip_s": round(round_trip_s, 4), "gpu_round_trip_speedup": round(scipy_s / round_trip_s, 1),
+        "gpu_max_abs_diff": float(np.abs(result - reference).max()),
+        "gpu_agree": bool(np.allclose(result, reference, rtol=TOLERANCE, atol=TOLERANCE * peak)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
@@ -54,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truncate", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpu", action="store_true", help="also on a CUDA device, through cupy")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.gpu and not gpu_available():
+        print("bench/blur.py --gpu: cupy is not installed or sees no CUDA device", file=sys.stderr)
+        return 2
 
     shape = tuple(args.shape)
     volume = np.random.default_rng(args.seed).random(shape, dtype=np.float32) * 2000 - 1000  # HU-like range
@@ -81,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     max_abs_diff = float(np.abs(ours_out - scipy_out).max())
     agree = bool(np.allclose(ours_out, scipy_out, rtol=TOLERANCE, atol=TOLERANCE * peak))
 
+    gpu = gpu_figures(volume, args, scipy_out, scipy_s, peak) if args.gpu else {}
+    agree = agree and gpu.get("gpu_agree", True)
+
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"Gaussian blur of a {'×'.join(map(str, shape))} float32 volume, sigma {args.sigma_mm} mm, "
           f"spacing (x, y, z) {tuple(args.spacing)} mm → sigma (z, y, x) {tuple(round(s, 3) for s in sigma_zyx)} "
@@ -89,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|")
     print(f"| ops.blur (numba) | {ours_s:.3f} | {min(ours_times):.3f} | {max(ours_times):.3f} | "
           f"{scipy_s / ours_s:.1f}× |")
+    if gpu:
+        print(f"| ops.blur (cupy, {gpu['gpu']}) | {gpu['gpu_s']:.4f} | | | {gpu['gpu_speedup']:.1f}× |")
+        print(f"| the same from and to host memory | {gpu['gpu_round_trip_s']:.4f} | | | "
+              f"{gpu['gpu_round_trip_speedup']:.1f}× |")
     print(f"| scipy.ndimage | {scipy_s:.3f} | {min(scipy_times):.3f} | {max(scipy_times):.3f} | 1.0× |")
     print(f"\nfirst call (compile or cache load, untimed): {warmup_s:.2f} s; "
           f"max |ours - scipy| = {max_abs_diff:.3g} (largest |value| {peak:.4g}); agree: {agree}")
@@ -108,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": max_abs_diff,
         "agree": agree,
         "machine": platform.processor() or platform.machine(),
+        **gpu,
     }))
     return 0 if agree else 1
 

@@ -14,7 +14,14 @@ compute** (wall time minus Triton's ``compute_infer`` for those requests): the c
 and (de)serialising the tensors, which is what differs. The last line printed is one JSON
 object.
 
+With ``--gpu`` the pre- and post-processing also run with cupy on the current CUDA device
+(as a GPU worker runs them: ``segment(use_gpu=True)``), from and to host memory, after one
+untimed call; the JSON adds ``gpu_preprocess_s``, ``gpu_postprocess_s``, their speed-ups over
+the CPU's in the same run, and ``gpu_labels_agree``, the fraction of voxels whose label is
+the same both ways. Without cupy or a device ``--gpu`` exits 2 with one line saying so.
+
     python bench/spleen.py --slices 200
+    python bench/spleen.py --slices 200 --gpu
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ops.arrays import gpu_available, to_device, to_host
 from ops.samples import spleen_phantom
 from ops.sliding_window import sliding_window_inference
 from ops.segmentation import ROI_SIZE, postprocess, preprocess, request_nbytes
@@ -90,7 +98,10 @@ def main() -> None:
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--transfer-runs", type=int, default=7)
     parser.add_argument("--models", type=Path, default=MODEL_REPOSITORY, help="model repository")
+    parser.add_argument("--gpu", action="store_true", help="also pre- and post-process on a CUDA device (cupy)")
     args = parser.parse_args()
+    if args.gpu and not gpu_available():
+        parser.exit(2, "bench/spleen.py --gpu: cupy is not installed or sees no CUDA device\n")
 
     spacing = (0.8, 0.8, 1.5)
     volume, _ = spleen_phantom((args.slices, 512, 512), spacing, seed=7)
@@ -119,8 +130,9 @@ def measure(url: str, volume: np.ndarray, geometry: dict, region: SharedRegion, 
     sliding_s = time.perf_counter() - start
     compute_s = predictor.compute_seconds() - compute_before
     start = time.perf_counter()
-    postprocess(logits[0], resampled_geometry, volume.shape, geometry)
+    labels = postprocess(logits[0], resampled_geometry, volume.shape, geometry)
     post_s = time.perf_counter() - start
+    gpu = gpu_steps(volume, geometry, logits[0], labels, prep_s, post_s) if args.gpu else {}
 
     batch = np.random.default_rng(0).random((args.sw_batch_size, 1, *ROI_SIZE), dtype=np.float32)
     runs = args.transfer_runs
@@ -143,7 +155,33 @@ def measure(url: str, volume: np.ndarray, geometry: dict, region: SharedRegion, 
         "json_s": round(json_s, 4), "binary_s": round(binary_s, 4), "shm_s": round(shm_s, 4),
         "json_over_binary": round(json_s / binary_s, 1), "binary_over_shm": round(binary_s / shm_s, 1),
         "json_wall_s": round(json_wall, 3), "binary_wall_s": round(binary_wall, 3), "shm_wall_s": round(shm_wall, 3),
+        **gpu,
     }
+
+
+def gpu_steps(volume: np.ndarray, geometry: dict, logits: np.ndarray, labels: np.ndarray, prep_s: float,
+              post_s: float) -> dict:
+    """Pre- and post-processing on the current CUDA device, from and to host memory, against
+    the CPU's seconds (``prep_s``, ``post_s``) and ``labels`` from the same run."""
+    import cupy
+
+    def on_device() -> tuple[float, float, np.ndarray]:
+        start = time.perf_counter()
+        resampled, resampled_geometry = preprocess(to_device(volume), geometry)
+        to_host(resampled)  # the windows go to Triton from host memory
+        prep = time.perf_counter() - start
+        start = time.perf_counter()
+        gpu_labels = to_host(postprocess(to_device(logits), resampled_geometry, volume.shape, geometry))
+        cupy.cuda.get_current_stream().synchronize()
+        return prep, time.perf_counter() - start, gpu_labels
+
+    on_device()  # kernels compiled, the memory pool filled
+    gpu_prep_s, gpu_post_s, gpu_labels = on_device()
+    print(f"| preprocess on the GPU | {gpu_prep_s:.3f} |\n| postprocess on the GPU | {gpu_post_s:.3f} |")
+    return {"gpu_preprocess_s": round(gpu_prep_s, 3), "gpu_postprocess_s": round(gpu_post_s, 3),
+            "gpu_preprocess_speedup": round(prep_s / gpu_prep_s, 1),
+            "gpu_postprocess_speedup": round(post_s / gpu_post_s, 1),
+            "gpu_labels_agree": round(float(np.mean(gpu_labels == labels)), 6)}
 
 
 if __name__ == "__main__":

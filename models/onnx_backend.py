@@ -64,6 +64,10 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu's CUDA and cuDNN come as nvidia-* wheels (make triton-gpu), which
+            # the loader's search path does not reach; onnxruntime finds them itself.
+            ort.preload_dlls()
         self.session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         declared = {i.name: i.type for i in self.session.get_inputs()}
         if self.input_name not in declared:

@@ -4,6 +4,7 @@
 #
 #   scripts/setup_triton.sh            # -> .triton-venv/ (git-ignored)
 #   PYTHON=python3.11 CARINA_TRITON_VENV=/opt/triton scripts/setup_triton.sh
+#   CARINA_TRITON_ONNXRUNTIME=gpu scripts/setup_triton.sh   # make triton-gpu
 #
 # Where the server comes from, and why it gets its own virtualenv:
 # - `tritonserver` 2.51 (CPU and GPU, python backend only) ships inside the nvidia-pytriton
@@ -27,20 +28,42 @@ SCRIPT="$ROOT/scripts/setup_triton.sh"
 PYTHON="${PYTHON:-python3}"
 VENV="${CARINA_TRITON_VENV:-$ROOT/.triton-venv}"
 STAMP="$VENV/carina-triton.json"
-# onnxruntime runs ONNX models inside python-backend models; 1.31 supports numpy 1.x.
-REQUIREMENTS=("nvidia-pytriton==0.7.0" "numpy==1.26.4" "onnxruntime==1.31.1")
+# onnxruntime runs ONNX models inside python-backend models; 1.31 supports numpy 1.x. Its CPU
+# build by default; CARINA_TRITON_ONNXRUNTIME=gpu swaps in the CUDA build with the CUDA and
+# cuDNN wheels it names (about 1.5 GB more), and unset keeps whichever is installed.
+ONNXRUNTIME_VERSION=1.31.1
+ONNXRUNTIME_KIND="${CARINA_TRITON_ONNXRUNTIME:-}"
+case "$ONNXRUNTIME_KIND" in
+    ""|cpu|gpu) ;;
+    *) echo "setup_triton: CARINA_TRITON_ONNXRUNTIME must be cpu or gpu, not '$ONNXRUNTIME_KIND'" >&2; exit 1 ;;
+esac
 
-# Done already: the stamp is newer than this script (a changed script reinstalls).
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$SCRIPT" ] && [ -x "$VENV/bin/python" ]; then
+# Done already: the stamp is newer than this script (a changed script reinstalls) and records
+# the onnxruntime build asked for.
+installed() {
+    [ -f "$STAMP" ] && [ "$STAMP" -nt "$SCRIPT" ] && [ -x "$VENV/bin/python" ] &&
+        { [ -z "$ONNXRUNTIME_KIND" ] || grep -q "\"onnxruntime\": \"$ONNXRUNTIME_KIND\"" "$STAMP"; }
+}
+if installed; then
     exit 0
 fi
 
 mkdir -p "$VENV"
 exec 9>"$VENV/.setup.lock"
 flock 9  # two setups at once (make test and make demo in parallel) take turns
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$SCRIPT" ] && [ -x "$VENV/bin/python" ]; then
+if installed; then
     exit 0
 fi
+if [ -z "$ONNXRUNTIME_KIND" ]; then  # reinstalled after a change of this script: keep the build
+    ONNXRUNTIME_KIND="$(grep -o '"onnxruntime": "[a-z]*"' "$STAMP" 2>/dev/null | cut -d'"' -f4 || true)"
+    ONNXRUNTIME_KIND="${ONNXRUNTIME_KIND:-cpu}"
+fi
+if [ "$ONNXRUNTIME_KIND" = gpu ]; then
+    ONNXRUNTIME="onnxruntime-gpu[cuda,cudnn]==$ONNXRUNTIME_VERSION"
+else
+    ONNXRUNTIME="onnxruntime==$ONNXRUNTIME_VERSION"
+fi
+REQUIREMENTS=("nvidia-pytriton==0.7.0" "numpy==1.26.4" "$ONNXRUNTIME")
 
 echo "setup_triton: installing Triton Inference Server into $VENV (about a minute, ~400 MB)"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -57,6 +80,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     }
 fi
 PY="$VENV/bin/python"
+# The two builds share the package folder onnxruntime/: the other goes first, whole.
+OTHER="$([ "$ONNXRUNTIME_KIND" = gpu ] && echo onnxruntime || echo onnxruntime-gpu)"
+if "$PY" -m pip show --quiet "$OTHER" >/dev/null 2>&1; then
+    "$PY" -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
+fi
 "$PY" -m pip install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}"
 
 PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -92,11 +120,12 @@ if [[ "$USAGE" != *--model-repository* ]]; then
     exit 1
 fi
 
-"$PY" - "$STAMP" "$SERVER_DIR" "$LIBDIR" "$SONAME" <<'EOF'
+"$PY" - "$STAMP" "$SERVER_DIR" "$LIBDIR" "$SONAME" "$ONNXRUNTIME_KIND" <<'EOF'
 import json, pathlib, sys, sysconfig
-stamp, server, libdir, soname = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+stamp, server, libdir, soname, onnxruntime = sys.argv[1], pathlib.Path(sys.argv[2]), *sys.argv[3:6]
 info = {
     "pytriton": "0.7.0",
+    "onnxruntime": onnxruntime,
     "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
     "tritonserver": str(server / "bin" / "tritonserver"),
     "backends": str(server / "backends"),
