@@ -31,7 +31,9 @@ same run:
   what Dask and the rest add: ``total`` (the whole stage's process CPU time with the stand-in
   on one Dask thread, in a process of its own) less the steps. ``jpeg_floor`` is the JPEG work
   alone, which no pipeline that reads and writes every tile can skip: decoding every level-0
-  tile and encoding every tile of every level. ``standin_tiles_per_s`` is the
+  tile and encoding every tile of every level the stage encodes (glass that keeps the slide's
+  own JPEG, ``workers.tiling.glass_as_stored``, is not encoded; ``glass_as_stored`` says
+  whether this slide's is). ``standin_tiles_per_s`` is the
   stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
   is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
   cores allow, and ``e2e_over_bound`` how close the stage comes to it.
@@ -67,11 +69,11 @@ import numpy as np
 
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, tissue_tiles
 from ops.overlay import overlay_nuclei
-from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, level_shapes, write_pyramid
+from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, level_shapes, stored_tile, write_pyramid
 from ops.samples import he_slide
 from ops.stain import nuclei_by_stain
 from ops.triton import SLOT_ALIGNMENT, TritonPredictor
-from ops.wsi import open_slide
+from ops.wsi import Slide, open_slide
 from carina.triton import MODEL_REPOSITORY, LocalTriton
 from spleen import posix_region  # bench/spleen.py: a POSIX shared-memory object, as FastIO makes
 
@@ -147,15 +149,17 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def profile(path: Path, workdir: Path) -> dict:
+def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
     """CPU milliseconds per tissue tile of each step of the stage (see the module's docstring),
-    over every tile of the slide at ``path``: each step's thread time, the stage's process time."""
-    from workers.tiling import plan_batches
+    over every tile of the slide at ``path``: each step's thread time, the stage's process time;
+    and whether the slide's glass keeps its own JPEG."""
+    from workers.tiling import glass_as_stored, plan_batches
 
     clock = time.thread_time
     encoding = JpegEncoding(TILE)
     with open_slide(path) as slide:
         tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
+        as_stored = glass_as_stored(slide, tissue, encoding)
         rows, cols = tissue.shape
         height, width = slide.levels[0].shape_yx
         positions = [(r * TILE, c * TILE) for r in range(rows) for c in range(cols)]
@@ -175,8 +179,9 @@ def profile(path: Path, workdir: Path) -> dict:
             for k, tile_probability in zip(chosen, probability):
                 batch_tiles[k] = overlay_nuclei(regions[k], tile_probability)
             overlaid = clock()
-            batch_tiles = [encode_tile(tile[:min(TILE, height - positions[i][0]), :min(TILE, width - positions[i][1])],
-                                       encoding) for i, tile in zip(batch, batch_tiles)]
+            batch_tiles = [ready_tile(slide, tile[:min(TILE, height - positions[i][0]), :min(TILE, width - positions[i][1])],
+                                      divmod(int(i), cols), as_stored and not tissue.flat[i], encoding)
+                           for i, tile in zip(batch, batch_tiles)]
             encoded = clock()
             masks = [nuclei_by_stain(regions[k]).nuclei.astype(np.float32) for k in chosen]  # not timed
             realistic = clock()
@@ -192,7 +197,8 @@ def profile(path: Path, workdir: Path) -> dict:
         write_pyramid(workdir / "profile.tif", (height, width), TILE,
                       ((i // cols, i % cols, tile) for i, tile in enumerate(tiles)))
         seconds["writer"] = clock() - started
-        jpeg_floor = codec_seconds(tiles, encoding, (height, width))
+        encoded_level0 = int(tissue.size if not as_stored else tissue.sum())
+        jpeg_floor = codec_seconds(tiles, encoding, (height, width), encoded_level0)
     # The whole stage's CPU in a process of its own: this one has run BLAS and Triton's client,
     # whose idle threads would count in its process time.
     stage = child_end_to_end(None, path, 1, workdir)["cpu_s"]
@@ -204,13 +210,23 @@ def profile(path: Path, workdir: Path) -> dict:
     # The stand-in finds no nuclei; a model that finds some costs the overlay this instead.
     profile_ms["overlay_with_nuclei"] = round(1000 * with_nuclei / count, 3)
     profile_ms["jpeg_floor"] = round(1000 * jpeg_floor / count, 3)
-    return profile_ms
+    return profile_ms, as_stored
 
 
-def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple[int, int]) -> float:
+def ready_tile(slide: Slide, rgb: np.ndarray, row_col: tuple[int, int], keep_stored: bool,
+               encoding: JpegEncoding) -> EncodedTile:
+    """What the stage hands the writer for one tile (``workers.tiling``'s choice, made here in
+    the open so that its cost is this step's)."""
+    stored = slide.stored_jpeg(0, *row_col) if keep_stored else None
+    return stored_tile(stored, rgb, encoding) if stored is not None else encode_tile(rgb, encoding)
+
+
+def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple[int, int],
+                  encoded_level0: int) -> float:
     """CPU seconds of the JPEG work alone that the stage cannot skip: decoding every level-0 tile
     (the stage's own output tiles stand in for the slide's, same size and content) and encoding
-    every tile of every level (the reduced levels' at level 0's cost per tile)."""
+    ``encoded_level0`` level-0 tiles and every tile of the reduced levels (each at level 0's
+    mean cost per tile)."""
     import imagecodecs
 
     decode = encode = 0.0
@@ -222,7 +238,7 @@ def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple
         encode += time.thread_time() - decoded
         decode += decoded - started
     per_level = [-(-h // TILE) * -(-w // TILE) for h, w in level_shapes(shape)]
-    return decode + encode * sum(per_level) / per_level[0]
+    return decode + encode * (encoded_level0 + sum(per_level[1:])) / per_level[0]
 
 
 def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path) -> dict:
@@ -261,7 +277,12 @@ def measure_profile(workdir: Path, shape: tuple[int, int], args: argparse.Namesp
     standin = child_end_to_end(None, slide, args.threads, workdir)
     return {"shape": list(shape), "threads": args.threads, "tissue_tiles": standin["tissue_tiles"],
             "tiles": standin["tiles"], "standin_tiles_per_s": round(standin["tissue_tiles"] / standin["seconds"], 1),
-            "profile_ms_per_tile": profile(slide, workdir)}
+            **profile_figures(slide, workdir)}
+
+
+def profile_figures(slide: Path, workdir: Path) -> dict:
+    profile_ms, as_stored = profile(slide, workdir)
+    return {"profile_ms_per_tile": profile_ms, "glass_as_stored": as_stored}
 
 
 def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> dict:
@@ -289,7 +310,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         e2e = child_end_to_end(server.url, slide, args.threads, workdir)
         e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
     client = child_end_to_end(None, slide, args.threads, workdir)
-    profile_ms = profile(small, workdir)
+    profiled = profile_figures(small, workdir)
     peer = run_peer(args.peer_python, slide, args.models, args.threads, workdir) if args.peer else None
 
     e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
@@ -303,7 +324,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
                         *((("TIAToolbox SemanticSegmentor, same model", peer["tiles_per_s"]),) if peer else ())):
         print(f"| {name} | {value:.0f} |", file=sys.stderr)
     print("| step (one thread) | ms per tissue tile |\n|---|---:|", file=sys.stderr)
-    for step, value in profile_ms.items():
+    for step, value in profiled["profile_ms_per_tile"].items():
         print(f"| {step} | {value:.3f} |", file=sys.stderr)
     figures = {
         "shape": list(shape), "threads": args.threads, "tiles": e2e["tiles"], "tissue_tiles": e2e["tissue_tiles"],
@@ -313,7 +334,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         "e2e_over_model": round(e2e_rate / model, 3), "e2e_s": round(e2e["seconds"], 1),
         "client_tiles_per_s": round(client_rate, 1), "standin_tiles_per_s": round(client_rate, 1),
         "bound_tiles_per_s": round(bound, 1), "e2e_over_bound": round(e2e_rate / bound, 3),
-        "profile_ms_per_tile": profile_ms,
+        **profiled,
         "peak_rss_mb": round(e2e["peak_rss_mb"]), "peak_rss_small_mb": round(e2e_small["peak_rss_mb"]),
     }
     if peer:

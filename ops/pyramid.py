@@ -188,12 +188,40 @@ class JpegEncoding:
         return {"tile": (self.tile_size, self.tile_size), "photometric": "rgb", "compression": "jpeg",
                 "subsampling": self.subsampling}
 
+    def stores_as_is(self, jpeg: bytes, rgb: np.ndarray) -> bool:
+        """Whether ``jpeg``, a JPEG made elsewhere (a slide's own tile), may stand in this
+        pyramid for :meth:`encode`'s: a baseline or extended frame of one whole tile, three
+        8-bit components sampled as this encoding's, that read back from a TIFF tagged as
+        this encoding tags its tiles is exactly ``rgb``, the (tile, tile, 3) uint8 pixels the
+        stream is meant to hold. Its quality may differ.
+
+        One tile answers for a whole slide level (one encoder made them all); the read-back is
+        what catches a colour model other than the tags say (Aperio's RGB JPEG).
+        """
+        import io
+
+        import tifffile
+
+        if _jpeg_frame(jpeg) != (self.tile_size, self.tile_size, _sampling_factors(self.subsampling)):
+            return False
+        buffer = io.BytesIO()
+        try:
+            with tifffile.TiffWriter(buffer) as tiff:
+                tiff.write(iter([jpeg]), shape=(self.tile_size, self.tile_size, 3), dtype=np.uint8, metadata=None,
+                           **self.tiff_arguments())
+            buffer.seek(0)
+            pixels = tifffile.imread(buffer)
+        except (RuntimeError, ValueError):  # imagecodecs' and tifffile's errors: not a usable stream
+            return False
+        return pixels.shape == rgb.shape and np.array_equal(pixels, rgb)
+
 
 class EncodedTile(NamedTuple):
     """A level-0 tile made ready for :func:`write_pyramid` by :func:`encode_tile`, on any thread.
 
     Attributes:
-        jpeg: the tile encoded as ``encoding`` says, padded out to a whole tile.
+        jpeg: the tile encoded as ``encoding`` says, padded out to a whole tile; or, for a tile
+            left as the slide has it, the slide's own JPEG of it (:func:`stored_tile`).
         reduced: the 2× reduction of its pixels (:func:`downsample_2x`), for the first reduced level.
         shape_yx: (h, w) of its pixels, the part of the tile inside the image.
         encoding: how ``jpeg`` was encoded; the writer's must be the same.
@@ -223,6 +251,55 @@ def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
     if max(rgb.shape[:2]) > encoding.tile_size:
         raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
     return _encoded(rgb, encoding)
+
+
+def stored_tile(jpeg: bytes, rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
+    """A level-0 tile whose JPEG is kept as the slide stores it, for a tile the stage leaves as
+    it is (glass): no encoding, only the 2× reduction of ``rgb``, its pixels inside the image
+    ((h ≤ tile, w ≤ tile, 3) uint8, read, never kept). ``jpeg`` must be one that
+    :meth:`JpegEncoding.stores_as_is` accepted for this slide level; it is not checked again.
+
+    Raises:
+        InvalidParameter: ``rgb`` is not uint8 (h, w, 3) within a tile.
+    """
+    if (got := _not_rgb(rgb)) is not None:
+        raise InvalidParameter(f"expected a uint8 (h, w, 3) RGB tile, got {got}")
+    if max(rgb.shape[:2]) > encoding.tile_size:
+        raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
+    return EncodedTile(jpeg, downsample_2x(rgb), rgb.shape[:2], encoding)
+
+
+def _jpeg_frame(jpeg: bytes) -> tuple[int, int, tuple[int, ...]] | None:
+    """(height, width, each component's sampling factors byte) of a JPEG stream's 8-bit
+    baseline or extended sequential frame; None for any other stream, or no stream at all."""
+    if not jpeg.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 4 <= len(jpeg):
+        if jpeg[at] != 0xFF:
+            return None
+        marker = jpeg[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+        if marker in (0xC0, 0xC1):
+            frame = jpeg[at + 4:at + 2 + length]
+            if len(frame) < 6 or frame[0] != 8 or len(frame) < 6 + 3 * frame[5]:
+                return None
+            return (int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"),
+                    tuple(frame[7 + 3 * i] for i in range(frame[5])))
+        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
+            return None  # progressive, lossless or arithmetic; or the scan before any frame
+        at += 2 + length
+    return None
+
+
+def _sampling_factors(subsampling: tuple[int, int]) -> tuple[int, ...]:
+    """The three sampling-factor bytes (horizontal << 4 | vertical) of a YCbCr frame whose
+    chroma is subsampled ``subsampling`` (horizontal, vertical)."""
+    horizontal, vertical = subsampling
+    return (horizontal << 4 | vertical, 0x11, 0x11)
 
 
 def _not_rgb(rgb: object) -> str | None:

@@ -43,6 +43,7 @@ FAST_COMPRESSIONS = frozenset({1, 5, 7, 8, 32773, 32946, 34925, 50000, 50001})
 # with their own layout rules (NDPI, SCN, BIF, Philips) go to OpenSlide.
 FAST_SERIES_KINDS = frozenset({"generic", "uniform", "shaped", "svs", "ome"})
 _PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR, _COMPRESSION_JPEG = 2, 6, 7
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # ResolutionUnit inch, centimetre
 _X_RESOLUTION, _Y_RESOLUTION = 282, 283  # TIFF tag codes
 
@@ -58,6 +59,9 @@ class Level(NamedTuple):
 class _Reader(Protocol):
     def read(self, level: int, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         """A new (height, width, 3) uint8 RGB array; arguments already validated."""
+
+    def stored_jpeg(self, level: int, row: int, col: int) -> bytes | None:
+        """See :meth:`Slide.stored_jpeg`; arguments already validated."""
 
     def close(self) -> None:
         ...
@@ -114,6 +118,28 @@ class Slide:
             raise InvalidParameter(f"{self.path.name}: level {level} is {height}x{width}, over the "
                                    f"{max_pixels} pixels that may be read whole; read it by regions")
         return self.read_region(level, 0, 0, height, width)
+
+    def stored_jpeg(self, level: int, row: int, col: int) -> bytes | None:
+        """Tile (``row``, ``col``) of ``level``'s own tile grid as the file stores it, when that is
+        a JPEG: one whole JPEG stream (the level's shared tables, TIFF's JPEGTables, put back
+        in), of the full tile, undecoded. None when the slide is read through OpenSlide, the
+        level is not JPEG-compressed, or the file holds no such tile (glass left out).
+
+        What the stream decodes to is the tile's pixels only under the level's own tags
+        (photometric, subsampling): whoever stores it elsewhere checks that first.
+
+        Raises:
+            InvalidParameter: no such level or tile.
+            SlideReadError: the slide is closed, or the tile's bytes cannot be read.
+        """
+        number = self._level_number(level)
+        (height, width), tile = self.levels[number].shape_yx, self.levels[number].tile_shape_yx
+        if tile is None:  # no tile grid the reader knows of
+            return None
+        row, col = _integer(row, "row"), _integer(col, "col")
+        if not (0 <= row < -(-height // tile[0]) and 0 <= col < -(-width // tile[1])):
+            raise InvalidParameter(f"{self.path.name}: level {level} has no tile ({row}, {col})")
+        return self._reader.stored_jpeg(number, row, col)
 
     def _level_number(self, level: Any) -> int:
         number = _integer(level, "level")
@@ -214,6 +240,7 @@ class _TiffLevel:
     decode: Callable[..., Any]  # tifffile's page.decode closure: pure, safe across threads
     jpegtables: bytes | None
     jpegheader: bytes | None
+    jpeg: bool  # the tiles are JPEG streams (compression 7)
 
 
 class TileCache:
@@ -285,6 +312,19 @@ class _TiffReader:
                     target[...] = tile[sy - ty:ey - ty, sx - tx:ex - tx]
         return out
 
+    def stored_jpeg(self, level: int, row: int, col: int) -> bytes | None:
+        tiff_level = self._levels[level]
+        index = row * tiff_level.columns + col
+        if not tiff_level.jpeg or tiff_level.jpegheader or tiff_level.counts[index] == 0:
+            return None
+        data = self._stored(level, index)
+        tables = tiff_level.jpegtables
+        if not (data.startswith(_JPEG_SOI) and (not tables or (tables.startswith(_JPEG_SOI)
+                                                               and tables.endswith(_JPEG_EOI)))):
+            return None
+        # The abbreviated tile after the tables' own markers: SOI, tables, then the tile's frame.
+        return tables[:-2] + data[2:] if tables else data
+
     def _tile(self, level: int, index: int) -> np.ndarray | None:
         """The decoded (tile_h, tile_w, 3) tile, or None for a tile absent from the file (glass)."""
         if self._levels[level].counts[index] == 0:
@@ -295,7 +335,8 @@ class _TiffReader:
             self._cache.put((level, index), tile)
         return tile
 
-    def _decode(self, level: int, index: int) -> np.ndarray:
+    def _stored(self, level: int, index: int) -> bytes:
+        """The tile's bytes as the file holds them."""
         tiff_level = self._levels[level]
         where = f"{self._path}: level {level} tile {index}"
         if self._fd < 0:
@@ -307,12 +348,17 @@ class _TiffReader:
             raise SlideReadError(f"{where}: cannot read {count} bytes at {offset}: {e}") from e
         if len(data) != count:
             raise SlideReadError(f"{where}: {len(data)} of {count} bytes at {offset} (file truncated)")
+        return data
+
+    def _decode(self, level: int, index: int) -> np.ndarray:
+        tiff_level = self._levels[level]
+        data = self._stored(level, index)
         try:
             segment = tiff_level.decode(data, index, jpegtables=tiff_level.jpegtables,
                                         jpegheader=tiff_level.jpegheader)[0]
         # imagecodecs' codec errors are RuntimeErrors, tifffile's are ValueErrors.
         except (RuntimeError, ValueError, NotImplementedError) as e:
-            raise SlideReadError(f"{where}: cannot be decoded: {e}") from e
+            raise SlideReadError(f"{self._path}: level {level} tile {index}: cannot be decoded: {e}") from e
         return segment.reshape(tiff_level.tile_yx + (3,))
 
     def close(self) -> None:
@@ -361,7 +407,7 @@ def _fast_levels(tif: Any, path: Path) -> list[_TiffLevel]:
             shape_yx=(page.imagelength, page.imagewidth), tile_yx=(page.tilelength, page.tilewidth),
             columns=-(-page.imagewidth // page.tilewidth), offsets=tuple(page.dataoffsets),
             counts=tuple(page.databytecounts), decode=page.decode,
-            jpegtables=page.jpegtables, jpegheader=page.jpegheader))
+            jpegtables=page.jpegtables, jpegheader=page.jpegheader, jpeg=page.compression == _COMPRESSION_JPEG))
     return levels
 
 
@@ -447,6 +493,9 @@ class _OpenSlideReader:
             raise SlideReadError(f"{self._path}: level {level} region y={y0} x={x0} {height}x{width} "
                                  f"cannot be read: {e}") from e
         return rgba_on_white(rgba)
+
+    def stored_jpeg(self, level: int, row: int, col: int) -> bytes | None:
+        return None  # OpenSlide hands out pixels only
 
     def close(self) -> None:
         if self._handle is not None:

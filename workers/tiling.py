@@ -3,7 +3,8 @@ back in row-major order for the pyramid writer.
 
 A batch of tiles is one Dask task (:func:`ops.nuclei.segment_tiles`: read with margins,
 pre-filter, one Triton request for its tissue tiles, crop, overlay, and, given the pyramid's
-encoding, each tile's JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`),
+encoding, each tile's JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`;
+glass keeps the slide's own JPEG where it may stand in the pyramid, :func:`glass_as_stored`),
 so ``threads`` tasks run at once and as many requests are in flight, which keeps Triton's
 dynamic batcher fed while other threads read and decode.
 
@@ -34,7 +35,7 @@ import numpy as np
 from ops.nuclei import segment_tiles
 from ops.protocols import Predictor, Progress
 from ops.pyramid import (JPEG_QUALITY, EncodedTile, JpegEncoding, PyramidInfo, encode_tile, resumable_rows,
-                         write_pyramid)
+                         stored_tile, write_pyramid)
 from ops.wsi import Slide
 
 WINDOW_PER_THREAD = 2  # batches per Dask computation, per thread
@@ -54,6 +55,7 @@ class _TileWork:
     overlap: int
     recipe: dict[str, Any] = field(default_factory=dict)  # segment_tiles's threshold, input_layout
     encoding: JpegEncoding | None = None
+    keep_stored_glass: bool = False  # glass tiles keep the slide's own JPEG (:func:`glass_as_stored`)
     stopped: bool = False
     running: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -67,11 +69,24 @@ class _TileWork:
         try:
             tiles = segment_tiles(self.slide, positions, tissue, self.tile_size, self.overlap, self.predictor,
                                   **self.recipe)
-            return tiles if self.encoding is None else [encode_tile(tile, self.encoding) for tile in tiles]
+            if self.encoding is None:
+                return tiles
+            return [self._encoded(tile, position, flag, self.encoding)
+                    for tile, position, flag in zip(tiles, positions, tissue)]
         finally:
             with self.changed:
                 self.running -= 1
                 self.changed.notify_all()
+
+    def _encoded(self, tile: np.ndarray, position: tuple[int, int], tissue: bool,
+                 encoding: JpegEncoding) -> EncodedTile:
+        """The tile made ready for the pyramid: a glass tile as the slide stores it where it may
+        be, any other JPEG-encoded."""
+        if self.keep_stored_glass and not tissue:
+            stored = self.slide.stored_jpeg(0, position[0] // self.tile_size, position[1] // self.tile_size)
+            if stored is not None:
+                return stored_tile(stored, tile, encoding)
+        return encode_tile(tile, encoding)
 
     def stop_and_wait(self) -> None:
         """Start no more batches and wait for those under way: the slide and the predictor's
@@ -91,6 +106,24 @@ def dask_pools(threads: int) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
 
     return (ThreadPoolExecutor(threads, thread_name_prefix="carina-dask"),
             ThreadPoolExecutor(WINDOWS_AHEAD + 1, thread_name_prefix="carina-window"))
+
+
+def glass_as_stored(slide: Slide, tissue: np.ndarray, encoding: JpegEncoding) -> bool:
+    """Whether the slide's glass tiles (False in ``tissue``) may go into the pyramid as the slide
+    stores them, sparing the JPEG encoding of pixels the stage does not change: level 0 tiled
+    in ``encoding``'s tiles, and its first glass tile wholly inside the image stored as
+    ``encoding`` would keep it (:meth:`ops.pyramid.JpegEncoding.stores_as_is`: frame, sampling
+    and colours read back alike). Raises what the slide's reads raise (SlideReadError)."""
+    tile = encoding.tile_size
+    if slide.levels[0].tile_shape_yx != (tile, tile):
+        return False
+    height, width = slide.levels[0].shape_yx
+    glass = np.argwhere(~tissue[: height // tile, : width // tile])
+    if not len(glass):
+        return False
+    row, col = (int(n) for n in glass[0])
+    stored = slide.stored_jpeg(0, row, col)
+    return stored is not None and encoding.stores_as_is(stored, slide.read_region(0, row * tile, col * tile, tile, tile))
 
 
 def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -135,7 +168,8 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         threads: Dask threads, hence batches (and model requests) in flight.
         batch_size: tissue tiles per model request.
         encoding: the pyramid's, when the tiles are for :func:`ops.pyramid.write_pyramid`:
-            each is then encoded in its batch's task and yielded as an ``EncodedTile``.
+            each is then encoded in its batch's task and yielded as an ``EncodedTile``; glass
+            tiles keep the slide's own JPEG where :func:`glass_as_stored` says they may.
         progress: called with (tiles done, tiles in all) after each batch; the rows before
             ``first_row`` count as done.
         first_row: the first row of tiles to segment (a resumed write holds those above).
@@ -151,7 +185,8 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     """
     rows, cols = tissue.shape
     total = rows * cols
-    work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding)
+    work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding,
+                     keep_stored_glass=encoding is not None and glass_as_stored(slide, tissue, encoding))
     pool, driver = dask_pools(threads)
     skipped = first_row * cols
     batches = [batch + skipped for batch in plan_batches(tissue[first_row:], batch_size)]

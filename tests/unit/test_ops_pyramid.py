@@ -11,7 +11,10 @@ import pytest
 
 from ops import pyramid
 from ops.errors import InvalidParameter, SlideWriteError
-from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, level_shapes, write_pyramid
+from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, level_shapes, stored_tile, write_pyramid
+from ops.wsi import open_slide
+from tests import real_he
+from tests.helpers import write_slide
 
 TILE = 256
 MPP_YX = (0.5, 0.25)
@@ -380,3 +383,38 @@ def test_a_torn_checkpoint_is_not_trusted(tmp_path):
     assert pyramid.resumable_rows(checkpoints, SHAPE, TILE) == 0
     info = write_pyramid(tmp_path / "image.tif", SHAPE, TILE, tiles_of(image), checkpoints=checkpoints)
     assert info.path.read_bytes() == write_pyramid(tmp_path / "plain.tif", SHAPE, TILE, tiles_of(image)).path.read_bytes()
+
+
+# ---------------------------------------------------------------- a slide's own JPEG, stored as is
+
+
+def test_a_slide_s_own_jpeg_stands_in_only_where_it_reads_back_as_its_pixels(tmp_path):
+    path = write_slide(tmp_path / "slide.tif", (128, 192), tile_yx=(64, 64), levels=1)
+    with open_slide(path) as slide:
+        stream, pixels = slide.stored_jpeg(0, 1, 1), slide.read_region(0, 64, 64, 64, 64)
+    assert JpegEncoding(64).stores_as_is(stream, pixels)
+    assert not JpegEncoding(64, subsampling=(1, 1)).stores_as_is(stream, pixels)  # the frame's sampling differs
+    assert not JpegEncoding(128).stores_as_is(stream, pixels)  # another tile size
+    changed = pixels.copy()
+    changed[5, 7, 1] ^= 1
+    assert not JpegEncoding(64).stores_as_is(stream, changed)  # not these pixels
+    assert not JpegEncoding(64).stores_as_is(stream[: len(stream) // 2], pixels)  # cut short
+    assert not JpegEncoding(64).stores_as_is(b"\xff\xd8 not a JPEG", pixels)
+
+
+def test_aperio_rgb_jpeg_is_refused_by_its_colours():
+    """CMU-1's tiles: 240 px, unsubsampled, RGB untransformed under a photometric RGB tag; under
+    the pyramid's YCbCr tags the same stream reads back in other colours."""
+    with open_slide(real_he.path_of("cmu-small-region")) as slide:
+        stream, pixels = slide.stored_jpeg(0, 2, 3), slide.read_region(0, 2 * 240, 3 * 240, 240, 240)
+    assert stream is not None
+    assert not JpegEncoding(240, subsampling=(1, 1)).stores_as_is(stream, pixels)
+
+
+def test_a_stored_tile_keeps_its_bytes_and_reduces_its_pixels():
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    tile = stored_tile(b"\xff\xd8stored", pixels, JpegEncoding(64))
+    assert tile.jpeg == b"\xff\xd8stored" and tile.shape_yx == (40, 64) and tile.encoding == JpegEncoding(64)
+    np.testing.assert_array_equal(tile.reduced, downsample_2x(pixels))
+    with pytest.raises(InvalidParameter, match="larger than 32 px"):
+        stored_tile(b"", pixels, JpegEncoding(32))

@@ -11,6 +11,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import openslide
 import pytest
@@ -442,3 +443,37 @@ def test_find_slide_takes_a_file_or_the_one_slide_in_a_folder(tmp_path):
     empty.mkdir()
     with pytest.raises(SlideOpenError, match="one slide file; it holds none"):
         find_slide(empty)
+
+
+# ---------------------------------------------------------------- tiles as the file stores them
+
+
+def test_stored_jpeg_is_the_tile_s_whole_stream_with_its_shared_tables_put_back():
+    with open_slide(SMALL) as slide:  # Aperio: abbreviated tile streams, tables in JPEGTables
+        stream = slide.stored_jpeg(0, 0, 0)
+        assert stream.startswith(b"\xff\xd8") and stream.endswith(b"\xff\xd9")
+        # Aperio's JPEG holds RGB untransformed: decoded so, it is the tile's pixels
+        pixels = imagecodecs.jpeg8_decode(stream, colorspace="RGB", outcolorspace="RGB")
+        assert pixels.shape == (64, 64, 3)
+        np.testing.assert_array_equal(pixels[:16, :16], slide.read_level(0))
+
+
+def test_stored_jpeg_of_a_generated_pyramid_decodes_to_its_tile(generated):
+    with open_slide(generated[256]) as slide:
+        stream = slide.stored_jpeg(0, 3, 5)  # the last tile, cut by the image's bottom and right
+        height, width = GENERATED_SHAPE[0] - 3 * 256, GENERATED_SHAPE[1] - 5 * 256
+        np.testing.assert_array_equal(imagecodecs.jpeg_decode(stream)[:height, :width],
+                                      slide.read_region(0, 3 * 256, 5 * 256, height, width))
+        np.testing.assert_array_equal(imagecodecs.jpeg_decode(slide.stored_jpeg(1, 0, 0)),
+                                      slide.read_region(1, 0, 0, 256, 256))
+        with pytest.raises(InvalidParameter, match="no tile \\(4, 0\\)"):
+            slide.stored_jpeg(0, 4, 0)
+    with pytest.raises(SlideReadError, match="closed"):
+        slide.stored_jpeg(0, 0, 0)
+
+
+def test_no_stored_jpeg_where_the_file_holds_another_compression_or_openslide_reads_it(generated):
+    with open_slide(BOXES) as slide:  # Deflate
+        assert slide.stored_jpeg(0, 0, 0) is None
+    with open_slide(generated[256], backend="openslide") as slide:
+        assert slide.stored_jpeg(0, 0, 0) is None

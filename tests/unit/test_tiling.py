@@ -9,10 +9,12 @@ import pytest
 
 from ops.errors import InferenceServerUnavailable
 from ops.nuclei import segment_tiles
-from ops.pyramid import JpegEncoding, encode_tile
+import tifffile
+
+from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, write_pyramid
 from ops.wsi import open_slide
 from tests.helpers import darkness, opened_test_slide, write_slide
-from workers.tiling import plan_batches, segmented_tiles
+from workers.tiling import glass_as_stored, plan_batches, segmented_tiles
 
 SHAPE = (520, 650)
 TILE = 64
@@ -63,6 +65,37 @@ def test_tiles_for_the_pyramid_come_encoded_as_the_writer_would_encode_them(slid
         expected = encode_tile(pixels, encoding)
         assert (encoded.jpeg, encoded.shape_yx, encoded.encoding) == (expected.jpeg, expected.shape_yx, encoding)
         np.testing.assert_array_equal(encoded.reduced, expected.reduced)
+
+
+def test_glass_keeps_the_slide_s_own_jpeg_and_reads_back_as_it_was(tmp_path):
+    path = write_slide(tmp_path / "jpeg.tif", SHAPE, tile_yx=(TILE, TILE), levels=1)
+    rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
+    tissue = np.random.default_rng(5).random((rows, cols)) < 0.5
+    encoding = JpegEncoding(TILE, quality=75)
+    with open_slide(path) as jpeg_slide:
+        assert glass_as_stored(jpeg_slide, tissue, encoding)
+        out = list(segmented_tiles(jpeg_slide, tissue, TILE, 8, darkness, threads=2, batch_size=4, encoding=encoding))
+        for row, col, encoded in out:
+            [pixels] = segment_tiles(jpeg_slide, [(row * TILE, col * TILE)], [tissue[row, col]], TILE, 8, darkness)
+            kept = jpeg_slide.stored_jpeg(0, row, col) if not tissue[row, col] else encode_tile(pixels, encoding).jpeg
+            assert encoded.jpeg == kept
+            np.testing.assert_array_equal(encoded.reduced, downsample_2x(pixels))
+        original = jpeg_slide.read_level(0)
+    write_pyramid(tmp_path / "out.tif", SHAPE, TILE, iter(out), quality=75)
+    level0 = tifffile.imread(tmp_path / "out.tif", level=0)
+    for row, col in np.argwhere(~tissue):
+        inside = np.s_[row * TILE:(row + 1) * TILE, col * TILE:(col + 1) * TILE]
+        np.testing.assert_array_equal(level0[inside], original[inside])
+
+
+def test_glass_is_encoded_where_the_slide_s_tiles_cannot_stand_in(slide, tmp_path):
+    rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
+    some_glass = np.random.default_rng(6).random((rows, cols)) < 0.5
+    assert not glass_as_stored(slide, some_glass, JpegEncoding(TILE))  # Deflate tiles
+    path = write_slide(tmp_path / "jpeg.tif", SHAPE, tile_yx=(2 * TILE, 2 * TILE), levels=1)
+    with open_slide(path) as other_tiles:
+        assert not glass_as_stored(other_tiles, some_glass, JpegEncoding(TILE))  # another tile grid
+        assert not glass_as_stored(other_tiles, np.ones((rows, cols), bool), JpegEncoding(2 * TILE))  # no glass
 
 
 def test_a_failing_batch_stops_the_rest_and_waits_for_those_under_way(slide):
