@@ -35,7 +35,9 @@ same run:
   own JPEG, ``workers.tiling.glass_as_stored``, is not encoded; ``glass_as_stored`` says
   whether this slide's is). ``standin_tiles_per_s`` is the
   stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
-  is kept), ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
+  is kept), ``standin_encoded_glass_tiles_per_s`` the same with glass encoded too (the stage
+  before glass kept the slide's JPEG) and ``standin_over_encoded_glass`` the gain,
+  ``bound_tiles_per_s`` = 1 / (1/model + 1/standin): the end-to-end rate two shared
   cores allow, and ``e2e_over_bound`` how close the stage comes to it.
 
 - with ``--peer tiatoolbox``: TIAToolbox's ``SemanticSegmentor`` on the same slide with the
@@ -121,9 +123,9 @@ def no_model(batch: np.ndarray) -> np.ndarray:
     return np.zeros((len(batch), 1, *batch.shape[2:]), np.float32)
 
 
-def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
+def end_to_end(url: str | None, path: Path, threads: int, output: Path, keep_stored_glass: bool = True) -> dict:
     """The nuclei-seg stage in this process (run as a child: its peak RSS is the figure);
-    ``url`` None runs it with :func:`no_model`."""
+    ``url`` None runs it with :func:`no_model`; ``keep_stored_glass`` False encodes glass too."""
     from workers.tiling import dask_pools, segmented_tiles, write_segmented_pyramid
 
     with open_slide(path) as slide:
@@ -140,7 +142,8 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path) -> dict:
             start, cpu = time.perf_counter(), time.process_time()
             # As the stage writes it: checkpoints kept for a resume.
             write_segmented_pyramid(output, slide, tissue, TILE, 0, model, threads=threads, batch_size=BATCH,
-                                    checkpoints=output.with_name(f".{output.name}.checkpoints"))
+                                    checkpoints=output.with_name(f".{output.name}.checkpoints"),
+                                    keep_stored_glass=keep_stored_glass)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         finally:
             getattr(model, "close", lambda: None)()
@@ -179,7 +182,8 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
             for k, tile_probability in zip(chosen, probability):
                 batch_tiles[k] = overlay_nuclei(regions[k], tile_probability)
             overlaid = clock()
-            batch_tiles = [ready_tile(slide, tile[:min(TILE, height - positions[i][0]), :min(TILE, width - positions[i][1])],
+            batch_tiles = [ready_tile(slide, tile[:min(TILE, height - positions[i][0]),
+                                                  :min(TILE, width - positions[i][1])],
                                       divmod(int(i), cols), as_stored and not tissue.flat[i], encoding)
                            for i, tile in zip(batch, batch_tiles)]
             encoded = clock()
@@ -241,9 +245,10 @@ def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple
     return decode + encode * (encoded_level0 + sum(per_level[1:])) / per_level[0]
 
 
-def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path) -> dict:
+def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path, keep_stored_glass: bool = True) -> dict:
     command = [sys.executable, __file__, "--e2e-child", str(path), "--threads", str(threads),
-               "--workdir", str(workdir), *(["--url", url] if url else [])]
+               "--workdir", str(workdir), *(["--url", url] if url else []),
+               *([] if keep_stored_glass else ["--encode-glass"])]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
@@ -261,11 +266,13 @@ def main() -> None:
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON, help="the peer's environment's python")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--e2e-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--encode-glass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer and not args.peer_python.exists():
         raise SystemExit(f"{args.peer_python} not found: `make peer` makes TIAToolbox's environment")
     if args.e2e_child:
-        print(json.dumps(end_to_end(args.url, args.e2e_child, args.threads, args.workdir / "e2e.tif")))
+        print(json.dumps(end_to_end(args.url, args.e2e_child, args.threads, args.workdir / "e2e.tif",
+                                    keep_stored_glass=not args.encode_glass)))
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         print(json.dumps((measure_profile if args.profile_only else measure)(Path(tmp), tuple(args.shape), args)))
@@ -310,16 +317,19 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         e2e = child_end_to_end(server.url, slide, args.threads, workdir)
         e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
     client = child_end_to_end(None, slide, args.threads, workdir)
+    encoded_glass = child_end_to_end(None, slide, args.threads, workdir, keep_stored_glass=False)
     profiled = profile_figures(small, workdir)
     peer = run_peer(args.peer_python, slide, args.models, args.threads, workdir) if args.peer else None
 
     e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
     client_rate = client["tissue_tiles"] / client["seconds"]
+    encoded_glass_rate = encoded_glass["tissue_tiles"] / encoded_glass["seconds"]
     bound = 1 / (1 / model + 1 / client_rate)
     print("| figure | tiles/s |\n|---|---:|", file=sys.stderr)
     for name, value in (("read, ops.wsi (tifffile)", ours), ("read, OpenSlide read_region", theirs),
                         ("nuclei_unet alone", model), ("nuclei-seg stage end to end", e2e_rate),
                         ("the stage around a stand-in model that answers at once", client_rate),
+                        ("the same, glass encoded too", encoded_glass_rate),
                         ("the shared-core bound 1/(1/model + 1/stand-in)", bound),
                         *((("TIAToolbox SemanticSegmentor, same model", peer["tiles_per_s"]),) if peer else ())):
         print(f"| {name} | {value:.0f} |", file=sys.stderr)
@@ -334,6 +344,8 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         "e2e_over_model": round(e2e_rate / model, 3), "e2e_s": round(e2e["seconds"], 1),
         "client_tiles_per_s": round(client_rate, 1), "standin_tiles_per_s": round(client_rate, 1),
         "bound_tiles_per_s": round(bound, 1), "e2e_over_bound": round(e2e_rate / bound, 3),
+        "standin_encoded_glass_tiles_per_s": round(encoded_glass_rate, 1),
+        "standin_over_encoded_glass": round(client_rate / encoded_glass_rate, 3),
         **profiled,
         "peak_rss_mb": round(e2e["peak_rss_mb"]), "peak_rss_small_mb": round(e2e_small["peak_rss_mb"]),
     }

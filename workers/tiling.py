@@ -123,7 +123,9 @@ def glass_as_stored(slide: Slide, tissue: np.ndarray, encoding: JpegEncoding) ->
         return False
     row, col = (int(n) for n in glass[0])
     stored = slide.stored_jpeg(0, row, col)
-    return stored is not None and encoding.stores_as_is(stored, slide.read_region(0, row * tile, col * tile, tile, tile))
+    if stored is None:
+        return False
+    return encoding.stores_as_is(stored, slide.read_region(0, row * tile, col * tile, tile, tile))
 
 
 def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -155,7 +157,7 @@ def _compute_window(work: _TileWork, pool: ThreadPoolExecutor, window: list[tupl
 
 def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int, predictor: Predictor, *,
                     threads: int, batch_size: int, encoding: JpegEncoding | None = None,
-                    progress: Progress | None = None, first_row: int = 0,
+                    progress: Progress | None = None, first_row: int = 0, keep_stored_glass: bool = True,
                     **recipe: Any) -> Iterator[tuple[int, int, np.ndarray | EncodedTile]]:
     """Every level-0 tile of ``slide`` from row ``first_row`` on, segmented where ``tissue``
     says so, in row-major order.
@@ -169,7 +171,8 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         batch_size: tissue tiles per model request.
         encoding: the pyramid's, when the tiles are for :func:`ops.pyramid.write_pyramid`:
             each is then encoded in its batch's task and yielded as an ``EncodedTile``; glass
-            tiles keep the slide's own JPEG where :func:`glass_as_stored` says they may.
+            tiles keep the slide's own JPEG where :func:`glass_as_stored` says they may, unless
+            ``keep_stored_glass`` is False (every tile encoded: ``bench/wsi.py``'s baseline).
         progress: called with (tiles done, tiles in all) after each batch; the rows before
             ``first_row`` count as done.
         first_row: the first row of tiles to segment (a resumed write holds those above).
@@ -186,7 +189,8 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     rows, cols = tissue.shape
     total = rows * cols
     work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding,
-                     keep_stored_glass=encoding is not None and glass_as_stored(slide, tissue, encoding))
+                     keep_stored_glass=(keep_stored_glass and encoding is not None
+                                        and glass_as_stored(slide, tissue, encoding)))
     pool, driver = dask_pools(threads)
     skipped = first_row * cols
     batches = [batch + skipped for batch in plan_batches(tissue[first_row:], batch_size)]
@@ -212,20 +216,21 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
 def write_segmented_pyramid(path: Path, slide: Slide, tissue: np.ndarray, tile_size: int, overlap: int,
                             predictor: Predictor, *, threads: int, batch_size: int, checkpoints: Path | None = None,
                             quality: int = JPEG_QUALITY, progress: Progress | None = None,
-                            **recipe: Any) -> PyramidInfo:
+                            keep_stored_glass: bool = True, **recipe: Any) -> PyramidInfo:
     """The slide's tiles, segmented (:func:`segmented_tiles`), written as the pyramid ``path``
     (:func:`ops.pyramid.write_pyramid`, the slide's pixel size in it).
 
     With ``checkpoints`` (a folder) the write keeps checkpoints there and a write of the same
     slide and settings lost before the end is resumed: only the rows of tiles after its last
-    checkpoint are segmented again.
+    checkpoint are segmented again. ``keep_stored_glass``: as :func:`segmented_tiles`.
     """
     shape, mpp_yx = slide.levels[0].shape_yx, slide.mpp_yx
     first_row = 0 if checkpoints is None else resumable_rows(checkpoints, shape, tile_size, mpp_yx=mpp_yx,
                                                                quality=quality)
     encoding = JpegEncoding(tile_size, quality)
     with closing(segmented_tiles(slide, tissue, tile_size, overlap, predictor, threads=threads, batch_size=batch_size,
-                                 encoding=encoding, progress=progress, first_row=first_row, **recipe)) as tiles:
+                                 encoding=encoding, progress=progress, first_row=first_row,
+                                 keep_stored_glass=keep_stored_glass, **recipe)) as tiles:
         return write_pyramid(path, shape, tile_size, tiles, mpp_yx=mpp_yx, quality=quality, checkpoints=checkpoints)
 
 

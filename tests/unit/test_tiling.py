@@ -81,6 +81,11 @@ def test_glass_keeps_the_slide_s_own_jpeg_and_reads_back_as_it_was(tmp_path):
             assert encoded.jpeg == kept
             np.testing.assert_array_equal(encoded.reduced, downsample_2x(pixels))
         original = jpeg_slide.read_level(0)
+        encoded = list(segmented_tiles(jpeg_slide, tissue, TILE, 8, darkness, threads=2, batch_size=4,
+                                       encoding=encoding, keep_stored_glass=False))
+        assert [tile.jpeg for _, _, tile in encoded] == [
+            encode_tile(segment_tiles(jpeg_slide, [(r * TILE, c * TILE)], [tissue[r, c]], TILE, 8, darkness)[0],
+                        encoding).jpeg for r, c, _ in encoded]
     write_pyramid(tmp_path / "out.tif", SHAPE, TILE, iter(out), quality=75)
     level0 = tifffile.imread(tmp_path / "out.tif", level=0)
     for row, col in np.argwhere(~tissue):
