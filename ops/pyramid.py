@@ -246,10 +246,7 @@ def encode_tile(rgb: np.ndarray, encoding: JpegEncoding) -> EncodedTile:
     Raises:
         InvalidParameter: ``rgb`` is not uint8 (h, w, 3) within a tile.
     """
-    if (got := _not_rgb(rgb)) is not None:
-        raise InvalidParameter(f"expected a uint8 (h, w, 3) RGB tile, got {got}")
-    if max(rgb.shape[:2]) > encoding.tile_size:
-        raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
+    _check_tile(rgb, encoding)
     return _encoded(rgb, encoding)
 
 
@@ -262,11 +259,16 @@ def stored_tile(jpeg: bytes, rgb: np.ndarray, encoding: JpegEncoding) -> Encoded
     Raises:
         InvalidParameter: ``rgb`` is not uint8 (h, w, 3) within a tile.
     """
+    _check_tile(rgb, encoding)
+    return EncodedTile(jpeg, downsample_2x(rgb), rgb.shape[:2], encoding)
+
+
+def _check_tile(rgb: np.ndarray, encoding: JpegEncoding) -> None:
+    """Raise InvalidParameter unless ``rgb`` is uint8 (h, w, 3) within one of ``encoding``'s tiles."""
     if (got := _not_rgb(rgb)) is not None:
         raise InvalidParameter(f"expected a uint8 (h, w, 3) RGB tile, got {got}")
     if max(rgb.shape[:2]) > encoding.tile_size:
         raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
-    return EncodedTile(jpeg, downsample_2x(rgb), rgb.shape[:2], encoding)
 
 
 def _jpeg_frame(jpeg: bytes) -> tuple[int, int, tuple[int, ...]] | None:
