@@ -32,7 +32,7 @@ same run:
   on one Dask thread, in a process of its own) less the steps. ``jpeg_floor`` is the JPEG work
   alone, which no pipeline that reads and writes every tile can skip: decoding every level-0
   tile and encoding every tile of every level the stage encodes (glass that keeps the slide's
-  own JPEG, ``workers.tiling.glass_as_stored``, is not encoded; ``glass_as_stored`` says
+  own JPEG, ``workers.tiling.stored_glass_header``, is not encoded; ``glass_as_stored`` says
   whether this slide's is). ``standin_tiles_per_s`` is the
   stage with the stand-in on ``--threads`` threads (``client_tiles_per_s``, its older name,
   is kept), ``standin_encoded_glass_tiles_per_s`` the same with glass encoded too (the stage
@@ -71,11 +71,11 @@ import numpy as np
 
 from ops.nuclei import model_input, model_side, read_tiles, request_nbytes, tissue_tiles
 from ops.overlay import overlay_nuclei
-from ops.pyramid import EncodedTile, JpegEncoding, encode_tile, level_shapes, stored_tile, write_pyramid
+from ops.pyramid import EncodedTile, JpegEncoding, level_shapes, write_pyramid
 from ops.samples import he_slide
 from ops.stain import nuclei_by_stain
 from ops.triton import SLOT_ALIGNMENT, TritonPredictor
-from ops.wsi import Slide, open_slide
+from ops.wsi import open_slide
 from carina.triton import MODEL_REPOSITORY, LocalTriton
 from spleen import posix_region  # bench/spleen.py: a POSIX shared-memory object, as FastIO makes
 
@@ -156,13 +156,13 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
     """CPU milliseconds per tissue tile of each step of the stage (see the module's docstring),
     over every tile of the slide at ``path``: each step's thread time, the stage's process time;
     and whether the slide's glass keeps its own JPEG."""
-    from workers.tiling import glass_as_stored, plan_batches
+    from workers.tiling import plan_batches, pyramid_tile, stored_glass_header
 
     clock = time.thread_time
     encoding = JpegEncoding(TILE)
     with open_slide(path) as slide:
         tissue = tissue_tiles(slide, TILE, MASK_LIMIT)
-        as_stored = glass_as_stored(slide, tissue, encoding)
+        header = stored_glass_header(slide, tissue, encoding)
         rows, cols = tissue.shape
         height, width = slide.levels[0].shape_yx
         positions = [(r * TILE, c * TILE) for r in range(rows) for c in range(cols)]
@@ -182,9 +182,9 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
             for k, tile_probability in zip(chosen, probability):
                 batch_tiles[k] = overlay_nuclei(regions[k], tile_probability)
             overlaid = clock()
-            batch_tiles = [ready_tile(slide, tile[:min(TILE, height - positions[i][0]),
-                                                  :min(TILE, width - positions[i][1])],
-                                      divmod(int(i), cols), as_stored and not tissue.flat[i], encoding)
+            batch_tiles = [pyramid_tile(slide, tile[:min(TILE, height - positions[i][0]),
+                                                    :min(TILE, width - positions[i][1])],
+                                        divmod(int(i), cols), bool(tissue.flat[i]), encoding, header)
                            for i, tile in zip(batch, batch_tiles)]
             encoded = clock()
             masks = [nuclei_by_stain(regions[k]).nuclei.astype(np.float32) for k in chosen]  # not timed
@@ -201,7 +201,7 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
         write_pyramid(workdir / "profile.tif", (height, width), TILE,
                       ((i // cols, i % cols, tile) for i, tile in enumerate(tiles)))
         seconds["writer"] = clock() - started
-        encoded_level0 = int(tissue.size if not as_stored else tissue.sum())
+        encoded_level0 = sum(tile.jpeg != slide.stored_jpeg(0, *divmod(i, cols)) for i, tile in enumerate(tiles))
         jpeg_floor = codec_seconds(tiles, encoding, (height, width), encoded_level0)
     # The whole stage's CPU in a process of its own: this one has run BLAS and Triton's client,
     # whose idle threads would count in its process time.
@@ -214,15 +214,7 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
     # The stand-in finds no nuclei; a model that finds some costs the overlay this instead.
     profile_ms["overlay_with_nuclei"] = round(1000 * with_nuclei / count, 3)
     profile_ms["jpeg_floor"] = round(1000 * jpeg_floor / count, 3)
-    return profile_ms, as_stored
-
-
-def ready_tile(slide: Slide, rgb: np.ndarray, row_col: tuple[int, int], keep_stored: bool,
-               encoding: JpegEncoding) -> EncodedTile:
-    """What the stage hands the writer for one tile (``workers.tiling``'s choice, made here in
-    the open so that its cost is this step's)."""
-    stored = slide.stored_jpeg(0, *row_col) if keep_stored else None
-    return stored_tile(stored, rgb, encoding) if stored is not None else encode_tile(rgb, encoding)
+    return profile_ms, header is not None
 
 
 def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple[int, int],

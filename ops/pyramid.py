@@ -271,20 +271,20 @@ def _check_tile(rgb: np.ndarray, encoding: JpegEncoding) -> None:
         raise InvalidParameter(f"a {rgb.shape[:2]} tile is larger than {encoding.tile_size} px")
 
 
+def jpeg_header(jpeg: bytes) -> bytes | None:
+    """The bytes of a JPEG stream before its first scan (its tables, frame and application
+    segments: everything that says how the scan decodes), or None when it has no scan.
+    Two streams with the same header decode alike but for their scans' data."""
+    for marker, at, _ in _segments(jpeg):
+        if marker == 0xDA:
+            return jpeg[:at]
+    return None
+
+
 def _jpeg_frame(jpeg: bytes) -> tuple[int, int, tuple[int, ...]] | None:
     """(height, width, each component's sampling factors byte) of a JPEG stream's 8-bit
     baseline or extended sequential frame; None for any other stream, or no stream at all."""
-    if not jpeg.startswith(b"\xff\xd8"):
-        return None
-    at = 2
-    while at + 4 <= len(jpeg):
-        if jpeg[at] != 0xFF:
-            return None
-        marker = jpeg[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+    for marker, at, length in _segments(jpeg):
         if marker in (0xC0, 0xC1):
             frame = jpeg[at + 4:at + 2 + length]
             if len(frame) < 6 or frame[0] != 8 or len(frame) < 6 + 3 * frame[5]:
@@ -293,8 +293,26 @@ def _jpeg_frame(jpeg: bytes) -> tuple[int, int, tuple[int, ...]] | None:
                     tuple(frame[7 + 3 * i] for i in range(frame[5])))
         if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
             return None  # progressive, lossless or arithmetic; or the scan before any frame
-        at += 2 + length
     return None
+
+
+def _segments(jpeg: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset of its 0xFF, length field) of each marker segment of a JPEG stream from
+    the one after SOI up to and including the first scan's; nothing for a stream without SOI,
+    and no more once the bytes stop looking like segments."""
+    if not jpeg.startswith(b"\xff\xd8"):
+        return
+    at = 2
+    while at + 4 <= len(jpeg) and jpeg[at] == 0xFF:
+        marker = jpeg[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+        yield marker, at, length
+        if marker == 0xDA:
+            return
+        at += 2 + length
 
 
 def _sampling_factors(subsampling: tuple[int, int]) -> tuple[int, ...]:

@@ -4,7 +4,7 @@ back in row-major order for the pyramid writer.
 A batch of tiles is one Dask task (:func:`ops.nuclei.segment_tiles`: read with margins,
 pre-filter, one Triton request for its tissue tiles, crop, overlay, and, given the pyramid's
 encoding, each tile's JPEG and 2× reduction for the writer: :func:`ops.pyramid.encode_tile`;
-glass keeps the slide's own JPEG where it may stand in the pyramid, :func:`glass_as_stored`),
+glass keeps the slide's own JPEG where it may stand in the pyramid, :func:`stored_glass_header`),
 so ``threads`` tasks run at once and as many requests are in flight, which keeps Triton's
 dynamic batcher fed while other threads read and decode.
 
@@ -34,8 +34,8 @@ import numpy as np
 
 from ops.nuclei import segment_tiles
 from ops.protocols import Predictor, Progress
-from ops.pyramid import (JPEG_QUALITY, EncodedTile, JpegEncoding, PyramidInfo, encode_tile, resumable_rows,
-                         stored_tile, write_pyramid)
+from ops.pyramid import (JPEG_QUALITY, EncodedTile, JpegEncoding, PyramidInfo, encode_tile, jpeg_header,
+                         resumable_rows, stored_tile, write_pyramid)
 from ops.wsi import Slide
 
 WINDOW_PER_THREAD = 2  # batches per Dask computation, per thread
@@ -55,7 +55,8 @@ class _TileWork:
     overlap: int
     recipe: dict[str, Any] = field(default_factory=dict)  # segment_tiles's threshold, input_layout
     encoding: JpegEncoding | None = None
-    keep_stored_glass: bool = False  # glass tiles keep the slide's own JPEG (:func:`glass_as_stored`)
+    # glass tiles whose JPEG begins so keep it (:func:`stored_glass_header`); None: all are encoded
+    stored_glass_header: bytes | None = None
     stopped: bool = False
     running: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -71,22 +72,12 @@ class _TileWork:
                                   **self.recipe)
             if self.encoding is None:
                 return tiles
-            return [self._encoded(tile, position, flag, self.encoding)
-                    for tile, position, flag in zip(tiles, positions, tissue)]
+            return [pyramid_tile(self.slide, tile, (y0 // self.tile_size, x0 // self.tile_size), flag, self.encoding,
+                                 self.stored_glass_header) for tile, (y0, x0), flag in zip(tiles, positions, tissue)]
         finally:
             with self.changed:
                 self.running -= 1
                 self.changed.notify_all()
-
-    def _encoded(self, tile: np.ndarray, position: tuple[int, int], tissue: bool,
-                 encoding: JpegEncoding) -> EncodedTile:
-        """The tile made ready for the pyramid: a glass tile as the slide stores it where it may
-        be, any other JPEG-encoded."""
-        if self.keep_stored_glass and not tissue:
-            stored = self.slide.stored_jpeg(0, position[0] // self.tile_size, position[1] // self.tile_size)
-            if stored is not None:
-                return stored_tile(stored, tile, encoding)
-        return encode_tile(tile, encoding)
 
     def stop_and_wait(self) -> None:
         """Start no more batches and wait for those under way: the slide and the predictor's
@@ -108,24 +99,42 @@ def dask_pools(threads: int) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
             ThreadPoolExecutor(WINDOWS_AHEAD + 1, thread_name_prefix="carina-window"))
 
 
-def glass_as_stored(slide: Slide, tissue: np.ndarray, encoding: JpegEncoding) -> bool:
+def pyramid_tile(slide: Slide, rgb: np.ndarray, row_col: tuple[int, int], tissue: bool, encoding: JpegEncoding,
+                 stored_glass_header: bytes | None) -> EncodedTile:
+    """Level-0 tile ``row_col`` of ``slide``, its pixels ``rgb`` (cut to the image), made ready
+    for the pyramid: a glass tile whose stored JPEG begins with ``stored_glass_header``
+    (:func:`stored_glass_header`) as the slide stores it, any other JPEG-encoded."""
+    if stored_glass_header is not None and not tissue:
+        stored = slide.stored_jpeg(0, *row_col)
+        if stored is not None and stored.startswith(stored_glass_header):
+            return stored_tile(stored, rgb, encoding)
+    return encode_tile(rgb, encoding)
+
+
+def stored_glass_header(slide: Slide, tissue: np.ndarray, encoding: JpegEncoding) -> bytes | None:
     """Whether the slide's glass tiles (False in ``tissue``) may go into the pyramid as the slide
-    stores them, sparing the JPEG encoding of pixels the stage does not change: level 0 tiled
-    in ``encoding``'s tiles, and its first glass tile wholly inside the image stored as
-    ``encoding`` would keep it (:meth:`ops.pyramid.JpegEncoding.stores_as_is`: frame, sampling
-    and colours read back alike). Raises what the slide's reads raise (SlideReadError)."""
+    stores them, sparing the JPEG encoding of pixels the stage does not change, and which.
+
+    They may where level 0 is tiled in ``encoding``'s tiles and its first glass tile wholly
+    inside the image is stored as ``encoding`` would keep it
+    (:meth:`ops.pyramid.JpegEncoding.stores_as_is`: frame, sampling and colours read back
+    alike). Returned is that tile's header (:func:`ops.pyramid.jpeg_header`: tables, frame,
+    markers): the glass tiles whose stored JPEG begins with the same bytes decode as that one
+    does and are kept; any other (a tile re-encoded by another hand) is encoded. None where no
+    glass may be kept. Raises what the slide's reads raise (SlideReadError).
+    """
     tile = encoding.tile_size
     if slide.levels[0].tile_shape_yx != (tile, tile):
-        return False
+        return None
     height, width = slide.levels[0].shape_yx
     glass = np.argwhere(~tissue[: height // tile, : width // tile])
     if not len(glass):
-        return False
+        return None
     row, col = (int(n) for n in glass[0])
     stored = slide.stored_jpeg(0, row, col)
-    if stored is None:
-        return False
-    return encoding.stores_as_is(stored, slide.read_region(0, row * tile, col * tile, tile, tile))
+    if stored is None or not encoding.stores_as_is(stored, slide.read_region(0, row * tile, col * tile, tile, tile)):
+        return None
+    return jpeg_header(stored)
 
 
 def plan_batches(tissue: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -171,7 +180,7 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
         batch_size: tissue tiles per model request.
         encoding: the pyramid's, when the tiles are for :func:`ops.pyramid.write_pyramid`:
             each is then encoded in its batch's task and yielded as an ``EncodedTile``; glass
-            tiles keep the slide's own JPEG where :func:`glass_as_stored` says they may, unless
+            tiles keep the slide's own JPEG where :func:`stored_glass_header` says they may, unless
             ``keep_stored_glass`` is False (every tile encoded: ``bench/wsi.py``'s baseline).
         progress: called with (tiles done, tiles in all) after each batch; the rows before
             ``first_row`` count as done.
@@ -189,8 +198,8 @@ def segmented_tiles(slide: Slide, tissue: np.ndarray, tile_size: int, overlap: i
     rows, cols = tissue.shape
     total = rows * cols
     work = _TileWork(slide, predictor, tile_size, overlap, recipe, encoding,
-                     keep_stored_glass=(keep_stored_glass and encoding is not None
-                                        and glass_as_stored(slide, tissue, encoding)))
+                     stored_glass_header=(stored_glass_header(slide, tissue, encoding)
+                                          if keep_stored_glass and encoding is not None else None))
     pool, driver = dask_pools(threads)
     skipped = first_row * cols
     batches = [batch + skipped for batch in plan_batches(tissue[first_row:], batch_size)]

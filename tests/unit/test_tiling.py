@@ -11,10 +11,11 @@ from ops.errors import InferenceServerUnavailable
 from ops.nuclei import segment_tiles
 import tifffile
 
-from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, write_pyramid
+from ops.pyramid import JpegEncoding, downsample_2x, encode_tile, jpeg_header, write_pyramid
+from ops.samples import render_he
 from ops.wsi import open_slide
 from tests.helpers import darkness, opened_test_slide, write_slide
-from workers.tiling import glass_as_stored, plan_batches, segmented_tiles
+from workers.tiling import plan_batches, segmented_tiles, stored_glass_header
 
 SHAPE = (520, 650)
 TILE = 64
@@ -73,7 +74,7 @@ def test_glass_keeps_the_slide_s_own_jpeg_and_reads_back_as_it_was(tmp_path):
     tissue = np.random.default_rng(5).random((rows, cols)) < 0.5
     encoding = JpegEncoding(TILE, quality=75)
     with open_slide(path) as jpeg_slide:
-        assert glass_as_stored(jpeg_slide, tissue, encoding)
+        assert stored_glass_header(jpeg_slide, tissue, encoding) == jpeg_header(jpeg_slide.stored_jpeg(0, 0, 0))
         out = list(segmented_tiles(jpeg_slide, tissue, TILE, 8, darkness, threads=2, batch_size=4, encoding=encoding))
         for row, col, encoded in out:
             [pixels] = segment_tiles(jpeg_slide, [(row * TILE, col * TILE)], [tissue[row, col]], TILE, 8, darkness)
@@ -93,14 +94,34 @@ def test_glass_keeps_the_slide_s_own_jpeg_and_reads_back_as_it_was(tmp_path):
         np.testing.assert_array_equal(level0[inside], original[inside])
 
 
+def test_a_glass_tile_stored_unlike_the_checked_one_is_encoded(tmp_path):
+    """One tile of the slide re-encoded at another quality (other tables): its header differs
+    from the tile the slide was checked on, so it is encoded, while the rest stay as stored."""
+    rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
+    image, _ = render_he(0, 0, *SHAPE, seed=2)
+    usual, other = JpegEncoding(TILE, quality=90), JpegEncoding(TILE, quality=50)
+    streams = [(other if (r, c) == (2, 3) else usual).encode(image[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
+               for r in range(rows) for c in range(cols)]
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tiff:
+        tiff.write(iter(streams), shape=(*SHAPE, 3), dtype=np.uint8, metadata=None, **usual.tiff_arguments())
+    glass = np.zeros((rows, cols), bool)
+    encoding = JpegEncoding(TILE, quality=75)
+    with open_slide(tmp_path / "mixed.tif") as mixed:
+        assert stored_glass_header(mixed, glass, encoding) is not None
+        out = {(r, c): tile for r, c, tile in segmented_tiles(mixed, glass, TILE, 0, darkness, threads=2,
+                                                               batch_size=4, encoding=encoding)}
+        assert out[2, 3].jpeg == encode_tile(mixed.read_region(0, 2 * TILE, 3 * TILE, TILE, TILE), encoding).jpeg
+        assert all(tile.jpeg == mixed.stored_jpeg(0, *position) for position, tile in out.items() if position != (2, 3))
+
+
 def test_glass_is_encoded_where_the_slide_s_tiles_cannot_stand_in(slide, tmp_path):
     rows, cols = -(-SHAPE[0] // TILE), -(-SHAPE[1] // TILE)
     some_glass = np.random.default_rng(6).random((rows, cols)) < 0.5
-    assert not glass_as_stored(slide, some_glass, JpegEncoding(TILE))  # Deflate tiles
+    assert not stored_glass_header(slide, some_glass, JpegEncoding(TILE))  # Deflate tiles
     path = write_slide(tmp_path / "jpeg.tif", SHAPE, tile_yx=(2 * TILE, 2 * TILE), levels=1)
     with open_slide(path) as other_tiles:
-        assert not glass_as_stored(other_tiles, some_glass, JpegEncoding(TILE))  # another tile grid
-        assert not glass_as_stored(other_tiles, np.ones((rows, cols), bool), JpegEncoding(2 * TILE))  # no glass
+        assert not stored_glass_header(other_tiles, some_glass, JpegEncoding(TILE))  # another tile grid
+        assert not stored_glass_header(other_tiles, np.ones((rows, cols), bool), JpegEncoding(2 * TILE))  # no glass
 
 
 def test_a_failing_batch_stops_the_rest_and_waits_for_those_under_way(slide):
