@@ -294,6 +294,9 @@ class _TiffReader:
         (level_h, level_w), (tile_h, tile_w) = tiff_level.shape_yx, tiff_level.tile_yx
         ya, yb = max(y0, 0), min(y0 + height, level_h)
         xa, xb = max(x0, 0), min(x0 + width, level_w)
+        if (height, width) == (tile_h, tile_w) and y0 % tile_h == x0 % tile_w == 0 and yb - ya == height \
+                and xb - xa == width:
+            return self._whole_tile(level, (y0 // tile_h) * tiff_level.columns + x0 // tile_w)
         out = np.empty((height, width, 3), np.uint8)
         if (ya, yb, xa, xb) != (y0, y0 + height, x0, x0 + width):
             out.fill(WHITE)
@@ -324,6 +327,20 @@ class _TiffReader:
             return None
         # The abbreviated tile after the tables' own markers: SOI, tables, then the tile's frame.
         return tables[:-2] + data[2:] if tables else data
+
+    def _whole_tile(self, level: int, index: int) -> np.ndarray:
+        """A new writable array of one whole tile inside the level, not cached: the decoder's
+        own where it is writable (JPEG's), so the tile is not copied.
+
+        A whole tile is what a stage without margins reads, each tile once: caching it would
+        only copy it and push out the tiles that reads with margins share.
+        """
+        if self._levels[level].counts[index] == 0:
+            return np.full(self._levels[level].tile_yx + (3,), WHITE, np.uint8)
+        tile = self._cache.get((level, index))
+        if tile is None:
+            tile = self._decode(level, index)
+        return tile if tile.flags.writeable else tile.copy()
 
     def _tile(self, level: int, index: int) -> np.ndarray | None:
         """The decoded (tile_h, tile_w, 3) tile, or None for a tile absent from the file (glass)."""

@@ -302,6 +302,26 @@ def test_cache_bounds_memory_and_returns_fresh_arrays(cache_bytes):
         np.testing.assert_array_equal(slide.read_level(0), expected[margin:-margin, margin:-margin])
 
 
+def test_whole_tile_reads_are_fresh_uncached_and_equal_to_region_reads():
+    """A whole tile inside the level (what a stage without margins reads) is decoded for the
+    caller alone: equal to the same pixels read as part of a larger region, writable, and not
+    kept in the cache; a cached tile is copied out."""
+    expected = openslide_canvas(BOXES, 0, 0)
+    with open_slide(BOXES) as slide:
+        cache = slide._reader._cache  # noqa: SLF001 - whether the tile is cached is the point
+        for y0, x0 in ((0, 0), (64, 128), (128, 192)):
+            tile = slide.read_region(0, y0, x0, 64, 64)
+            assert tile.flags.writeable and tile.flags.c_contiguous and tile.shape == (64, 64, 3)
+            np.testing.assert_array_equal(tile, expected[y0:y0 + 64, x0:x0 + 64])
+        assert cache.nbytes == 0
+        slide.read_region(0, 1, 1, 64, 64)  # cuts four tiles: they are cached
+        cached = slide.read_region(0, 0, 0, 64, 64)
+        cached[...] = 0
+        np.testing.assert_array_equal(slide.read_region(0, 0, 0, 64, 64), expected[:64, :64])
+        # The last column and row are cut by the image's edge: the general path's white fill.
+        np.testing.assert_array_equal(slide.read_region(0, 192, 256, 64, 64)[:, 44:], 255)
+
+
 @pytest.mark.parametrize("backend", ["tifffile", "openslide"])
 def test_concurrent_reads_equal_sequential_reads(generated, backend):
     path = generated[128]
