@@ -294,11 +294,11 @@ class _TiffReader:
         (level_h, level_w), (tile_h, tile_w) = tiff_level.shape_yx, tiff_level.tile_yx
         ya, yb = max(y0, 0), min(y0 + height, level_h)
         xa, xb = max(x0, 0), min(x0 + width, level_w)
-        if (height, width) == (tile_h, tile_w) and y0 % tile_h == x0 % tile_w == 0 and yb - ya == height \
-                and xb - xa == width:
+        inside = (ya, yb, xa, xb) == (y0, y0 + height, x0, x0 + width)
+        if inside and (height, width) == (tile_h, tile_w) and y0 % tile_h == x0 % tile_w == 0:
             return self._whole_tile(level, (y0 // tile_h) * tiff_level.columns + x0 // tile_w)
         out = np.empty((height, width, 3), np.uint8)
-        if (ya, yb, xa, xb) != (y0, y0 + height, x0, x0 + width):
+        if not inside:
             out.fill(WHITE)
         if ya >= yb or xa >= xb:
             return out
@@ -335,21 +335,21 @@ class _TiffReader:
         A whole tile is what a stage without margins reads, each tile once: caching it would
         only copy it and push out the tiles that reads with margins share.
         """
-        if self._levels[level].counts[index] == 0:
-            return np.full(self._levels[level].tile_yx + (3,), WHITE, np.uint8)
-        tile = self._cache.get((level, index))
+        tile = self._tile(level, index, keep=False)
         if tile is None:
-            tile = self._decode(level, index)
-        return tile if tile.flags.writeable else tile.copy()
+            return np.full(self._levels[level].tile_yx + (3,), WHITE, np.uint8)
+        return tile if tile.flags.writeable else tile.copy()  # cached tiles are read-only
 
-    def _tile(self, level: int, index: int) -> np.ndarray | None:
-        """The decoded (tile_h, tile_w, 3) tile, or None for a tile absent from the file (glass)."""
+    def _tile(self, level: int, index: int, keep: bool = True) -> np.ndarray | None:
+        """The decoded (tile_h, tile_w, 3) tile, or None for a tile absent from the file (glass);
+        from the cache where it holds the tile, else decoded and, with ``keep``, cached."""
         if self._levels[level].counts[index] == 0:
             return None
         tile = self._cache.get((level, index))
         if tile is None:
             tile = self._decode(level, index)
-            self._cache.put((level, index), tile)
+            if keep:
+                self._cache.put((level, index), tile)
         return tile
 
     def _stored(self, level: int, index: int) -> bytes:
