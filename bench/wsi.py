@@ -152,10 +152,10 @@ def end_to_end(url: str | None, path: Path, threads: int, output: Path, keep_sto
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
-    """CPU milliseconds per tissue tile of each step of the stage (see the module's docstring),
-    over every tile of the slide at ``path``: each step's thread time, the stage's process time;
-    and whether the slide's glass keeps its own JPEG."""
+def profile(path: Path, workdir: Path) -> dict:
+    """``profile_ms_per_tile``: CPU milliseconds per tissue tile of each step of the stage (see
+    the module's docstring), over every tile of the slide at ``path``: each step's thread time,
+    the stage's process time; and ``glass_as_stored``: whether the slide's glass keeps its own JPEG."""
     from workers.tiling import plan_batches, pyramid_tile, stored_glass_header
 
     clock = time.thread_time
@@ -214,7 +214,7 @@ def profile(path: Path, workdir: Path) -> tuple[dict, bool]:
     # The stand-in finds no nuclei; a model that finds some costs the overlay this instead.
     profile_ms["overlay_with_nuclei"] = round(1000 * with_nuclei / count, 3)
     profile_ms["jpeg_floor"] = round(1000 * jpeg_floor / count, 3)
-    return profile_ms, header is not None
+    return {"profile_ms_per_tile": profile_ms, "glass_as_stored": header is not None}
 
 
 def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple[int, int],
@@ -237,7 +237,8 @@ def codec_seconds(tiles: list[EncodedTile], encoding: JpegEncoding, shape: tuple
     return decode + encode * (encoded_level0 + sum(per_level[1:])) / per_level[0]
 
 
-def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path, keep_stored_glass: bool = True) -> dict:
+def child_end_to_end(url: str | None, path: Path, threads: int, workdir: Path,
+                     keep_stored_glass: bool = True) -> dict:
     command = [sys.executable, __file__, "--e2e-child", str(path), "--threads", str(threads),
                "--workdir", str(workdir), *(["--url", url] if url else []),
                *([] if keep_stored_glass else ["--encode-glass"])]
@@ -276,12 +277,7 @@ def measure_profile(workdir: Path, shape: tuple[int, int], args: argparse.Namesp
     standin = child_end_to_end(None, slide, args.threads, workdir)
     return {"shape": list(shape), "threads": args.threads, "tissue_tiles": standin["tissue_tiles"],
             "tiles": standin["tiles"], "standin_tiles_per_s": round(standin["tissue_tiles"] / standin["seconds"], 1),
-            **profile_figures(slide, workdir)}
-
-
-def profile_figures(slide: Path, workdir: Path) -> dict:
-    profile_ms, as_stored = profile(slide, workdir)
-    return {"profile_ms_per_tile": profile_ms, "glass_as_stored": as_stored}
+            **profile(slide, workdir)}
 
 
 def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> dict:
@@ -310,7 +306,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
         e2e_small = child_end_to_end(server.url, small, args.threads, workdir)
     client = child_end_to_end(None, slide, args.threads, workdir)
     encoded_glass = child_end_to_end(None, slide, args.threads, workdir, keep_stored_glass=False)
-    profiled = profile_figures(small, workdir)
+    profiled = profile(small, workdir)
     peer = run_peer(args.peer_python, slide, args.models, args.threads, workdir) if args.peer else None
 
     e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]

@@ -4,7 +4,6 @@ coded segment per label."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pydicom
