@@ -86,12 +86,14 @@ def sweep(client: redis.Redis, config: FastIOConfig) -> JanitorReport:
 
 
 def drain_pool(client: redis.Redis, config: FastIOConfig) -> int:
-    """Unlink every free (pooled) segment of this host; returns how many. For shutdown."""
+    """Unlink every free (pooled) segment of this host; returns how many. For shutdown, and safe
+    beside running jobs: a segment a job claims from the pool after the pool was listed is the
+    job's, and is left alone."""
     registry = Registry(client, config)
     store = SegmentStore.for_config(config)
     drained = 0
     for segment in registry.pooled():
-        registry.unpool(segment)
-        store.unlink(segment)
-        drained += 1
+        if registry.unpool(segment):
+            store.unlink(segment)
+            drained += 1
     return drained

@@ -135,8 +135,9 @@ class Registry:
         args = [segment, size, self.config.pool_limit_bytes, "1" if pool else "0"]
         return bool(self._release(keys=keys, args=args))
 
-    def unpool(self, segment: str) -> None:
-        self.redis.zrem(self.pool_key(self.config.host_id), segment)
+    def unpool(self, segment: str) -> bool:
+        """Take ``segment`` out of this host's pool; False if it was not there (a job claimed it)."""
+        return bool(self.redis.zrem(self.pool_key(self.config.host_id), segment))
 
     def pooled(self) -> dict[str, int]:
         """Free segments of this host: name → size."""

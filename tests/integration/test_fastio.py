@@ -18,6 +18,7 @@ from fastio import (
     FastIOContext,
     NotLocal,
     SegmentError,
+    drain_pool,
     sweep,
 )
 from fastio.registry import Registry
@@ -136,6 +137,26 @@ def test_free_all_returns_segments_to_the_pool_and_reuses_them(redis_client, fas
     other.publish_array(np.ones(900_000, np.uint8), "b")
     assert segment_files(fastio_config) == first  # the pooled segment was reused
     assert other.get("b").array.sum() == 900_000
+
+
+def test_draining_the_pool_unlinks_free_segments_and_spares_one_a_job_claimed_after_the_listing(
+        redis_client, fastio_config, monkeypatch):
+    FastIOContext(redis_client, "job1", fastio_config).publish_array(np.zeros(1_000_000, np.uint8), "a")
+    FastIOContext(redis_client, "job1", fastio_config).free_all()
+    listed = Registry(redis_client, fastio_config).pooled()  # what a drain lists first
+    assert len(listed) == 1 and segment_files(fastio_config) == sorted(listed)
+
+    job2 = FastIOContext(redis_client, "job2", fastio_config)
+    job2.publish_array(np.ones(900_000, np.uint8), "b")  # claims the pooled segment
+    monkeypatch.setattr(Registry, "pooled", lambda self: listed)  # the drain runs on its stale listing
+    assert drain_pool(redis_client, fastio_config) == 0
+    assert segment_files(fastio_config) == sorted(listed)
+    assert FastIOContext(redis_client, "job2", fastio_config).get("b").array.sum() == 900_000
+
+    monkeypatch.undo()
+    job2.free_all()
+    assert drain_pool(redis_client, fastio_config) == 1
+    assert segment_files(fastio_config) == [] and Registry(redis_client, fastio_config).pooled() == {}
 
 
 def test_pool_is_bounded(redis_client, fastio_config):
