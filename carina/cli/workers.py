@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 import uuid
 from functools import partial
 
+import redis
+
 from carina.cli.common import log_to_stderr
 from carina.supervise import Child, supervise
 from queues.errors import CarinaError
 from queues.settings import QUEUE_KINDS, Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +51,26 @@ def worker(args: argparse.Namespace) -> int:
     else:
         children = [Child("+".join(kinds), partial(celery_worker_argv, settings, kinds, args.loglevel, args.concurrency),
                           dict(os.environ))]
-    return supervise(children)
+    try:
+        return supervise(children)
+    finally:
+        _drain_free_memory(settings)
+
+
+def _drain_free_memory(settings: Settings) -> None:
+    """Unlink this host's pool of free FastIO segments once its workers have stopped: they hold
+    the pixels of finished jobs, which are not left in /dev/shm for a next start to reuse. A
+    worker of this host still running only allocates afresh (a drain never takes a segment in
+    use). Where Redis is away, one attempt is made and ``carina janitor --drain`` is named."""
+    from fastio import drain_pool
+    from queues.connection import connect
+
+    try:
+        drained = drain_pool(connect(settings, socket_timeout=5, socket_connect_timeout=5), settings.fastio_config())
+    except redis.RedisError as e:
+        log.warning("free shared memory of host %s not unlinked (%s): run `carina janitor --drain`", settings.host_id, e)
+    else:
+        log.info("unlinked %d free shared-memory segments of host %s", drained, settings.host_id)
 
 
 def celery_worker_argv(settings: Settings, kinds: list[str], loglevel: str, concurrency: int | None,
