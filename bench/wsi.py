@@ -281,11 +281,16 @@ def measure_profile(workdir: Path, shape: tuple[int, int], args: argparse.Namesp
             "tiles": standin["tiles"], **standin_figures(standin), **profile(slide, workdir)}
 
 
+def tissue_rate(run: dict) -> float:
+    """Tissue tiles per second of a :func:`child_end_to_end` run."""
+    return run["tissue_tiles"] / run["seconds"]
+
+
 def standin_figures(standin: dict) -> dict:
     """The stand-in stage's rate and its two factors on ``--threads`` threads: CPU per tissue
     tile (the whole process's) and how many cores it kept busy (its CPU over its wall time):
     the rate is their quotient, so each says how far the other must move."""
-    return {"standin_tiles_per_s": round(standin["tissue_tiles"] / standin["seconds"], 1),
+    return {"standin_tiles_per_s": round(tissue_rate(standin), 1),
             "standin_cpu_ms_per_tile": round(1000 * standin["cpu_s"] / standin["tissue_tiles"], 3),
             "standin_cores_busy": round(standin["cpu_s"] / standin["seconds"], 2)}
 
@@ -319,9 +324,7 @@ def measure(workdir: Path, shape: tuple[int, int], args: argparse.Namespace) -> 
     profiled = profile(small, workdir)
     peer = run_peer(args.peer_python, slide, args.models, args.threads, workdir) if args.peer else None
 
-    e2e_rate = e2e["tissue_tiles"] / e2e["seconds"]
-    client_rate = client["tissue_tiles"] / client["seconds"]
-    encoded_glass_rate = encoded_glass["tissue_tiles"] / encoded_glass["seconds"]
+    e2e_rate, client_rate, encoded_glass_rate = (tissue_rate(run) for run in (e2e, client, encoded_glass))
     bound = 1 / (1 / model + 1 / client_rate)
     print("| figure | tiles/s |\n|---|---:|", file=sys.stderr)
     for name, value in (("read, ops.wsi (tifffile)", ours), ("read, OpenSlide read_region", theirs),
