@@ -22,7 +22,7 @@ from the spool into the TIFF, already compressed. The strips together hold about
 ``tile_size × width × 3`` bytes (the widths of the reduced levels sum to the slide's width),
 so memory grows with the slide's width, never with its height or area: a 40000 × 30000 slide
 with 256-pixel tiles needs about 31 MB of strips, where its first reduced level alone is
-900 MB.
+900 MB. Beyond them: the spool's and the file's write buffers (:data:`WRITE_BUFFER_BYTES` each).
 
 Resuming: given a folder for ``checkpoints``, the writer spools level 0 too and, every few
 rows of tiles, makes the spool durable and saves where each reduced level stands (its row and
@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import secrets
+import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ BIGTIFF_ABOVE_BYTES = 2**31
 # A resumable write takes this many checkpoints over the slide: a write lost mid-slide does at
 # most 1/32 of it again beyond the row it was in, and 32 checkpoints cost a slide little.
 CHECKPOINTS_PER_SLIDE = 32
+# The spool's and the TIFF's write buffers: a tile is a few KB, so the default 8 KB made a write
+# system call per tile (two per level-0 tile with checkpoints: spooled, then copied into the file).
+WRITE_BUFFER_BYTES = 1 << 18
 
 _CM_PER_UM = 1e-4
 
@@ -340,7 +344,7 @@ class _Spool:
     ``index`` file beside it: (level, offset, length) per tile, so that a checkpoint records
     two lengths, not every tile so far)."""
 
-    _ENTRY = np.dtype("<i8")  # level, offset and length: three of these per tile
+    ENTRY = struct.Struct("<3q")  # per tile: level, offset and length
 
     def __init__(self, file: IO[bytes], levels: int, index: IO[bytes] | None = None) -> None:
         self._file = file
@@ -354,7 +358,7 @@ class _Spool:
         self._file.write(data)
         self._index[level].append((self._end, len(data)))
         if self._index_file is not None:
-            self._index_file.write(np.array([level, self._end, len(data)], self._ENTRY).tobytes())
+            self._index_file.write(self.ENTRY.pack(level, self._end, len(data)))
             self._entries += 1
         self._end += len(data)
 
@@ -378,12 +382,12 @@ class _Spool:
         Raises ValueError when the index holds fewer entries than ``state`` says.
         """
         self._end, self._entries = int(state["spool_bytes"]), int(state["entries"])
-        size = self._entries * 3 * self._ENTRY.itemsize
+        size = self._entries * self.ENTRY.size
         self._index_file.seek(0)
-        entries = np.frombuffer(self._index_file.read(size), self._ENTRY)
-        if entries.size != 3 * self._entries:
-            raise ValueError(f"the spool's index holds {entries.size // 3} tiles, not {self._entries}")
-        for level, offset, length in entries.reshape(-1, 3).tolist():
+        entries = self._index_file.read(size)
+        if len(entries) != size:
+            raise ValueError(f"the spool's index holds {len(entries) // self.ENTRY.size} tiles, not {self._entries}")
+        for level, offset, length in self.ENTRY.iter_unpack(entries):
             self._index[level].append((offset, length))
         for file, length in ((self._file, self._end), (self._index_file, size)):
             file.truncate(length)
@@ -479,7 +483,7 @@ class _Checkpoints:
         try:
             state = json.loads((self.folder / self.STATE).read_text())
             whole = ((self.folder / self.SPOOL).stat().st_size >= state["spool_bytes"]
-                     and (self.folder / self.INDEX).stat().st_size >= 3 * _Spool._ENTRY.itemsize * state["entries"])
+                     and (self.folder / self.INDEX).stat().st_size >= _Spool.ENTRY.size * state["entries"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -495,8 +499,8 @@ class _Checkpoints:
         missing; emptied unless ``resuming``, which :meth:`restore` then cuts to the checkpoint)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | (0 if resuming else os.O_TRUNC)
-        return tuple(os.fdopen(os.open(self.folder / name, flags, 0o600), "r+b")  # type: ignore[return-value]
-                     for name in (self.SPOOL, self.INDEX))
+        spool, index = (os.open(self.folder / name, flags, 0o600) for name in (self.SPOOL, self.INDEX))
+        return os.fdopen(spool, "r+b", buffering=WRITE_BUFFER_BYTES), os.fdopen(index, "r+b")
 
     def restore(self, state: dict, spool: _Spool, levels: list[_ReducedLevel]) -> int:
         """Put the spool and the reduced levels back as ``state`` has them; the rows it holds."""
@@ -634,7 +638,8 @@ def _write_levels(fh: IO[bytes], spool_dir: Path, shapes: tuple[tuple[int, int],
     saved = checkpoints.load() if checkpoints else None
     with ExitStack() as opened:
         if checkpoints is None:
-            spool = _Spool(opened.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix=".pyramid-spool-")),
+            spool = _Spool(opened.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix=".pyramid-spool-",
+                                                                   buffering=WRITE_BUFFER_BYTES)),
                            len(shapes))
         else:
             spool_file, index_file = (opened.enter_context(f) for f in checkpoints.open_spool(saved is not None))
@@ -756,7 +761,7 @@ def write_pyramid(path: str | Path, shape_yx: tuple[int, int], tile_size: int,
     bigtiff = sum(h * w * 3 for h, w in shapes) > BIGTIFF_ABOVE_BYTES
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        with open(partial, "xb") as fh:
+        with open(partial, "xb", buffering=WRITE_BUFFER_BYTES) as fh:
             _write_levels(fh, path.parent, shapes, tiles, encoder, mpp_yx, bigtiff, kept)
         nbytes = partial.stat().st_size
         os.replace(partial, path)
